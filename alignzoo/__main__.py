@@ -1,0 +1,5 @@
+import sys
+
+from alignzoo.cli import main
+
+sys.exit(main())
