@@ -1,0 +1,375 @@
+"""The model adapter protocol every algorithm and the sampler talk to.
+
+A :class:`DiffusionModel` wraps one diffusers UNet, VAE, text encoder, tokenizer and
+scheduler, and offers exactly what RL fine-tuning needs:
+
+* ``encode_prompts``        prompt embeddings (and negative embeddings when CFG is on),
+* ``predict_noise``         ε̂(x_t, t, c) with classifier-free or w-embedding guidance,
+* ``timesteps(N)``          the N-step schedule (trailing DDIM or LCM's skipping schedule),
+* ``decode``                latents → images in [0, 1], shape (B, 3, H, W), batched,
+* ``add_lora`` / ``trainable_parameters`` / ``save_lora`` / ``load_lora``  (PEFT LoRA saved
+  in the format diffusers' ``load_lora_weights`` reads),
+* ``reference()``           a context in which the UNet is the pretrained model (the LoRA
+  adapter disabled): the reference/old policy without a second UNet copy.
+
+Concrete classes: :class:`~alignzoo.models.stable_diffusion.StableDiffusionModel` (DDIM
+step kernel) and :class:`~alignzoo.models.lcm.LatentConsistencyModel` (LCM step kernel).
+Registered entries (``alignzoo list models``) name a hub id or a packaged folder plus the
+sampling defaults of that model.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from alignzoo.hub import resolve_snapshot
+from alignzoo.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+# Files a diffusers text-to-image folder must hold (weights are checked by from_pretrained).
+PIPELINE_FILES = (
+    "model_index.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "tokenizer/tokenizer_config.json",
+    "scheduler/scheduler_config.json",
+)
+PIPELINE_PATTERNS = ("*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors")
+
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+@dataclass
+class ModelSpec:
+    """A registered model: where its weights are and how it samples by default."""
+
+    name: str
+    source: str  # hub id or a local folder
+    kind: str  # "sd" (DDIM kernel) or "lcm" (LCM kernel)
+    summary: str
+    resolution: int | None = None  # pixels; None: the UNet's sample_size × VAE factor
+    guidance_scale: float = 1.0
+    train_steps: int = 50  # default trajectory length for training
+    original_inference_steps: int = 50  # LCM only
+    env_var: str | None = None  # env var pointing at a local folder
+    builder: Any = None  # callable(dest) -> folder, for architectures built from configs
+
+    def resolve(self, local_path: str | os.PathLike | None = None) -> Path:
+        if self.builder is not None and local_path is None:
+            return Path(self.builder())
+        return resolve_snapshot(
+            self.source,
+            PIPELINE_FILES,
+            what=f"model {self.name}",
+            option="--model-path",
+            env_var=self.env_var,
+            local_path=local_path,
+            allow_patterns=PIPELINE_PATTERNS,
+        )
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    MODELS.register(spec.name, spec.summary)(spec)
+    return spec
+
+
+def _import_builtin_models() -> None:
+    import alignzoo.models.registry  # noqa: F401
+
+
+def list_models() -> list[str]:
+    _import_builtin_models()
+    return MODELS.names()
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    _import_builtin_models()
+    return MODELS.get(name)
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    model_path: str | os.PathLike | None = None,
+    kind: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **overrides,
+) -> "DiffusionModel":
+    """Loads a registered model (``tiny-sd``, ``sd-turbo``…) or any diffusers folder.
+
+    A folder path that is not a registered name is loaded as SD-layout (``kind="sd"``) unless
+    its scheduler is an LCMScheduler or ``kind="lcm"`` is given.
+    """
+    _import_builtin_models()
+    if name_or_path in MODELS:
+        spec = MODELS.get(name_or_path)
+    elif Path(name_or_path).is_dir():
+        folder = Path(name_or_path)
+        sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text()) if (folder / "scheduler" / "scheduler_config.json").exists() else {}
+        guessed = "lcm" if sched.get("_class_name") == "LCMScheduler" else "sd"
+        spec = ModelSpec(name=folder.name, source=str(folder), kind=kind or guessed, summary="local folder")
+        spec = _with_folder_defaults(spec, folder)
+    else:
+        MODELS.get(name_or_path)  # raises the unknown-name error with the known models
+        raise AssertionError  # unreachable
+    if overrides:
+        spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    folder = spec.resolve(model_path)
+    from alignzoo.models.lcm import LatentConsistencyModel
+    from alignzoo.models.stable_diffusion import StableDiffusionModel
+
+    cls = LatentConsistencyModel if spec.kind == "lcm" else StableDiffusionModel
+    return cls.from_folder(folder, spec=spec, device=device, dtype=dtype)
+
+
+def _with_folder_defaults(spec: ModelSpec, folder: Path) -> ModelSpec:
+    """Reads ``alignzoo.json`` (sampling defaults shipped beside a model folder), if any."""
+    meta = folder / "alignzoo.json"
+    if meta.exists():
+        known = {f for f in ModelSpec.__dataclass_fields__}
+        data = {k: v for k, v in json.loads(meta.read_text()).items() if k in known}
+        spec = replace(spec, **data)
+    return spec
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silences the per-file progress bars and notices of diffusers/transformers loading."""
+    import diffusers
+    import transformers
+
+    d_level, t_level = diffusers.logging.get_verbosity(), transformers.logging.get_verbosity()
+    diffusers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers.logging.set_verbosity(d_level)
+        transformers.logging.set_verbosity(t_level)
+        diffusers.utils.logging.enable_progress_bar()
+        transformers.utils.logging.enable_progress_bar()
+
+
+class DiffusionModel:
+    """Shared part of the SD and LCM adapters. Subclasses set ``kind`` and the step kernel."""
+
+    kind: str = "sd"
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, spec: ModelSpec, device="cpu", dtype=torch.float32):
+        self.unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler = unet, vae, text_encoder, tokenizer, scheduler
+        self.spec = spec
+        self.device = torch.device(device)
+        self.dtype = dtype  # dtype of the frozen weights; LoRA parameters stay fp32
+        for m in (unet, vae, text_encoder):
+            m.requires_grad_(False)
+            m.eval()
+            m.to(self.device)
+            if m.dtype != dtype:
+                m.to(dtype=dtype)
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
+        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.guidance_scale = float(spec.guidance_scale)
+        self.lora_config = None
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_folder(cls, folder, spec: ModelSpec, device="cpu", dtype=torch.float32):
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        folder = Path(folder)
+        with quiet_loading():
+            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
+            text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        if len(tokenizer) < 10:  # transformers can return an empty tokenizer offline
+            raise ValueError(f"the tokenizer in {folder / 'tokenizer'} is empty: the folder is incomplete")
+        scheduler = cls.make_scheduler(folder)
+        spec = _with_folder_defaults(spec, folder) if spec.source == str(folder) else spec
+        return cls(unet, vae, text_encoder, tokenizer, scheduler, spec, device=device, dtype=dtype)
+
+    @classmethod
+    def make_scheduler(cls, folder: Path):
+        raise NotImplementedError
+
+    def to_pipeline(self):
+        """A diffusers pipeline built from these components (for users' own inference)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------- geometry
+    @property
+    def resolution(self) -> int:
+        return int(self.spec.resolution or self.unet.config.sample_size * self.vae_scale)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        s = self.resolution // self.vae_scale
+        return (int(self.unet.config.in_channels), s, s)
+
+    # ----------------------------------------------------------------------------- prompts
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        tok = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        out = self.text_encoder(tok.input_ids.to(self.device))[0]
+        return out.to(self.dtype)
+
+    @property
+    def uses_cfg(self) -> bool:
+        """Classifier-free guidance doubles the batch; LCM's guidance is a w-embedding instead."""
+        return self.kind == "sd" and self.guidance_scale > 1.0
+
+    def negative_embeds(self, batch: int) -> torch.Tensor | None:
+        if not self.uses_cfg:
+            return None
+        return self.encode_prompts([""]).expand(batch, -1, -1)
+
+    # ----------------------------------------------------------------------------- schedule
+    def timesteps(self, num_steps: int) -> torch.Tensor:
+        """The N-step schedule, first (noisiest) step first, as a long tensor on the device."""
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.scheduler.set_timesteps(num_steps, device="cpu")
+        return self.scheduler.timesteps.to(self.device, torch.long).clone()
+
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, neg_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Initial latents x_T ~ N(0, I), drawn on the CPU generator for bit-identical runs."""
+        noise = torch.randn((batch, *self.latent_shape), generator=generator, dtype=torch.float32)
+        return noise.to(self.device)
+
+    # ----------------------------------------------------------------------------- decoding
+    def decode(self, latents: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """Latents (B, C, h, w) → images (B, 3, H, W) in [0, 1]; gradients kept if enabled."""
+        sf = float(self.vae.config.scaling_factor)
+        out = []
+        for part in latents.split(chunk):
+            img = self.vae.decode(part.to(self.dtype) / sf).sample
+            out.append((img.float() / 2 + 0.5).clamp(0, 1))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] → scaled latents (posterior mean)."""
+        sf = float(self.vae.config.scaling_factor)
+        return self.vae.encode((images * 2 - 1).to(self.device, self.dtype)).latent_dist.mean * sf
+
+    # ----------------------------------------------------------------------------- LoRA
+    def add_lora(self, rank: int = 4, alpha: float | None = None, target_modules: Sequence[str] = DEFAULT_LORA_TARGETS, init: str | bool = "gaussian", seed: int | None = None) -> None:
+        """Attaches a PEFT LoRA adapter named ``default``; its parameters are fp32 and trainable."""
+        from peft import LoraConfig
+
+        if self.lora_config is not None:
+            raise ValueError("a LoRA adapter is already attached")
+        self.lora_config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights=init, target_modules=list(target_modules))
+        state = torch.random.get_rng_state()
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.unet.add_adapter(self.lora_config)
+        torch.random.set_rng_state(state)
+        for p in self.trainable_parameters():
+            p.data = p.data.float()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.unet.named_parameters() if "lora_" in n]
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The LoRA weights in diffusers' key format (``unet.``-prefixed, as load_lora_weights reads)."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
+        return {f"unet.{k}": v.detach().cpu().contiguous() for k, v in sd.items()}
+
+    def save_lora(self, directory: str | os.PathLike) -> Path:
+        """Writes ``pytorch_lora_weights.safetensors``: ``pipe.load_lora_weights(directory)`` reads it."""
+        from safetensors.torch import save_file
+
+        if self.lora_config is None:
+            raise ValueError("no LoRA adapter to save: call add_lora first")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "pytorch_lora_weights.safetensors.tmp"
+        save_file(self.lora_state_dict(), str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, d / "pytorch_lora_weights.safetensors")
+        cfg = {"r": self.lora_config.r, "lora_alpha": self.lora_config.lora_alpha, "target_modules": sorted(self.lora_config.target_modules)}
+        (d / "alignzoo_lora.json").write_text(json.dumps(cfg, indent=1))
+        return d
+
+    def load_lora(self, directory: str | os.PathLike) -> None:
+        """Loads LoRA weights saved by :meth:`save_lora` (or any diffusers-format UNet LoRA)."""
+        from diffusers.utils import convert_unet_state_dict_to_peft
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        path = Path(directory)
+        file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+        if not file.exists():
+            raise FileNotFoundError(f"no LoRA weights at {file}: expected a folder written by save_lora / save_lora_weights")
+        sd = load_file(str(file))
+        sd = {k[len("unet."):]: v for k, v in sd.items() if k.startswith("unet.")}
+        if not sd:
+            raise ValueError(f"{file} holds no 'unet.' LoRA weights")
+        if self.lora_config is None:
+            meta = path / "alignzoo_lora.json" if path.is_dir() else None
+            if meta is not None and meta.exists():
+                cfg = json.loads(meta.read_text())
+                self.add_lora(rank=cfg["r"], alpha=cfg["lora_alpha"], target_modules=cfg["target_modules"])
+            else:
+                ranks = {v.shape[0] for k, v in sd.items() if "lora_A" in k or "lora.down" in k}
+                self.add_lora(rank=max(ranks), target_modules=DEFAULT_LORA_TARGETS)
+        result = set_peft_model_state_dict(self.unet, convert_unet_state_dict_to_peft(sd))
+        unexpected = getattr(result, "unexpected_keys", None) or []
+        if unexpected:
+            raise ValueError(f"LoRA file {file} does not match this model's adapter: unexpected keys {unexpected[:5]}")
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """The pretrained model: the LoRA adapter disabled for the duration (one UNet in memory)."""
+        if self.lora_config is None:
+            yield
+            return
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
+
+    def lora_snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the LoRA parameters (the 'old policy' when the reference is not the base)."""
+        return {n: p.detach().clone() for n, p in self.unet.named_parameters() if "lora_" in n}
+
+    @contextlib.contextmanager
+    def swapped_lora(self, weights: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Temporarily loads other LoRA weights into the adapter (e.g. the old policy)."""
+        params = dict(self.unet.named_parameters())
+        current = {n: params[n].detach().clone() for n in weights}
+        with torch.no_grad():
+            for n, w in weights.items():
+                params[n].copy_(w)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, w in current.items():
+                    params[n].copy_(w)

@@ -1,0 +1,26 @@
+"""The registered models (``alignzoo list models``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignzoo.models.base import ModelSpec, register_model
+
+TINY_WEIGHTS = Path(__file__).resolve().parent.parent / "tinyworld" / "weights"
+
+register_model(ModelSpec(
+    name="sd-turbo", source="stabilityai/sd-turbo", kind="sd", resolution=512, guidance_scale=1.0, train_steps=50,
+    env_var="ALIGNZOO_SD_TURBO", summary="SD-Turbo (stabilityai/sd-turbo), DDIM trailing, guidance 1.0, 512 px",
+))
+register_model(ModelSpec(
+    name="lcm-dreamshaper-v7", source="SimianLuo/LCM_Dreamshaper_v7", kind="lcm", resolution=512, guidance_scale=8.0, train_steps=8,
+    original_inference_steps=50, env_var="ALIGNZOO_LCM_DREAMSHAPER",
+    summary="LCM-Dreamshaper-v7, LCMScheduler, w-embedding guidance 8, 8 steps from 50 (RLCM's setting)",
+))
+register_model(ModelSpec(
+    name="tiny-sd", source=str(TINY_WEIGHTS / "tiny-sd"), kind="sd", guidance_scale=1.0, train_steps=10,
+    summary="the tiny world's latent diffusion model (32 px coloured shapes), DDIM trailing",
+))
+register_model(ModelSpec(
+    name="tiny-lcm", source=str(TINY_WEIGHTS / "tiny-lcm"), kind="lcm", guidance_scale=2.0, train_steps=4,
+    summary="the tiny world's LCM, distilled from tiny-sd by latent consistency distillation",
+))

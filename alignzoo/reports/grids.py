@@ -1,0 +1,52 @@
+"""Labelled image grids (rows × columns of images), written as PNG with PIL."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1] → (H, W, 3) uint8."""
+    return (img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def image_grid(
+    images: torch.Tensor,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    out: str | Path,
+    cell: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """``images``: (R, C, 3, H, W) in [0, 1]. Small images are upscaled (nearest) to ``cell`` px."""
+    r, c = images.shape[:2]
+    if len(row_labels) != r or len(col_labels) != c:
+        raise ValueError(f"grid of {r}x{c} images needs {r} row labels and {c} column labels")
+    h, w = images.shape[-2:]
+    cell = cell or max(h, 96)
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max([int(measure.textlength(s, font=font)) for s in row_labels] + [0]) + 12
+    top = 20 + (18 if title else 0)
+    pad = 4
+    canvas = Image.new("RGB", (label_w + c * (cell + pad) + pad, top + r * (cell + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, 2), title, fill="black", font=font)
+    for j, lab in enumerate(col_labels):
+        x = label_w + pad + j * (cell + pad)
+        draw.text((x + (cell - measure.textlength(lab, font=font)) / 2, top - 16), lab, fill="black", font=font)
+    for i, lab in enumerate(row_labels):
+        y = top + pad + i * (cell + pad)
+        draw.text((4, y + cell / 2 - 6), lab, fill="black", font=font)
+        for j in range(c):
+            tile = Image.fromarray(to_uint8(images[i, j])).resize((cell, cell), Image.NEAREST)
+            canvas.paste(tile, (label_w + pad + j * (cell + pad), y))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out

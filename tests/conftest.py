@@ -1,0 +1,32 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_random_folders(tmp_path_factory):
+    """Random tiny SD and LCM pipelines saved in their real diffusers layouts."""
+    from alignzoo.models.tiny_random import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_random")
+    return {"sd": build_tiny_pipeline(root / "sd", "sd"), "lcm": build_tiny_pipeline(root / "lcm", "lcm")}
+
+
+@pytest.fixture()
+def tiny_random_sd(tiny_random_folders):
+    from alignzoo.models import load_model
+
+    return load_model(str(tiny_random_folders["sd"]))
+
+
+@pytest.fixture()
+def tiny_random_lcm(tiny_random_folders):
+    from alignzoo.models import load_model
+
+    return load_model(str(tiny_random_folders["lcm"]))

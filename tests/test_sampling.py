@@ -1,0 +1,140 @@
+"""The shared sampler: step kernels checked against independent Gaussian densities."""
+import math
+
+import pytest
+import torch
+
+from alignzoo.models import decode_steps, recompute_log_probs, sample, sample_pairs
+from alignzoo.models.sampling import gaussian_log_prob, previous_timesteps, step_distribution
+
+
+def _independent_logprob(x, mean, std):
+    # log N(x; mean, std^2) from torch.distributions, averaged over C,H,W
+    return torch.distributions.Normal(mean, std.expand_as(mean)).log_prob(x).mean(dim=(1, 2, 3))
+
+
+def test_gaussian_log_prob_matches_torch_distributions():
+    g = torch.Generator().manual_seed(1)
+    x, mean = torch.randn(3, 4, 5, 5, generator=g), torch.randn(3, 4, 5, 5, generator=g)
+    std = torch.tensor([0.1, 0.5, 2.0]).view(3, 1, 1, 1)
+    assert torch.allclose(gaussian_log_prob(x, mean, std), _independent_logprob(x, mean, std), atol=1e-5)
+
+
+def test_ddim_kernel_mean_std_and_logprob_by_hand(tiny_random_sd):
+    m = tiny_random_sd
+    ac = m.scheduler.alphas_cumprod.double()
+    t, tp = 749, 499
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    x0 = (x - math.sqrt(1 - ac[t]) * eps) / math.sqrt(ac[t])
+    eta = 0.7
+    mean, std = step_distribution(m, x, torch.tensor([t, t]), torch.tensor([tp, tp]), eps, x0, eta)
+    # DDIM (Song et al. eq. 12/16), written out independently in float64
+    sigma = math.sqrt((1 - ac[tp]) / (1 - ac[t]) * (1 - ac[t] / ac[tp]))
+    want_std = eta * sigma
+    want_mean = math.sqrt(ac[tp]) * x0.double() + math.sqrt(1 - ac[tp] - want_std**2) * eps.double()
+    assert torch.allclose(std.flatten(), torch.full((2,), want_std, dtype=torch.float32), rtol=1e-5)
+    assert torch.allclose(mean.double(), want_mean, atol=1e-5)
+    nxt = want_mean.float() + want_std * torch.randn(2, 4, 8, 8, generator=g)
+    want_lp = torch.distributions.Normal(want_mean, want_std).log_prob(nxt.double()).mean(dim=(1, 2, 3))
+    assert torch.allclose(gaussian_log_prob(nxt, mean, std).double(), want_lp, atol=1e-4)
+
+
+def test_lcm_kernel_by_hand(tiny_random_lcm):
+    m = tiny_random_lcm
+    ac = m.scheduler.alphas_cumprod.double()
+    ts = m.timesteps(4)
+    prev = previous_timesteps(m, ts)
+    assert prev[:-1].tolist() == ts[1:].tolist() and prev[-1] == ts[-1]  # last step re-noises to itself
+    g = torch.Generator().manual_seed(0)
+    x, denoised = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    tp = int(prev[0])
+    mean, std = step_distribution(m, x, ts[:1], prev[:1], None, denoised, eta=1.0)
+    assert torch.allclose(mean.double(), math.sqrt(ac[tp]) * denoised.double(), atol=1e-6)
+    assert abs(float(std) - math.sqrt(1 - ac[tp])) < 1e-6
+
+
+def test_lcm_boundary_coefficients(tiny_random_lcm):
+    c_skip, c_out = tiny_random_lcm.boundary_coefficients(torch.tensor([0, 999]))
+    s = 999 * 10.0
+    assert abs(float(c_skip[0]) - 1.0) < 1e-6 and abs(float(c_out[0])) < 1e-6  # f(x, 0) = x
+    assert abs(float(c_skip[1]) - 0.25 / (s**2 + 0.25)) < 1e-9
+    assert abs(float(c_out[1]) - s / math.sqrt(s**2 + 0.25)) < 1e-6
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16, 50])
+def test_trailing_timesteps_start_at_999(tiny_random_sd, n):
+    ts = tiny_random_sd.timesteps(n)
+    assert ts.shape == (n,) and int(ts[0]) == 999
+    assert bool((ts[:-1] > ts[1:]).all())
+    prev = previous_timesteps(tiny_random_sd, ts)
+    assert int(prev[-1]) == 0 and int(prev.min()) >= 0
+
+
+@pytest.mark.parametrize("kind", ["sd", "lcm"])
+def test_same_seed_bit_identical_and_recompute_matches(kind, tiny_random_sd, tiny_random_lcm):
+    m = tiny_random_sd if kind == "sd" else tiny_random_lcm
+    prompts = ["a red cat", "a blue dog", "a green circle"]
+    t1 = sample(m, prompts, 4, eta=1.0, generator=torch.Generator().manual_seed(7))
+    t2 = sample(m, prompts, 4, eta=1.0, generator=torch.Generator().manual_seed(7))
+    t3 = sample(m, prompts, 4, eta=1.0, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(t1.latents, t2.latents) and torch.equal(t1.log_probs, t2.log_probs)
+    assert not torch.equal(t1.latents, t3.latents)
+    assert t1.latents.shape == (3, 5, 4, 8, 8) and t1.pred_x0.shape == (3, 4, 4, 8, 8) and t1.log_probs.shape == (3, 4)
+    rows = torch.arange(3).repeat_interleave(4)
+    steps = torch.arange(4).repeat(3)
+    with torch.no_grad():
+        lp = recompute_log_probs(m, t1, steps, rows)
+    assert (lp - t1.log_probs[rows, steps]).abs().max() < 1e-5
+
+
+def test_recompute_has_gradients_to_lora(tiny_random_sd):
+    m = tiny_random_sd
+    m.add_lora(rank=2, init=True)
+    traj = sample(m, ["a red cat", "a dog"], 2, eta=1.0, generator=torch.Generator().manual_seed(0))
+    lp = recompute_log_probs(m, traj, torch.tensor([0, 1]))
+    lp.sum().backward()
+    grads = [p.grad for p in m.trainable_parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_eta_zero_is_deterministic(tiny_random_sd):
+    m = tiny_random_sd
+    noise = m.init_noise(2, torch.Generator().manual_seed(3))
+    a = sample(m, ["a cat", "a dog"], 4, eta=0.0, generator=torch.Generator().manual_seed(1), init_noise=noise)
+    b = sample(m, ["a cat", "a dog"], 4, eta=0.0, generator=torch.Generator().manual_seed(2), init_noise=noise)
+    assert torch.equal(a.latents, b.latents)
+    with pytest.raises(ValueError, match="eta > 0"):
+        recompute_log_probs(m, a, torch.tensor([0, 0]))
+
+
+@pytest.mark.parametrize("kind", ["sd", "lcm"])
+def test_first_step_x0_is_the_one_step_sample(kind, tiny_random_sd, tiny_random_lcm):
+    m = tiny_random_sd if kind == "sd" else tiny_random_lcm
+    noise = m.init_noise(2, torch.Generator().manual_seed(5))
+    one = sample(m, ["a cat", "a dog"], 1, eta=0.0, init_noise=noise)
+    for n in (2, 4, 8):
+        many = sample(m, ["a cat", "a dog"], n, eta=1.0, generator=torch.Generator().manual_seed(0), init_noise=noise)
+        assert torch.allclose(many.pred_x0[:, 0], one.final, atol=1e-6)
+
+
+def test_pairs_share_initial_noise_only(tiny_random_sd):
+    m = tiny_random_sd
+    tr = sample_pairs(m, ["a cat", "a dog"], 3, eta=1.0, generator=torch.Generator().manual_seed(0))
+    assert tr.batch_size == 4 and tr.prompts == ["a cat", "a dog", "a cat", "a dog"]
+    assert torch.equal(tr.latents[:2, 0], tr.latents[2:, 0])
+    assert not torch.allclose(tr.latents[:2, 1], tr.latents[2:, 1])
+
+
+def test_decode_only_requested_steps(tiny_random_sd):
+    m = tiny_random_sd
+    tr = sample(m, ["a cat", "a dog"], 4, eta=1.0, generator=torch.Generator().manual_seed(0))
+    calls = []
+    orig = m.vae.decode
+    m.vae.decode = lambda z, *a, **k: (calls.append(z.shape[0]), orig(z, *a, **k))[1]
+    imgs = decode_steps(m, tr, [0, 2, -1])
+    m.vae.decode = orig
+    assert imgs.shape == (2, 3, 3, 16, 16) and sum(calls) == 6 and len(calls) == 1  # one batched call
+    assert float(imgs.min()) >= 0 and float(imgs.max()) <= 1
+    want = m.decode(tr.pred_x0[:, 2])
+    assert torch.allclose(imgs[:, 1], want, atol=1e-6)
