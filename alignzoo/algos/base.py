@@ -1,0 +1,249 @@
+"""Algorithm registry and the small base every algorithm subclasses.
+
+An algorithm (one module, registered with ``@register_algorithm``) declares:
+
+* ``Config``            a dataclass of its hyperparameters (documented fields, paper defaults);
+* ``paired``            rollouts are pairs of trajectories per prompt (from shared x_T unless
+                        the config says otherwise) or single trajectories;
+* ``reward_queries``    which (trajectory, step) clean predictions x̂0 need a reward — the
+                        sample only (``step −1``), or dense queries (SDPO);
+* ``advantages``        how queried rewards become per-(trajectory, step) advantages (B, T);
+* ``plan``              how the (trajectory, step) items of an epoch are grouped into
+                        optimiser updates: a list of updates, each an ``Items`` of shape (M, K)
+                        (M loss terms, each reading K transitions' log-probs);
+* ``loss``              the per-item loss for a group given the new and old log-probs.
+
+It owns no loops, devices, logging or checkpoints: :mod:`alignzoo.algos.trainer` does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from alignzoo.registry import Registry
+
+ALGORITHMS: Registry = Registry("algorithm")
+
+
+def register_algorithm(name: str, summary: str | None = None):
+    """Class decorator registering an :class:`Algorithm` subclass under ``name``."""
+
+    def deco(cls):
+        cls.name = name
+        return ALGORITHMS.register(name, summary)(cls)
+
+    return deco
+
+
+_loaded = False
+
+
+def _load_builtin_and_plugins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import alignzoo.algos  # noqa: F401  (registers the built-in algorithms)
+
+    for ep in importlib.metadata.entry_points(group="alignzoo.algorithms"):
+        ep.load()
+
+
+def load_plugin(path: str | Path) -> None:
+    """Imports a Python file that registers algorithms (``--plugin path/to/file.py``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"plugin file {str(path)!r} does not exist")
+    name = f"alignzoo_plugin_{path.stem}"
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+def get_algorithm(name: str) -> type["Algorithm"]:
+    _load_builtin_and_plugins()
+    return ALGORITHMS.get(name)
+
+
+def list_algorithms() -> list[str]:
+    _load_builtin_and_plugins()
+    return ALGORITHMS.names()
+
+
+@dataclass
+class AlgoConfig:
+    """Fields shared by every algorithm (TRL/DDPO names where they exist)."""
+
+    # sampling
+    num_steps: int | None = None  # trajectory length T; None: the model's default (50 for sd-turbo)
+    eta: float = 1.0  # DDIM η while sampling for training (LCM ignores it)
+    samples_per_epoch: int = 32  # generated images per epoch, the same for every algorithm
+    # optimisation
+    learning_rate: float = 3e-4
+    optimizer: str = "adamw"  # "adamw" or "adam" (RLCM: Adam, no weight decay)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    lr_schedule: str = "constant"  # "constant" or "linear" (RLCM: 1 → 0 over lr_schedule_epochs, stepped per epoch)
+    lr_schedule_epochs: int = 300
+    max_grad_norm: float | None = 1.0
+    train_batch_size: int = 4  # loss items per micro-batch (the trainer may fuse micro-batches of one update)
+    gradient_accumulation_steps: int = 1
+    num_inner_epochs: int = 1
+    timestep_fraction: float = 1.0  # fraction of each trajectory's steps trained on
+    # LoRA
+    lora_rank: int = 4
+    lora_alpha: float | None = None  # None: = rank (scale 1)
+    lora_targets: tuple = ("to_q", "to_k", "to_v", "to_out.0")
+    # advantages
+    adv_clip: float | None = 5.0
+    normalization: str = "per_prompt"  # per_prompt | per_step_prompt | global
+    tracker_buffer: int = 16
+    tracker_min_count: int = 16
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+
+def config_from_strings(config_cls, base, assignments: dict[str, str]):
+    """Applies ``--set key=value`` strings to a config, converting to each field's type."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    kw = {}
+    for key, text in assignments.items():
+        if key not in fields:
+            raise ValueError(f"unknown config key {key!r} for {config_cls.__name__}; known keys: {', '.join(sorted(fields))}")
+        current = getattr(base, key)
+        kw[key] = _convert(text, current, key)
+    return dataclasses.replace(base, **kw)
+
+
+def _convert(text: Any, current: Any, key: str):
+    if not isinstance(text, str):
+        return text
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    try:
+        if isinstance(current, bool):
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return low in ("true", "1", "yes")
+        if isinstance(current, int) and not isinstance(current, bool):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, tuple):
+            return tuple(s.strip() for s in text.split(",") if s.strip())
+        if current is None:
+            for conv in (int, float):
+                try:
+                    return conv(text)
+                except ValueError:
+                    pass
+            return text
+    except ValueError:
+        raise ValueError(f"config key {key!r}: cannot read {text!r} as {type(current).__name__}") from None
+    return text
+
+
+@dataclass
+class Items:
+    """M loss items, each reading K transitions: ``rows`` and ``steps`` are (M, K) long tensors."""
+
+    rows: torch.Tensor
+    steps: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def split(self, size: int) -> list["Items"]:
+        return [Items(r, s) for r, s in zip(self.rows.split(size), self.steps.split(size))]
+
+
+@dataclass
+class EpochData:
+    """What an algorithm keeps between rollout and update for one epoch."""
+
+    advantages: torch.Tensor  # (B, T) per (trajectory, step)
+    ref_log_probs: torch.Tensor | None = None  # (B, T) under the reference policy, if needed
+    extra: dict = field(default_factory=dict)
+
+
+class Algorithm:
+    """Base class: subclasses set ``Config``, ``paired`` and implement the hooks below."""
+
+    name: ClassVar[str] = "algorithm"
+    Config: ClassVar[type] = AlgoConfig
+    paired: ClassVar[bool] = False
+    shared_noise: ClassVar[bool] = True  # pairs start from the same x_T
+    needs_reference: ClassVar[bool] = False  # wants log-probs under the pretrained model
+    model_kinds: ClassVar[tuple[str, ...]] = ("sd", "lcm")
+
+    def __init__(self, config: AlgoConfig | None = None):
+        self.config = config or self.Config()
+        if self.config.samples_per_epoch < (2 if self.paired else 1):
+            raise ValueError("samples_per_epoch is too small")
+
+    # -- rollouts and rewards ---------------------------------------------------------------
+    def prompts_per_epoch(self, world_size: int = 1) -> int:
+        """Paired algorithms sample half as many prompts, so every algorithm makes the same
+        number of images per epoch (SDPO paper, Appendix A)."""
+        n = self.config.samples_per_epoch // (2 if self.paired else 1)
+        if n % world_size:
+            raise ValueError(f"samples_per_epoch {self.config.samples_per_epoch} does not split over {world_size} processes")
+        return n // world_size
+
+    def reward_queries(self, traj, generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, steps) of the clean predictions to score. Default: each trajectory's sample."""
+        b = traj.batch_size
+        return torch.arange(b), torch.full((b,), traj.num_steps - 1, dtype=torch.long)
+
+    def advantages(self, traj, rows, steps, rewards: torch.Tensor, tracker, gather) -> EpochData:
+        raise NotImplementedError
+
+    # -- updates ----------------------------------------------------------------------------
+    def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
+        raise NotImplementedError
+
+    def loss(self, items: Items, new_logp: torch.Tensor, old_logp: torch.Tensor, data: EpochData) -> tuple[torch.Tensor, dict]:
+        """Per-item loss (M,) and per-item diagnostics (each (M,)) for one group of items."""
+        raise NotImplementedError
+
+    # -- helpers shared by subclasses -------------------------------------------------------
+    def clip_advantages(self, adv: torch.Tensor) -> torch.Tensor:
+        c = self.config.adv_clip
+        return adv if c is None else adv.clamp(-c, c)
+
+    def trained_steps(self, num_steps: int) -> int:
+        return max(1, int(round(num_steps * self.config.timestep_fraction)))
+
+    def pair_partner(self, batch_size: int) -> torch.Tensor:
+        """Row i pairs with row i + B/2 (sample_pairs' layout)."""
+        half = batch_size // 2
+        return torch.cat([torch.arange(half, batch_size), torch.arange(half)])
+
+
+def final_reward_advantages(algo: Algorithm, traj, rewards: torch.Tensor, tracker, gather) -> torch.Tensor:
+    """One normalised (clipped) advantage per trajectory, broadcast over its T steps (DDPO)."""
+    all_rewards, all_prompts, local = gather(rewards, traj.prompts)
+    adv = torch.as_tensor(tracker.update(all_prompts, all_rewards.numpy()), dtype=torch.float32)[local]
+    adv = algo.clip_advantages(adv)
+    return adv[:, None].expand(-1, traj.num_steps).contiguous()
+
+
+def shuffled_step_columns(n: int, num_steps: int, keep: int, generator: np.random.Generator) -> np.ndarray:
+    """(n, keep) step indices: an independent permutation of the T steps for each row/pair."""
+    return np.stack([generator.permutation(num_steps)[:keep] for _ in range(n)]) if n else np.zeros((0, keep), dtype=np.int64)

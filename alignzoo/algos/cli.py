@@ -1,0 +1,64 @@
+"""``alignzoo train``: fine-tune a model with a registered algorithm."""
+from __future__ import annotations
+
+import json
+
+
+def parse_assignments(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--algo", required=True, help="algorithm (alignzoo list algos)")
+    p.add_argument("--reward", required=True, help="reward (alignzoo list rewards)")
+    p.add_argument("--model", default="tiny-sd", help="model name (alignzoo list models) or diffusers folder")
+    p.add_argument("--model-path", default=None, help="local folder with the model's weights")
+    p.add_argument("--samples", type=int, default=256, help="total generated images (sample budget)")
+    p.add_argument("--out", required=True, help="run folder (log.jsonl, checkpoints/, final/ LoRA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompts", default="seen", help="prompt set name or file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an algorithm config field (repeatable)")
+    p.add_argument("--reward-arg", action="append", metavar="KEY=VALUE", help="keyword argument for the reward (repeatable)")
+    p.add_argument("--plugin", action="append", help="Python file that registers extra algorithms")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
+    p.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"], help="accelerate tracker(s)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    from alignzoo.algos.base import config_from_strings, get_algorithm, load_plugin
+    from alignzoo.algos.trainer import Trainer, TrainConfig
+
+    for plugin in args.plugin or []:
+        load_plugin(plugin)
+    algo_cls = get_algorithm(args.algo)
+    algo_config = config_from_strings(algo_cls.Config, algo_cls.Config(), parse_assignments(args.set))
+    reward_kwargs = {k: _literal(v) for k, v in parse_assignments(args.reward_arg).items()}
+    cfg = TrainConfig(
+        algo=args.algo, reward=args.reward, model=args.model, model_path=args.model_path, out=args.out, samples=args.samples,
+        seed=args.seed, prompts=args.prompts, mixed_precision=args.mixed_precision, cpu=args.cpu,
+        log_with=tuple(args.log_with or ()), reward_kwargs=reward_kwargs, progress=not args.no_progress,
+    )
+    trainer = Trainer(cfg, algo_config)
+    if trainer.resumed_from is not None and trainer.accelerator.is_main_process:
+        print(f"resuming from {trainer.resumed_from}")
+    records = trainer.train()
+    if trainer.accelerator.is_main_process and records:
+        last = records[-1]
+        print(json.dumps({k: last[k] for k in ("epoch", "samples", "reward_mean", "reward_std", "seconds_total") if k in last}))
+        print(f"LoRA: {trainer.out / 'final'}")
+    return 0
+
+
+def _literal(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text

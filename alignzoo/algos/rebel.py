@@ -1,0 +1,65 @@
+"""REBEL: regression of relative rewards (Gao et al. 2024, eq. 2; applied to diffusion as in RLCM).
+
+For a pair (y, y') of trajectories for the same prompt, with trajectory log-probs summed over
+the denoising steps (each step a per-dimension-mean Gaussian log-density):
+
+    L = E[ ( (1/η)·[(log π_θ(y) − log π_θold(y)) − (log π_θ(y') − log π_θold(y'))]
+             − (A(y) − A(y')) )² ]
+
+A is the per-prompt normalised reward (RLCM passes the tracker's z-scores, not raw rewards).
+η defaults to 1 (RLCM's ``rebel_lr`` = 1/η = 1). Unlike RLCM's code, the current-policy sum is
+taken per trajectory (RLCM's ``torch.cat(..., dim=-1).sum(-1)`` collapses the batch into one
+scalar when the train batch is > 1; REFERENCE_NOTES §3.4) — do not copy that.
+Pairs start from the same x_T by default (as in the SDPO paper's comparison); RLCM samples them
+independently: ``shared_noise=False``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, final_reward_advantages, register_algorithm
+
+
+@dataclass
+class REBELConfig(AlgoConfig):
+    learning_rate: float = 3e-4  # the SDPO paper keeps DDPO's shared hyperparameters for REBEL
+    rebel_eta: float = 1.0  # η of eq. 2 (the regression scales log-ratio differences by 1/η)
+    adv_clip: float | None = None  # RLCM does not clip REBEL's advantages
+    normalization: str = "per_prompt"
+    tracker_buffer: int = 16
+    tracker_min_count: int = 16
+    shared_noise: bool = True  # False: independent x_T per trajectory, as RLCM
+
+
+@register_algorithm("rebel", "REBEL: squared regression of paired log-ratio differences onto reward differences")
+class REBEL(Algorithm):
+    Config = REBELConfig
+    paired = True
+
+    def advantages(self, traj, rows, steps, rewards, tracker, gather) -> EpochData:
+        return EpochData(advantages=final_reward_advantages(self, traj, rewards, tracker, gather))
+
+    def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
+        """Items are pairs; each reads all T steps of both trajectories (K = 2T)."""
+        half = batch_size // 2
+        order = generator.permutation(half)
+        t = torch.arange(num_steps)
+        per_update = self.config.train_batch_size * self.config.gradient_accumulation_steps
+        updates = []
+        for start in range(0, half, per_update):
+            a = torch.as_tensor(order[start:start + per_update])
+            rows = torch.cat([a[:, None].expand(-1, num_steps), (a + half)[:, None].expand(-1, num_steps)], 1)
+            updates.append(Items(rows, t.repeat(2)[None].expand(len(a), -1).clone()))
+        return updates
+
+    def loss(self, items: Items, new_logp, old_logp, data: EpochData):
+        t = new_logp.shape[1] // 2
+        ratio = new_logp - old_logp  # per step log-ratios
+        log_ratio_a, log_ratio_b = ratio[:, :t].sum(1), ratio[:, t:].sum(1)
+        adv_a = data.advantages[items.rows[:, 0], 0]
+        adv_b = data.advantages[items.rows[:, t], 0]
+        residual = (log_ratio_a - log_ratio_b) / self.config.rebel_eta - (adv_a - adv_b)
+        return residual**2, {"residual_abs": residual.detach().abs()}

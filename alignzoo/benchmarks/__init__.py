@@ -1,0 +1,1 @@
+"""Benchmarks: prompt sets, suites, the runner, evaluation and the perf benchmark."""

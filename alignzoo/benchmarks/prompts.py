@@ -1,0 +1,49 @@
+"""Prompt sets, by name: the tiny world's ``seen``/``unseen`` and the SDPO paper's prompts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignzoo.registry import Registry
+
+PROMPT_SETS: Registry = Registry("prompt set")
+
+# The 45 training animals of DDPO/SDPO (simple_animals.txt) and SDPO's 4 unseen prompts (from DPOK).
+SIMPLE_ANIMALS = (
+    "cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion tiger bear raccoon fox wolf lizard "
+    "beetle ant butterfly fish shark whale dolphin squirrel mouse rat snake turtle frog chicken duck goose bee pig "
+    "turkey fly llama camel bat gorilla hedgehog kangaroo"
+).split()
+UNSEEN_ANIMALS = ["A green colored rabbit", "Four wolves in the park", "A cat and a dog", "A dog on the moon"]
+
+
+def _tiny(which: str):
+    def load():
+        from alignzoo.tinyworld import grammar
+
+        return list(grammar.seen_prompts() if which == "seen" else grammar.unseen_prompts())
+
+    return load
+
+
+PROMPT_SETS.register("seen", "the tiny world's training prompts")(_tiny("seen"))
+PROMPT_SETS.register("unseen", "the tiny world's held-out combinations (colour, count, composition, location)")(_tiny("unseen"))
+PROMPT_SETS.register("simple_animals", "the 45 animal names of DDPO/SDPO training")(lambda: list(SIMPLE_ANIMALS))
+PROMPT_SETS.register("unseen_animals", "SDPO's 4 unseen prompts (DPOK): colour, count, composition, location")(lambda: list(UNSEEN_ANIMALS))
+
+
+def get_prompts(name_or_file: str) -> list[str]:
+    """A registered prompt set, or a text file with one prompt per line."""
+    if name_or_file in PROMPT_SETS:
+        return PROMPT_SETS.get(name_or_file)()
+    path = Path(name_or_file)
+    if path.is_file():
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"prompt file {name_or_file!r} holds no prompts")
+        return prompts
+    PROMPT_SETS.get(name_or_file)  # raises with the known names
+    raise AssertionError
+
+
+def list_prompt_sets() -> list[str]:
+    return PROMPT_SETS.names()

@@ -1,0 +1,251 @@
+"""Algorithm math on hand-made tensors; expected values computed independently here."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from alignzoo.algos import get_algorithm, list_algorithms
+from alignzoo.algos.base import EpochData, Items
+from alignzoo.algos.d3po import preference_signs
+from alignzoo.algos.sdpo import adaptive_anchor, discounted_returns, importance_weights, similarity_weighted_rewards
+from alignzoo.algos.stat_tracking import StatTracker
+
+
+def test_registry_lists_all_and_unknown_name_lists_known():
+    assert {"ddpo", "rebel", "d3po", "sdpo", "rlcm-ddpo", "rlcm-rebel"} <= set(list_algorithms())
+    with pytest.raises(KeyError) as err:
+        get_algorithm("sdpoo")
+    assert "sdpo" in str(err.value) and "ddpo" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------- DDPO
+def test_ddpo_loss_negative_advantage_ratio_one_is_one():
+    # TRL's golden check: A = -1, ratio 1 -> loss 1
+    algo = get_algorithm("ddpo")()
+    items = Items(torch.tensor([[0]]), torch.tensor([[0]]))
+    data = EpochData(advantages=torch.tensor([[-1.0]]))
+    loss, info = algo.loss(items, torch.tensor([[0.3]]), torch.tensor([[0.3]]), data)
+    assert loss.shape == (1,) and float(loss) == pytest.approx(1.0)
+    assert float(info["clipfrac"]) == 0.0
+
+
+def test_ddpo_clipped_surrogate_by_hand():
+    algo = get_algorithm("ddpo")(get_algorithm("ddpo").Config(clip_range=0.2))
+    new = torch.tensor([[math.log(1.5)], [math.log(0.5)], [math.log(1.1)]])
+    old = torch.zeros(3, 1)
+    adv = torch.tensor([[2.0], [2.0], [-1.0]])
+    items = Items(torch.tensor([[0], [1], [2]]), torch.tensor([[0], [0], [0]]))
+    loss, info = algo.loss(items, new, old, EpochData(advantages=adv))
+    # max(-A r, -A clip(r)): r=1.5,A=2 -> max(-3, -2.4) = -2.4; r=0.5,A=2 -> max(-1, -1.6) = -1;
+    # r=1.1, A=-1 -> max(1.1, 1.1) = 1.1
+    assert torch.allclose(loss, torch.tensor([-2.4, -1.0, 1.1]), atol=1e-6)
+    assert info["clipfrac"].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_ddpo_plan_accumulates_all_steps_of_a_minibatch():
+    algo = get_algorithm("ddpo")(get_algorithm("ddpo").Config(train_batch_size=2, gradient_accumulation_steps=1))
+    plan = algo.plan(4, 3, np.random.default_rng(0))
+    assert len(plan) == 2
+    seen = set()
+    for items in plan:
+        rows = set(items.rows[:, 0].tolist())
+        assert len(rows) == 2 and len(items) == 6
+        for r in rows:  # every step of each trajectory in the update
+            assert sorted(items.steps[items.rows[:, 0] == r, 0].tolist()) == [0, 1, 2]
+        seen |= rows
+    assert seen == {0, 1, 2, 3}
+
+
+# ---------------------------------------------------------------------------------- REBEL
+def test_rebel_regression_by_hand():
+    algo = get_algorithm("rebel")(get_algorithm("rebel").Config(rebel_eta=0.5))
+    t = 2
+    # one pair: rows 0 (a) and 1 (b), steps 0..1 each
+    items = Items(torch.tensor([[0, 0, 1, 1]]), torch.tensor([[0, 1, 0, 1]]))
+    new = torch.tensor([[0.2, 0.1, -0.1, 0.05]])
+    old = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    adv = torch.tensor([[1.5, 1.5], [-0.5, -0.5]])
+    loss, _ = algo.loss(items, new, old, EpochData(advantages=adv))
+    log_ratio_a, log_ratio_b = 0.2 + 0.1, -0.1 + 0.05
+    want = ((log_ratio_a - log_ratio_b) / 0.5 - (1.5 - (-0.5))) ** 2
+    assert float(loss) == pytest.approx(want, rel=1e-6)
+
+
+def test_rebel_sums_per_trajectory_not_over_the_batch():
+    # the RLCM batch-sum bug would mix pairs: with two pairs, each loss must only see its own
+    algo = get_algorithm("rebel")()
+    items = Items(torch.tensor([[0, 2], [1, 3]]), torch.tensor([[0, 0], [0, 0]]))
+    new = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    old = torch.zeros(2, 2)
+    adv = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
+    loss, _ = algo.loss(items, new, old, EpochData(advantages=adv))
+    assert torch.allclose(loss, torch.tensor([0.0, 0.0]))
+
+
+def test_rebel_plan_items_are_whole_pairs():
+    algo = get_algorithm("rebel")(get_algorithm("rebel").Config(train_batch_size=1))
+    plan = algo.plan(4, 3, np.random.default_rng(0))
+    assert len(plan) == 2
+    for items in plan:
+        a, b = items.rows[0, :3], items.rows[0, 3:]
+        assert (b == a + 2).all() and items.steps[0].tolist() == [0, 1, 2, 0, 1, 2]
+
+
+# ---------------------------------------------------------------------------------- D3PO
+def test_d3po_loss_and_ties_by_hand():
+    algo = get_algorithm("d3po")()
+    s_a, s_b = preference_signs(torch.tensor([2.0, 1.0, 0.5]), torch.tensor([1.0, 1.0, 0.7]))
+    assert s_a.tolist() == [1.0, 0.0, -1.0] and s_b.tolist() == [-1.0, 0.0, 1.0]
+    signs = torch.cat([s_a, s_b])[:, None].expand(-1, 1).contiguous()
+    ref = torch.zeros(6, 1)
+    new = torch.tensor([0.05, 0.3, 0.02, -0.04, 0.0, 0.01]).view(6, 1).requires_grad_(True)
+    items = Items(torch.tensor([[0, 3], [1, 4], [2, 5]]), torch.zeros(3, 2, dtype=torch.long))
+    n = new[items.rows, items.steps]
+    loss, info = algo.loss(items, n, torch.zeros_like(n), EpochData(advantages=signs, ref_log_probs=ref))
+    clamp = lambda x: min(max(math.exp(x), 0.9), 1.1)  # noqa: E731
+    want0 = -math.log(1 / (1 + math.exp(-0.1 * (math.log(clamp(0.05)) - math.log(clamp(-0.04))))))
+    want2 = -math.log(1 / (1 + math.exp(-0.1 * (-math.log(clamp(0.02)) + math.log(clamp(0.01))))))
+    assert float(loss[0].detach()) == pytest.approx(want0, rel=1e-5)
+    assert float(loss[1].detach()) == pytest.approx(math.log(2), rel=1e-6)  # tie
+    assert float(loss[2].detach()) == pytest.approx(want2, rel=1e-5)
+    assert info["tie"].tolist() == [0.0, 1.0, 0.0]
+    loss[1].backward()
+    assert float(new.grad.abs().sum()) == 0.0  # a tie gives no gradient
+
+
+# ---------------------------------------------------------------------------------- SDPO
+def _toy_trajectory():
+    # 5 steps of 2-d "latents" whose directions make step 2 the most dissimilar to both ends
+    x0 = torch.tensor([[[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8], [0.0, -1.0]]])
+    return x0.view(1, 5, 2, 1, 1)
+
+
+def test_sdpo_anchor_and_eq11_on_a_5_step_toy():
+    x0 = _toy_trajectory()
+    flat = x0.view(5, 2)
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
+    sums = [cos(flat[i], flat[0]) + cos(flat[i], flat[4]) for i in range(5)]
+    want_anchor = 1 + int(np.argmin(sums[1:4]))
+    assert int(adaptive_anchor(x0)) == want_anchor
+    r_first, r_anchor, r_last = 1.0, 3.0, 2.0
+    steps = torch.tensor([[0, want_anchor, 4]])
+    dense = similarity_weighted_rewards(x0, steps, torch.tensor([[r_first, r_anchor, r_last]]))
+    for i in range(5):
+        if i in (0, want_anchor, 4):
+            want = {0: r_first, want_anchor: r_anchor, 4: r_last}[i]
+        else:
+            sf, sa, sl = (max(cos(flat[i], flat[j]), 0.0) for j in (0, want_anchor, 4))
+            want = (r_first * sf + r_anchor * sa + r_last * sl) / (sf + sa + sl)
+        assert float(dense[0, i]) == pytest.approx(want, rel=1e-5), i
+
+
+def test_sdpo_eq11_with_positive_similarities_is_exact():
+    x0 = torch.tensor([[[1.0, 0.1], [1.0, 0.5], [0.5, 1.0]]]).view(1, 3, 2, 1, 1)
+    flat = x0.view(3, 2)
+    steps = torch.tensor([[0, 2]])
+    dense = similarity_weighted_rewards(x0, steps, torch.tensor([[1.0, 4.0]]))
+    c = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
+    sf, sl = c(flat[1], flat[0]), c(flat[1], flat[2])
+    assert float(dense[0, 1]) == pytest.approx((1.0 * sf + 4.0 * sl) / (sf + sl), rel=1e-6)
+
+
+def test_sdpo_discounted_returns():
+    r = torch.tensor([[1.0, 2.0, 3.0]])
+    g = discounted_returns(r, 0.9)
+    assert torch.allclose(g, torch.tensor([[1 + 0.9 * 2 + 0.81 * 3, 2 + 0.9 * 3, 3.0]]))
+    assert torch.equal(discounted_returns(r, None), r)
+    assert torch.allclose(discounted_returns(r, 1.0), torch.tensor([[6.0, 5.0, 3.0]]))
+
+
+def test_sdpo_importance_weights():
+    w = importance_weights(4, 0.5)
+    assert w.tolist() == [1.0, 0.5, 0.25, 0.125]  # first (noisiest) step weight 1: lambda^(T-t-1)
+    assert importance_weights(4, 0.5, "reversed").tolist() == [0.125, 0.25, 0.5, 1.0]
+
+
+def test_sdpo_clipped_max_loss_by_hand():
+    cfg = get_algorithm("sdpo").Config(clip_range=0.1, lam=0.5, log_scale=2.0)
+    algo = get_algorithm("sdpo")(cfg)
+    adv = torch.tensor([[0.0, 1.0], [0.0, -1.0]])  # rows 0 (a) and 1 (b), T = 2
+    items = Items(torch.tensor([[0, 1]]), torch.tensor([[1, 1]]))
+    new, old = torch.tensor([[0.3, -0.05]]), torch.zeros(1, 2)
+    loss, info = algo.loss(items, new, old, EpochData(advantages=adv))
+    w = 0.5**1 / 2.0
+    d_adv = 1.0 - (-1.0)
+    unclipped = (w * (0.3 - (-0.05)) - d_adv) ** 2
+    clipped = (w * (0.1 - (-0.05)) - d_adv) ** 2
+    assert float(loss) == pytest.approx(max(unclipped, clipped), rel=1e-6)
+    assert float(info["clipfrac"]) == float(clipped > unclipped)
+
+
+@pytest.mark.parametrize("order", ["shuffled", "unshuffled", "step_accumulated"])
+def test_sdpo_plan_visits_each_step_of_each_pair_once(order):
+    cfg = get_algorithm("sdpo").Config(train_batch_size=2, gradient_accumulation_steps=1, update_order=order)
+    algo = get_algorithm("sdpo")(cfg)
+    b, t = 10, 6  # 5 pairs
+    plan = algo.plan(b, t, np.random.default_rng(3))
+    visits = [(int(r), int(s)) for items in plan for r, s in zip(items.rows[:, 0], items.steps[:, 0])]
+    assert sorted(visits) == sorted((p, s) for p in range(5) for s in range(t))
+    for items in plan:
+        assert (items.rows[:, 1] == items.rows[:, 0] + 5).all() and (items.steps[:, 0] == items.steps[:, 1]).all()
+    if order == "shuffled":
+        assert len(plan) == t * 3  # one column per update group: ceil(5 pairs / 2) per column
+        # each update draws one step per pair; pairs' permutations are independent
+        perms = {tuple(s for (r, s) in visits if r == p) for p in range(5)}
+        assert len(perms) > 1
+    if order == "unshuffled":
+        for j in range(t):
+            assert set(plan[j * 3].steps[:, 0].tolist()) == {j}
+    if order == "step_accumulated":
+        assert len(plan) == 3
+
+
+def test_sdpo_reward_prediction_variants_query_counts():
+    rng = np.random.default_rng(0)
+    x0 = torch.randn(4, 8, 2, 2, 2)
+    counts = {}
+    for mode in ("adaptive", "random_anchor", "fixed_anchor", "two_similarity", "two_interpolation", "one_copy", "all"):
+        algo = get_algorithm("sdpo")(get_algorithm("sdpo").Config(reward_prediction=mode))
+        q = algo.query_steps(x0, rng)
+        counts[mode] = q.shape[1]
+        assert (q[:, -1] == 7).all() or mode == "all"
+        if q.shape[1] == 3:
+            assert ((q[:, 1] >= 1) & (q[:, 1] <= 6)).all()
+    assert counts == {"adaptive": 3, "random_anchor": 3, "fixed_anchor": 3, "two_similarity": 2, "two_interpolation": 2, "one_copy": 1, "all": 8}
+    algo = get_algorithm("sdpo")(get_algorithm("sdpo").Config(reward_prediction="two_interpolation"))
+    dense = algo.dense_rewards(x0[:1, :5], torch.tensor([[0, 4]]), torch.tensor([[1.0, 3.0]]))
+    assert torch.allclose(dense, torch.tensor([[1.0, 1.5, 2.0, 2.5, 3.0]]))
+
+
+def test_unknown_sdpo_option_is_a_clear_error():
+    with pytest.raises(ValueError, match="reward_prediction"):
+        get_algorithm("sdpo")(get_algorithm("sdpo").Config(reward_prediction="bogus"))
+
+
+# ---------------------------------------------------------------------------------- trackers
+def test_per_step_prompt_tracker_with_batch_fallback():
+    tr = StatTracker("per_step_prompt", buffer_size=4, min_count=3)
+    v = np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 50.0]])
+    out = tr.update(["p", "p", "q"], v)
+    # 'p' has 2 < 3 values at each step: normalised by the whole batch's stats at that step
+    for j in range(2):
+        col = v[:, j]
+        assert np.allclose(out[:, j], (col - col.mean()) / (col.std() + 1e-6))
+    out2 = tr.update(["p"], np.array([[7.0, 70.0]]))
+    buf0 = np.array([1.0, 3.0, 7.0])  # now 3 values for ('p', 0): its own buffer
+    assert np.allclose(out2[0, 0], (7.0 - buf0.mean()) / (buf0.std() + 1e-6))
+    state = tr.state_dict()
+    tr2 = StatTracker()
+    tr2.load_state_dict(state)
+    assert np.allclose(tr2.update(["p"], np.array([[2.0, 20.0]])), tr.update(["p"], np.array([[2.0, 20.0]])))
+
+
+def test_per_prompt_tracker_buffer_is_bounded():
+    tr = StatTracker("per_prompt", buffer_size=3, min_count=1)
+    for x in [1.0, 2.0, 3.0, 4.0]:
+        tr.update(["p"], np.array([x]))
+    assert list(tr.buffers[("p",)]) == [2.0, 3.0, 4.0]
+    out = tr.update(["p"], np.array([5.0]))
+    ref = np.array([3.0, 4.0, 5.0])
+    assert np.allclose(out, (5.0 - ref.mean()) / (ref.std() + 1e-6))
