@@ -320,10 +320,22 @@ class Trainer:
             bar.close()
         if self.accelerator.is_main_process:
             self.model.save_lora(self.out / "final")
+        self._check_processes_agree()
         self.accelerator.wait_for_everyone()
         if self.config.log_with:
             self.accelerator.end_training()
         return records
+
+    def _check_processes_agree(self) -> None:
+        """Every process must end with the same LoRA weights; records what each one did."""
+        flat = torch.cat([p.detach().float().reshape(-1) for p in self.model.trainable_parameters()])
+        mine = torch.tensor([float(flat.double().sum()), float((flat.double() ** 2).sum()), float(self.prompts_per_process)], device=self.device)
+        every = self.accelerator.gather(mine[None]).cpu() if self.world > 1 else mine[None].cpu()
+        if self.accelerator.is_main_process:
+            info = {"processes": self.world, "lora_checksums": every[:, :2].tolist(), "prompts_per_process_per_epoch": every[:, 2].tolist()}
+            _atomic_write_text(self.out / "final" / "processes.json", json.dumps(info, indent=1))
+        if not torch.allclose(every[:, :2], every[:1, :2].expand_as(every[:, :2]), rtol=0, atol=0):
+            raise RuntimeError(f"processes ended with different LoRA weights: {every[:, :2].tolist()}")
 
     # ------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict:

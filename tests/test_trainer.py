@@ -1,0 +1,136 @@
+"""The shared trainer: exact resume after a kill, plugins, fairness, multi-process runs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignzoo.algos import get_algorithm
+from alignzoo.algos.trainer import Trainer, TrainConfig, read_log
+from alignzoo.cli import main as cli_main
+
+FAST = ["--set", "num_steps=3", "--set", "samples_per_epoch=8", "--set", "train_batch_size=2", "--set", "learning_rate=0.01"]
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    p.write_text("a red cat\na blue dog\na green circle\na red square\n")
+    return p
+
+
+def _env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _train_cmd(folder, prompts, out, algo="sdpo", samples=48, extra=()):
+    return [sys.executable, "-m", "alignzoo", "train", "--algo", algo, "--reward", "jpeg_compressibility", "--model", str(folder),
+            "--prompts", str(prompts), "--samples", str(samples), "--out", str(out), "--no-progress", *FAST, *extra]
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tiny_random_folders, prompt_file, tmp_path):
+    folder = tiny_random_folders["sd"]
+    full = tmp_path / "full"
+    subprocess.run(_train_cmd(folder, prompt_file, full), check=True, env=_env(), capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(folder, prompt_file, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((killed / "checkpoints").glob("epoch_00002")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists()
+    n_before = len(read_log(killed))
+    assert 2 <= n_before < 6
+    subprocess.run(_train_cmd(folder, prompt_file, killed), check=True, env=_env(), capture_output=True, timeout=600)
+    a, b = read_log(full), read_log(killed)
+    assert [r["epoch"] for r in b] == list(range(1, 7))
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("seconds")}  # noqa: E731
+    assert [drop(r) for r in a] == [drop(r) for r in b]
+    wa = load_file(str(full / "final" / "pytorch_lora_weights.safetensors"))
+    wb = load_file(str(killed / "final" / "pytorch_lora_weights.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(float(v.abs().sum()) > 0 for k, v in wa.items() if "lora_B" in k or "lora.up" in k)
+
+
+TOY_PLUGIN = '''
+from dataclasses import dataclass
+import numpy as np
+import torch
+from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, final_reward_advantages, register_algorithm
+
+@dataclass
+class ToyConfig(AlgoConfig):
+    learning_rate: float = 0.05
+
+@register_algorithm("toy-reinforce", "plain REINFORCE over the final step, an external plugin")
+class ToyReinforce(Algorithm):
+    Config = ToyConfig
+    def advantages(self, traj, rows, steps, rewards, tracker, gather):
+        return EpochData(advantages=final_reward_advantages(self, traj, rewards, tracker, gather))
+    def plan(self, batch_size, num_steps, generator):
+        r = torch.arange(batch_size)
+        return [Items(r[:, None], torch.full((batch_size, 1), num_steps - 1))]
+    def loss(self, items, new_logp, old_logp, data):
+        adv = data.advantages[items.rows[:, 0], items.steps[:, 0]]
+        return -adv * new_logp[:, 0], {}
+'''
+
+
+def test_external_plugin_algorithm_trains(tiny_random_folders, prompt_file, tmp_path, capsys):
+    plugin = tmp_path / "toy_algo.py"
+    plugin.write_text(textwrap.dedent(TOY_PLUGIN))
+    out = tmp_path / "toy"
+    rc = cli_main(["train", "--plugin", str(plugin), "--algo", "toy-reinforce", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]),
+                   "--prompts", str(prompt_file), "--samples", "16", "--out", str(out), "--no-progress", "--set", "num_steps=2", "--set", "samples_per_epoch=8"])
+    assert rc == 0
+    log = read_log(out)
+    assert len(log) == 2 and log[-1]["samples"] == 16 and log[-1]["loss"] != 0
+    w = load_file(str(out / "final" / "pytorch_lora_weights.safetensors"))
+    assert any(float(v.abs().sum()) > 0 for k, v in w.items() if "lora_B" in k or "lora.up" in k)
+
+
+def test_cli_errors_are_clear(tiny_random_folders, prompt_file, tmp_path, capsys):
+    assert cli_main(["train", "--algo", "nope", "--reward", "jpeg_compressibility", "--out", str(tmp_path / "x")]) == 2
+    assert "Known algorithms: d3po, ddpo" in capsys.readouterr().err
+    assert cli_main(["train", "--algo", "sdpo", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]), "--out", str(tmp_path / "y"), "--set", "lamda=0.9"]) == 2
+    assert "unknown config key 'lamda'" in capsys.readouterr().err
+    assert cli_main(["train", "--algo", "rlcm-ddpo", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]), "--prompts", str(prompt_file), "--out", str(tmp_path / "z")]) == 2
+    assert "runs on lcm models" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("algo", ["ddpo", "sdpo"])
+def test_every_algorithm_uses_the_same_images_per_epoch(algo, tiny_random_folders, prompt_file, tmp_path):
+    cfg = get_algorithm(algo).Config(num_steps=4, samples_per_epoch=8)
+    tr = Trainer(TrainConfig(algo=algo, reward="jpeg_compressibility", model=str(tiny_random_folders["sd"]), prompts=str(prompt_file), out=str(tmp_path / algo), samples=8, progress=False), cfg)
+    rec = tr.train()[-1]
+    assert rec["samples"] == 8
+    assert rec["reward_queries"] == (24 if algo == "sdpo" else 8)  # SDPO: 3 per trajectory
+
+
+def test_two_processes_agree_and_split_samples(tiny_random_folders, prompt_file, tmp_path):
+    out = tmp_path / "ddp"
+    # accelerate's --cpu launcher needs MPI for several processes; its torchrun launcher
+    # (--multi_gpu) runs CPU processes over gloo when the script asks for the CPU (--cpu).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "alignzoo", "train", "--cpu", "--algo", "sdpo", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]),
+           "--prompts", str(prompt_file), "--samples", "16", "--out", str(out), "--no-progress", *FAST]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((out / "final" / "processes.json").read_text())
+    assert info["processes"] == 2
+    assert info["lora_checksums"][0] == info["lora_checksums"][1]
+    assert info["prompts_per_process_per_epoch"] == [2.0, 2.0]  # 8 images = 4 prompts x 2, split in two
+    log = read_log(out)
+    assert [r["samples"] for r in log] == [8, 16]
+    ckpt = sorted((out / "checkpoints").glob("epoch_*"))[-1]
+    assert (ckpt / "rng_rank0.pt").exists() and (ckpt / "rng_rank1.pt").exists() and (ckpt / "COMPLETE").exists()
