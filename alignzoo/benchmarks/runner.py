@@ -1,0 +1,227 @@
+"""The benchmark runner: every (algorithm, reward, seed) cell of a suite, evaluated head to head.
+
+Layout of ``runs/<suite>/`` (read by :mod:`alignzoo.reports`)::
+
+    suite.toml                     the parsed suite
+    pretrained/eval.jsonl          the pretrained model's evaluation (+ scores.json, images/)
+    <algo>__<reward>__seed<S>/     log.jsonl (trainer), eval.jsonl, checkpoints/, final/, images/, DONE
+
+Each evaluation point's lines are appended in one write and fsync'ed, so a kill never leaves a
+half-written line; rerunning skips finished cells (DONE) and resumes an unfinished one from its
+last checkpoint (one per epoch), dropping evaluation lines newer than that checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alignzoo.benchmarks.evaluation import evaluate
+from alignzoo.benchmarks.prompts import get_prompts
+from alignzoo.benchmarks.suites import Suite, suite_to_toml
+
+
+def cell_name(algo: str, reward: str, seed: int) -> str:
+    return f"{algo}__{reward}__seed{seed}"
+
+
+def append_lines(path: Path, records: list[dict]) -> None:
+    """Appends JSON lines in one write, flushed to disk."""
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def rewrite_lines(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def save_strip(images: torch.Tensor, path: Path) -> None:
+    """(K, 3, H, W) in [0, 1] → one PNG, the K images side by side."""
+    from PIL import Image
+
+    from alignzoo.reports.grids import to_uint8
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strip = np.concatenate([to_uint8(img) for img in images], axis=1)
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray(strip).save(tmp)
+    os.replace(tmp, path)
+
+
+class BenchmarkRunner:
+    def __init__(self, suite: Suite, root: str | Path = "runs", device: str | None = None, progress: bool = True, log=print):
+        self.suite = suite
+        self.dir = Path(root) / suite.name
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.progress = progress
+        self.log = log
+        ev = suite.eval
+        self.prompt_sets = {}
+        for name in ev.prompt_sets:
+            prompts = get_prompts(name)
+            self.prompt_sets[name] = prompts[: ev.prompts_per_set] if ev.prompts_per_set else prompts
+        self._rewards = None
+
+    # ---------------------------------------------------------------------------- helpers
+    def rewards(self) -> dict:
+        if self._rewards is None:
+            from alignzoo.rewards import get_reward
+
+            self._rewards = {r: get_reward(r, device=self.device, **self.suite.reward_args.get(r, {})).to(self.device) for r in self.suite.rewards}
+        return self._rewards
+
+    def load_model(self):
+        from alignzoo.models import load_model
+
+        return load_model(self.suite.model, model_path=self.suite.model_path, device=self.device)
+
+    def eval_eta(self, algo_cfg=None) -> float:
+        eta = self.suite.eval.eta
+        if eta == "train":
+            return float(algo_cfg.eta if algo_cfg is not None else 1.0)
+        return float(eta)
+
+    def run_eval(self, model, eta: float, keep_images: bool):
+        ev = self.suite.eval
+        for r in self.rewards().values():
+            r.reset_counters()
+        return evaluate(model, self.rewards(), self.prompt_sets, ev.steps, ev.images_per_prompt, eta, ev.seed, ev.batch_size,
+                        keep_images=ev.grid_images if keep_images else 0)
+
+    # ---------------------------------------------------------------------------- the run
+    def run(self, only: dict[str, set[str]] | None = None) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "suite.toml").write_text(suite_to_toml(self.suite))
+        cost = self.suite.estimated_cost()
+        self.log(f"suite {self.suite.name}: {cost['cells']} cells on {self.suite.model}; estimated UNet evaluations "
+                 f"{cost['unet_evals_training']:,} (training) + {cost['unet_evals_evaluation']:,} (evaluation), reward queries "
+                 f"{cost['reward_queries_training']:,} + {cost['reward_queries_evaluation']:,}")
+        start = time.perf_counter()
+        baseline = self.pretrained()
+        cells = [c for c in self.suite.cells() if _selected(c, only)]
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(cells), desc=f"bench {self.suite.name}", unit="cell", position=0, dynamic_ncols=True)
+        for algo, reward, seed in cells:
+            if bar is not None:
+                bar.set_postfix_str(cell_name(algo, reward, seed))
+            self.run_cell(algo, reward, seed, baseline)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        self.log(f"suite {self.suite.name} done in {time.perf_counter() - start:.0f} s: {self.dir}")
+        return self.dir
+
+    def pretrained(self) -> dict:
+        """Evaluates the pretrained model once; returns its per-image scores for paired diffs."""
+        d = self.dir / "pretrained"
+        scores_path = d / "scores.json"
+        if (d / "DONE").exists():
+            return json.loads(scores_path.read_text())
+        d.mkdir(parents=True, exist_ok=True)
+        model = self.load_model()
+        t0 = time.perf_counter()
+        results, strips = self.run_eval(model, self.eval_eta(), keep_images=True)
+        seconds = time.perf_counter() - t0
+        scores = {_key(r.prompt_set, r.reward, r.steps): r.scores.tolist() for r in results}
+        for n, imgs in strips.items():
+            save_strip(imgs, d / "images" / f"steps_{n}.png")
+        lines = [{"cell": "pretrained", "algo": "pretrained", "train_reward": None, "seed": None, "samples": 0, **r.summary(), "eval_seconds": round(seconds, 3)} for r in results]
+        rewrite_lines(d / "eval.jsonl", lines)
+        scores_path.write_text(json.dumps(scores))
+        (d / "DONE").write_text("ok")
+        return scores
+
+    def run_cell(self, algo: str, reward: str, seed: int, baseline: dict) -> Path:
+        from alignzoo.algos.trainer import Trainer, TrainConfig
+
+        d = self.dir / cell_name(algo, reward, seed)
+        if (d / "DONE").exists():
+            return d
+        algo_cfg = self.suite.algo_config(algo, reward)
+        points = self.suite.eval_interval_points(algo_cfg.samples_per_epoch)
+        cfg = TrainConfig(algo=algo, reward=reward, model=self.suite.model, model_path=self.suite.model_path, out=str(d), samples=self.suite.samples,
+                          seed=seed, prompts=self.suite.train_prompts, reward_kwargs=self.suite.reward_args.get(reward, {}), progress=self.progress,
+                          cpu=self.device == "cpu")
+        rewards = self.rewards()
+        trainer = Trainer(cfg, algo_cfg, model=self.load_model(), reward=rewards[reward])
+        eval_path = d / "eval.jsonl"
+        done_samples = trainer.totals["samples"]
+        kept = [r for r in read_lines(eval_path) if r["samples"] <= done_samples]
+        rewrite_lines(eval_path, kept)  # drop evaluations newer than the checkpoint we resume from
+        evaluated = {r["samples"] for r in kept}
+        eta = self.eval_eta(algo_cfg)
+
+        def evaluate_now(tr, samples):
+            if samples in evaluated or samples not in points:
+                return
+            tr.model.unet.eval()
+            t0 = time.perf_counter()
+            final = samples == points[-1]
+            results, strips = self.run_eval(tr.model, eta, keep_images=final)
+            seconds = time.perf_counter() - t0
+            if final:
+                for n, imgs in strips.items():
+                    save_strip(imgs, d / "images" / f"steps_{n}.png")
+            lines = []
+            for r in results:
+                base = baseline.get(_key(r.prompt_set, r.reward, r.steps))
+                lines.append({"cell": d.name, "algo": algo, "train_reward": reward, "seed": seed, "samples": samples, "epoch": tr.epoch,
+                              **r.summary(np.asarray(base) if base is not None else None), "eval_seconds": round(seconds, 3)})
+            append_lines(eval_path, lines)
+            evaluated.add(samples)
+
+        evaluate_now(trainer, done_samples)  # a kill between checkpoint and evaluation
+        trainer.train(callback=lambda tr, rec: evaluate_now(tr, rec["samples"]))
+        (d / "DONE").write_text("ok")
+        return d
+
+
+def _key(prompt_set: str, reward: str, steps: int) -> str:
+    return f"{prompt_set}|{reward}|{steps}"
+
+
+def _selected(cell, only) -> bool:
+    if not only:
+        return True
+    algo, reward, seed = cell
+    values = {"algo": algo, "reward": reward, "seed": str(seed)}
+    return all(values[k] in allowed for k, allowed in only.items())
+
+
+def parse_only(text: str | None) -> dict[str, set[str]] | None:
+    """``algo=sdpo,reward=tiny_alignment`` (repeat a key for several values: algo=sdpo,algo=ddpo)."""
+    if not text:
+        return None
+    out: dict[str, set[str]] = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ValueError(f"--only expects key=value pairs (keys: algo, reward, seed), got {part!r}")
+        k, v = (s.strip() for s in part.split("=", 1))
+        if k not in ("algo", "reward", "seed"):
+            raise ValueError(f"--only key {k!r} is unknown; use algo, reward or seed")
+        out.setdefault(k, set()).add(v)
+    return out

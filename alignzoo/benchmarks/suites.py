@@ -1,0 +1,222 @@
+"""Benchmark suites: TOML files naming a model, algorithms, rewards, seeds, budget and evaluation.
+
+Shipped suites live in ``alignzoo/benchmarks/suites/*.toml`` (``alignzoo list suites``); a
+user's own file works too. Schema (every key optional except model, algorithms, rewards)::
+
+    name = "quick"                    description = "..."
+    model = "tiny-sd"                 model_path = "/local/folder"      # optional
+    algorithms = ["ddpo", "sdpo"]     rewards = ["tiny_alignment"]
+    seeds = [0]                       samples = 512                     # budget per cell (images)
+    eval_interval = 256               train_prompts = "seen"
+    [train]        shared algorithm-config overrides (num_steps, samples_per_epoch, ...)
+    [algo.<name>]  per-algorithm overrides, e.g. [algo.sdpo] learning_rate = 1e-3
+    [eval]         steps = [1, 2, 4, 8, 16, 50], prompt_sets = ["seen", "unseen"],
+                   images_per_prompt = 2, prompts_per_set = 16, eta = 0.0 (or "train"),
+                   seed = 1234, grid_images = 4, batch_size = 64
+    [reward_args.<reward>]  keyword arguments of a reward
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignzoo.registry import Registry
+
+SUITE_DIR = Path(__file__).resolve().parent / "suites"
+SUITES: Registry = Registry("suite")
+
+TOP_KEYS = {"name", "description", "model", "model_path", "algorithms", "rewards", "seeds", "samples", "eval_interval", "train_prompts", "train", "algo", "algo_reward", "eval", "reward_args"}
+EVAL_KEYS = {"steps", "prompt_sets", "images_per_prompt", "prompts_per_set", "eta", "seed", "grid_images", "batch_size"}
+
+
+@dataclass
+class EvalSpec:
+    steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 50])
+    prompt_sets: list[str] = field(default_factory=lambda: ["seen", "unseen"])
+    images_per_prompt: int = 2
+    prompts_per_set: int | None = None
+    eta: float | str = 0.0  # "train": the training eta
+    seed: int = 1234
+    grid_images: int = 4
+    batch_size: int = 64
+
+
+@dataclass
+class Suite:
+    name: str
+    model: str
+    algorithms: list[str]
+    rewards: list[str]
+    description: str = ""
+    model_path: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    samples: int = 512
+    eval_interval: int = 0  # 0: evaluate only at the end
+    train_prompts: str = "seen"
+    train: dict = field(default_factory=dict)
+    algo: dict = field(default_factory=dict)
+    algo_reward: dict = field(default_factory=dict)  # {algo: {reward: overrides}} (e.g. SDPO's Table 2)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    reward_args: dict = field(default_factory=dict)
+    source: str | None = None
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        return [(a, r, s) for a in self.algorithms for r in self.rewards for s in self.seeds]
+
+    def algo_config(self, algo: str, reward: str | None = None):
+        """The algorithm's Config with the suite's [train], [algo.<name>] and
+        [algo_reward.<name>.<reward>] overrides applied, in that order."""
+        from alignzoo.algos import get_algorithm
+        from alignzoo.algos.base import config_from_strings
+
+        cls = get_algorithm(algo)
+        cfg = cls.Config()
+        sections = [("[train]", self.train), (f"[algo.{algo}]", self.algo.get(algo, {}))]
+        if reward is not None:
+            sections.append((f"[algo_reward.{algo}.{reward}]", self.algo_reward.get(algo, {}).get(reward, {})))
+        for section, values in sections:
+            try:
+                cfg = config_from_strings(cls.Config, cfg, values)
+            except ValueError as err:
+                raise ValueError(f"suite {self.name!r} {section}: {err}") from None
+        return cfg
+
+    def eval_interval_points(self, samples_per_epoch: int) -> list[int]:
+        """Cumulative sample counts at which a cell is evaluated (always including the end)."""
+        epochs = math.ceil(self.samples / samples_per_epoch)
+        ends = [samples_per_epoch * (e + 1) for e in range(epochs)]
+        if not self.eval_interval:
+            return [ends[-1]]
+        points = [s for s in ends if (s - samples_per_epoch) // self.eval_interval < s // self.eval_interval]
+        return sorted(set(points + [ends[-1]]))
+
+    def estimated_cost(self) -> dict:
+        """UNet evaluations and reward queries, before running (printed by the runner)."""
+        from alignzoo.algos import get_algorithm
+        from alignzoo.benchmarks.prompts import get_prompts
+        from alignzoo.models import get_model_spec
+
+        spec = get_model_spec(self.model) if self.model in _model_names() else None
+        unet_train = reward_q = 0
+        for algo, reward, _seed in self.cells():
+            cfg = self.algo_config(algo, reward)
+            t = cfg.num_steps or (spec.train_steps if spec else 50)
+            cls = get_algorithm(algo)
+            unet_train += self.samples * t * (3 if cls.needs_reference else 2)
+            per_traj = 3 if algo == "sdpo" else 1
+            reward_q += self.samples * per_traj
+        n_images = sum(min(len(get_prompts(p)), self.eval.prompts_per_set or 10**9) for p in self.eval.prompt_sets) * self.eval.images_per_prompt
+        evals_per_cell = len(self.eval_interval_points(self.algo_config(self.algorithms[0]).samples_per_epoch))
+        n_eval_models = 1 + len(self.cells()) * evals_per_cell
+        unet_eval = n_eval_models * n_images * sum(self.eval.steps)
+        reward_eval = n_eval_models * n_images * len(self.eval.steps) * len(self.rewards)
+        return {"cells": len(self.cells()), "unet_evals_training": unet_train, "unet_evals_evaluation": unet_eval,
+                "reward_queries_training": reward_q, "reward_queries_evaluation": reward_eval}
+
+
+def _model_names():
+    from alignzoo.models import list_models
+
+    return list_models()
+
+
+def _check_names(kind: str, names, known, suite: str):
+    for n in names:
+        if n not in known:
+            raise ValueError(f"suite {suite!r}: unknown {kind} {n!r}; known {kind}s: {', '.join(sorted(known))}")
+
+
+def parse_suite(data: dict, source: str | None = None) -> Suite:
+    from alignzoo.algos import list_algorithms
+    from alignzoo.benchmarks.prompts import PROMPT_SETS
+    from alignzoo.rewards import list_rewards
+
+    name = data.get("name") or (Path(source).stem if source else "suite")
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise ValueError(f"suite {name!r}: unknown key(s) {', '.join(sorted(unknown))}; known keys: {', '.join(sorted(TOP_KEYS))}")
+    for key in ("model", "algorithms", "rewards"):
+        if key not in data:
+            raise ValueError(f"suite {name!r} lacks the required key {key!r}")
+    ev = dict(data.get("eval", {}))
+    bad = set(ev) - EVAL_KEYS
+    if bad:
+        raise ValueError(f"suite {name!r} [eval]: unknown key(s) {', '.join(sorted(bad))}; known keys: {', '.join(sorted(EVAL_KEYS))}")
+    suite = Suite(
+        name=name, model=data["model"], algorithms=list(data["algorithms"]), rewards=list(data["rewards"]), description=data.get("description", ""),
+        model_path=data.get("model_path"), seeds=[int(s) for s in data.get("seeds", [0])], samples=int(data.get("samples", 512)),
+        eval_interval=int(data.get("eval_interval", 0)), train_prompts=data.get("train_prompts", "seen"), train=dict(data.get("train", {})),
+        algo={k: dict(v) for k, v in data.get("algo", {}).items()},
+        algo_reward={a: {r: dict(v) for r, v in rs.items()} for a, rs in data.get("algo_reward", {}).items()}, eval=EvalSpec(**ev), reward_args={k: dict(v) for k, v in data.get("reward_args", {}).items()},
+        source=source,
+    )
+    if suite.model not in _model_names() and not Path(suite.model).is_dir():
+        raise ValueError(f"suite {name!r}: unknown model {suite.model!r}; known models: {', '.join(_model_names())} (or a diffusers folder)")
+    _check_names("algorithm", suite.algorithms, list_algorithms(), name)
+    _check_names("reward", suite.rewards, list_rewards(), name)
+    _check_names("algorithm", suite.algo, suite.algorithms, name)
+    _check_names("reward", suite.reward_args, suite.rewards, name)
+    sets = PROMPT_SETS.names()
+    for p in suite.eval.prompt_sets + [suite.train_prompts]:
+        if p not in sets and not Path(p).is_file():
+            raise ValueError(f"suite {name!r}: unknown prompt set {p!r}; known prompt sets: {', '.join(sets)} (or a file)")
+    if not suite.eval.steps or min(suite.eval.steps) < 1:
+        raise ValueError(f"suite {name!r}: eval.steps must be positive step counts")
+    _check_names("algorithm", suite.algo_reward, suite.algorithms, name)
+    for a, per_reward in suite.algo_reward.items():
+        _check_names("reward", per_reward, suite.rewards, name)
+    for a, r, _seed in suite.cells():  # validates every override now, not hours into the run
+        suite.algo_config(a, r)
+    return suite
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = SUITE_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise ValueError(f"unknown suite {name_or_path!r}; known suites: {', '.join(list_suites())} (or a path to a .toml file)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"suite file {path} is not valid TOML: {err}") from None
+    return parse_suite(data, str(path))
+
+
+def list_suites() -> list[str]:
+    for p in sorted(SUITE_DIR.glob("*.toml")):
+        if p.stem not in SUITES:
+            desc = ""
+            for line in p.read_text().splitlines():
+                if line.startswith("description"):
+                    desc = line.split("=", 1)[1].strip().strip('"')
+            SUITES.register(p.stem, desc)(str(p))
+    return SUITES.names()
+
+
+def suite_to_toml(suite: Suite) -> str:
+    """A TOML rendering of a parsed suite (written beside its results)."""
+    def val(v):
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return repr(v)
+
+    d = dataclasses.asdict(suite)
+    lines = [f"{k} = {val(v)}" for k, v in d.items() if k not in ("train", "algo", "algo_reward", "eval", "reward_args", "source") and v is not None]
+    lines += ["", "[train]"] + [f"{k} = {val(v)}" for k, v in suite.train.items()]
+    lines += ["", "[eval]"] + [f"{k} = {val(v)}" for k, v in d["eval"].items() if v is not None]
+    for a, over in suite.algo.items():
+        lines += ["", f"[algo.{a}]"] + [f"{k} = {val(v)}" for k, v in over.items()]
+    for a, per_reward in suite.algo_reward.items():
+        for r, over in per_reward.items():
+            lines += ["", f"[algo_reward.{a}.{r}]"] + [f"{k} = {val(v)}" for k, v in over.items()]
+    for r, over in suite.reward_args.items():
+        lines += ["", f"[reward_args.{r}]"] + [f"{k} = {val(v)}" for k, v in over.items()]
+    return "\n".join(lines) + "\n"

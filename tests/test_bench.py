@@ -1,0 +1,146 @@
+"""Suites, the benchmark runner (resume after a kill) and the evaluation's shared noise."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from alignzoo.benchmarks import evaluation
+from alignzoo.benchmarks.runner import read_lines
+from alignzoo.benchmarks.suites import list_suites, load_suite, parse_suite
+
+
+def _base(**kw):
+    d = {"name": "t", "model": "tiny-sd", "algorithms": ["sdpo"], "rewards": ["jpeg_compressibility"]}
+    d.update(kw)
+    return d
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"bogus": 1}, "unknown key(s) bogus"),
+    ({"algorithms": ["sdpoo"]}, "unknown algorithm 'sdpoo'"),
+    ({"rewards": ["nope"]}, "unknown reward 'nope'"),
+    ({"model": "sd-trubo"}, "unknown model 'sd-trubo'"),
+    ({"eval": {"prompt_sets": ["unsen"]}}, "unknown prompt set 'unsen'"),
+    ({"eval": {"stepz": [1]}}, "[eval]: unknown key(s) stepz"),
+    ({"algo": {"sdpo": {"lamda": 0.9}}}, "unknown config key 'lamda'"),
+])
+def test_suite_errors_name_the_problem(change, needle):
+    with pytest.raises(ValueError) as err:
+        parse_suite(_base(**change))
+    assert needle in str(err.value)
+
+
+def test_shipped_suites_parse():
+    names = list_suites()
+    assert {"quick", "tiny", "tiny-lcm", "paper-sdturbo", "paper-lcm"} <= set(names)
+    quick = load_suite("quick")
+    assert quick.model == "tiny-sd" and set(quick.algorithms) == {"ddpo", "rebel", "d3po", "sdpo"}
+    assert quick.eval.steps == [1, 2, 4, 8, 16, 50]
+    paper = load_suite("paper-sdturbo")
+    assert paper.model == "sd-turbo" and set(paper.rewards) == {"aesthetic", "imagereward", "hpsv2", "pickscore"}
+    assert paper.algo_config("sdpo").num_steps == 50
+    with pytest.raises(ValueError, match="known suites"):
+        load_suite("quik")
+
+
+def test_eval_points():
+    s = parse_suite(_base(samples=100, eval_interval=32))
+    assert s.eval_interval_points(16) == [32, 64, 96, 112]
+    assert parse_suite(_base(samples=64)).eval_interval_points(16) == [64]
+
+
+def test_evaluation_uses_identical_noise_for_every_model(tiny_random_folders, monkeypatch):
+    from alignzoo.models import load_model
+
+    seen = []
+    real = evaluation.sample
+
+    def spy(model, prompts, n, eta=0.0, generator=None, init_noise=None):
+        seen.append((id(model), n, init_noise.clone()))
+        return real(model, prompts, n, eta=eta, generator=generator, init_noise=init_noise)
+
+    monkeypatch.setattr(evaluation, "sample", spy)
+    from alignzoo.rewards import get_reward
+
+    rewards = {"jpeg_compressibility": get_reward("jpeg_compressibility")}
+    a = load_model(str(tiny_random_folders["sd"]))
+    b = load_model(str(tiny_random_folders["sd"]))
+    b.add_lora(4)
+    with torch.no_grad():
+        for p in b.trainable_parameters():
+            p.add_(0.5)
+    sets = {"s": ["a red cat", "a blue dog"]}
+    ra, _ = evaluation.evaluate(a, rewards, sets, [1, 4], images_per_prompt=2)
+    rb, _ = evaluation.evaluate(b, rewards, sets, [1, 4], images_per_prompt=2)
+    na = [x for x in seen if x[0] == id(a)]
+    nb = [x for x in seen if x[0] == id(b)]
+    assert len(na) == len(nb) == 2
+    for (_, n1, z1), (_, n2, z2) in zip(na, nb):
+        assert n1 == n2 and torch.equal(z1, z2)
+    assert not all((x.scores == y.scores).all() for x, y in zip(ra, rb))  # different models, same noise
+    # the noise does not depend on the model, only on the seed, prompt set and shape
+    assert torch.equal(evaluation.evaluation_noise((4, 8, 8), 2, 2, 1234, "s"), na[0][2])
+
+
+def _suite_file(tmp_path, folder):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat\na blue dog\na green circle\n")
+    f = tmp_path / "mini.toml"
+    f.write_text(f'''
+name = "mini"
+model = "{folder}"
+algorithms = ["sdpo"]
+rewards = ["jpeg_compressibility"]
+samples = 48
+eval_interval = 16
+train_prompts = "{prompts}"
+[train]
+num_steps = 3
+samples_per_epoch = 8
+learning_rate = 0.01
+train_batch_size = 2
+[eval]
+steps = [1, 2]
+prompt_sets = ["{prompts}"]
+images_per_prompt = 1
+grid_images = 2
+''')
+    return f
+
+
+def _bench(suite_file, root):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return [sys.executable, "-m", "alignzoo", "bench", str(suite_file), "--runs", str(root), "--no-progress"], env
+
+
+def test_bench_resume_after_kill_equals_uninterrupted(tiny_random_folders, tmp_path):
+    suite = _suite_file(tmp_path, tiny_random_folders["sd"])
+    cmd, env = _bench(suite, tmp_path / "full")
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
+    cmd2, _ = _bench(suite, tmp_path / "killed")
+    proc = subprocess.Popen(cmd2, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cell = tmp_path / "killed" / "mini" / "sdpo__jpeg_compressibility__seed0"
+    deadline = time.time() + 300
+    while not (cell / "checkpoints" / "epoch_00003").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the suite finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cell / "DONE").exists()
+    subprocess.run(cmd2, check=True, env=env, capture_output=True, timeout=600)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "eval_seconds"} for r in rows]  # noqa: E731
+    full_cell = tmp_path / "full" / "mini" / "sdpo__jpeg_compressibility__seed0"
+    a, b = strip(read_lines(full_cell / "eval.jsonl")), strip(read_lines(cell / "eval.jsonl"))
+    assert sorted({r["samples"] for r in a}) == [16, 32, 48]
+    assert a == b
+    assert (cell / "DONE").exists() and (cell / "images" / "steps_2.png").exists()
+    pre = read_lines(tmp_path / "full" / "mini" / "pretrained" / "eval.jsonl")
+    assert {r["steps"] for r in pre} == {1, 2} and all(r["samples"] == 0 for r in pre)
+    # rerunning a finished suite does no work and changes nothing
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
+    assert strip(read_lines(full_cell / "eval.jsonl")) == a
