@@ -222,6 +222,21 @@ class Algorithm:
         """Per-item loss (M,) and per-item diagnostics (each (M,)) for one group of items."""
         raise NotImplementedError
 
+    # -- optional hooks (algorithms that are not per-step policy gradients, e.g. LaSRO) ------
+    def setup(self, trainer) -> None:
+        """Called once the trainer has its model, reward and optimiser (before resuming)."""
+
+    update_epoch = None
+    """Optionally a method ``update_epoch(trainer, traj, rows, steps, rewards) -> dict`` that
+    replaces the advantages/plan/loss loop for the epoch (use ``trainer.optimizer_step()``)."""
+
+    def state_dict(self) -> dict:
+        """Extra state to checkpoint (e.g. a surrogate model and its replay buffer)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     # -- helpers shared by subclasses -------------------------------------------------------
     def clip_advantages(self, adv: torch.Tensor) -> torch.Tensor:
         c = self.config.adv_clip

@@ -134,6 +134,7 @@ class Trainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
+        self.algo.setup(self)
         self.resumed_from = self._resume()
         if config.log_with and acc.is_main_process:
             acc.init_trackers(self.out.name, config={"algo": config.algo, "reward": config.reward, **{k: str(v) for k, v in dataclasses.asdict(acfg).items()}})
@@ -215,18 +216,20 @@ class Trainer:
             missing = torch.nonzero(torch.isnan(first)).flatten()
             first[missing] = self.score(traj, missing, torch.zeros_like(missing))
             self.totals["log_reward_queries"] += int(missing.shape[0])
-        data = self.algo.advantages(traj, rows, steps, values, self.tracker, self.gather)
-        data.advantages = data.advantages.to(self.device)
-        if self.algo.needs_reference:
-            data.ref_log_probs = self.log_probs_all(traj, reference=True)
-
         t_update = time.perf_counter()
         stats: dict[str, list[float]] = {}
-        for _inner in range(acfg.num_inner_epochs):
-            for items in self.algo.plan(b, t, self.shared_rng):
-                info = self.update(traj, items, data)
-                for k, v in info.items():
-                    stats.setdefault(k, []).append(v)
+        if self.algo.update_epoch is not None:
+            stats = {k: [v] for k, v in self.algo.update_epoch(self, traj, rows, steps, values).items()}
+        else:
+            data = self.algo.advantages(traj, rows, steps, values, self.tracker, self.gather)
+            data.advantages = data.advantages.to(self.device)
+            if self.algo.needs_reference:
+                data.ref_log_probs = self.log_probs_all(traj, reference=True)
+            for _inner in range(acfg.num_inner_epochs):
+                for items in self.algo.plan(b, t, self.shared_rng):
+                    info = self.update(traj, items, data)
+                    for k, v in info.items():
+                        stats.setdefault(k, []).append(v)
         self.lr_scheduler.step()
         self.totals["seconds_update"] += time.perf_counter() - t_update
         self.epoch += 1
@@ -280,15 +283,20 @@ class Trainer:
             for name, v in info.items():
                 info_sums[name] = info_sums.get(name, 0.0) + float(v.detach().float().sum())
             self.totals["unet_evals_training"] += r.shape[0] * (2 if self.model.uses_cfg else 1)
+        grad_norm = self.optimizer_step()
+        out = {"loss": loss_sum / total, "approx_kl": kl_sum / total, **{n: v / total for n, v in info_sums.items()}}
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        return out
+
+    def optimizer_step(self) -> float | None:
+        """Averages gradients over processes, clips them, steps; returns the pre-clip norm."""
         self._average_gradients()
         grad_norm = None
         if self.algo.config.max_grad_norm is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), self.algo.config.max_grad_norm))
         self.optimizer.step()
-        out = {"loss": loss_sum / total, "approx_kl": kl_sum / total, **{n: v / total for n, v in info_sums.items()}}
-        if grad_norm is not None:
-            out["grad_norm"] = grad_norm
-        return out
+        return grad_norm
 
     # ------------------------------------------------------------------------ the run
     def train(self, callback: Callable[["Trainer", dict], None] | None = None) -> list[dict]:
@@ -350,6 +358,7 @@ class Trainer:
             "shared_rng": self.shared_rng.bit_generator.state,
             "totals": dict(self.totals),
             "algo_config": dataclasses.asdict(self.algo.config),
+            "algo_state": self.algo.state_dict(),
             "train_config": dataclasses.asdict(self.config),
         }
 
@@ -396,6 +405,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.tracker.load_state_dict(state["tracker"])
+        self.algo.load_state_dict(state.get("algo_state", {}))
         self.shared_rng.bit_generator.state = state["shared_rng"]
         self.totals = state["totals"]
         self.epoch = state["epoch"]
