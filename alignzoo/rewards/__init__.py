@@ -8,3 +8,4 @@ from alignzoo.rewards.base import (  # noqa: F401
     register_reward,
     validate_inputs,
 )
+from alignzoo.rewards import aesthetic, control, hpsv2, imagereward, jpeg, pickscore  # noqa: F401,E402
