@@ -9,7 +9,6 @@ export TOKENIZERS_PARALLELISM ?= false
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
 	# torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject: pip takes them from the
 	# wheels on disk here; see README "Installation" for GPU machines.
 	$(VPY) -m pip install -q -e '.[test]'
@@ -17,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Two pytest workers with one thread each: tiny models run no faster on two threads, and two
+# processes with two threads each on two cores slow PyTorch down many times (oversubscription).
 test: $(VENV)/.installed
-	$(VPY) -m pytest -q -p no:cacheprovider tests
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/alignzoo bench quick

@@ -65,3 +65,16 @@ def evaluate(model, rewards: dict, prompt_sets: dict[str, list[str]], steps: Seq
             if keep_images and set_name == (image_prompt_set or next(iter(prompt_sets))):
                 strips[int(n)] = images[:keep_images].cpu()
     return results, strips
+
+
+def paired_gain(model, reward, prompts: list[str], steps: int, images_per_prompt: int = 2, seed: int = 4321, batch_size: int = 64) -> dict:
+    """Reward gain of the fine-tuned model over the pretrained one (same UNet, LoRA disabled),
+    on the same prompts and held-out noise: mean and standard error of per-image differences."""
+    sets = {"eval": list(prompts)}
+    rewards = {"r": reward}
+    with model.reference():
+        (base,), _ = evaluate(model, rewards, sets, [steps], images_per_prompt, 0.0, seed, batch_size)
+    (tuned,), _ = evaluate(model, rewards, sets, [steps], images_per_prompt, 0.0, seed, batch_size)
+    d = tuned.scores - base.scores
+    return {"before": float(base.scores.mean()), "after": float(tuned.scores.mean()), "gain": float(d.mean()),
+            "se": float(d.std(ddof=1) / np.sqrt(len(d))), "n": int(len(d))}
