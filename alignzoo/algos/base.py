@@ -145,7 +145,7 @@ def _convert(text: Any, current: Any, key: str):
             return int(text)
         if isinstance(current, float):
             return float(text)
-        if isinstance(current, tuple):
+        if isinstance(current, (tuple, list)):
             return tuple(s.strip() for s in text.split(",") if s.strip())
         if current is None:
             for conv in (int, float):
