@@ -21,6 +21,6 @@ register_model(ModelSpec(
     summary="the tiny world's latent diffusion model (32 px coloured shapes), DDIM trailing",
 ))
 register_model(ModelSpec(
-    name="tiny-lcm", source=str(TINY_WEIGHTS / "tiny-lcm"), kind="lcm", guidance_scale=2.0, train_steps=4,
+    name="tiny-lcm", source=str(TINY_WEIGHTS / "tiny-lcm"), kind="lcm", guidance_scale=1.0, train_steps=4,
     summary="the tiny world's LCM, distilled from tiny-sd by latent consistency distillation",
 ))

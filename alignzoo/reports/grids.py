@@ -27,25 +27,26 @@ def image_grid(
     if len(row_labels) != r or len(col_labels) != c:
         raise ValueError(f"grid of {r}x{c} images needs {r} row labels and {c} column labels")
     h, w = images.shape[-2:]
-    cell = cell or max(h, 96)
+    cell = cell or max(h, 96)  # cell height; the width keeps the images' aspect ratio
+    cell_w = int(round(cell * w / h))
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max([int(measure.textlength(s, font=font)) for s in row_labels] + [0]) + 12
     top = 20 + (18 if title else 0)
     pad = 4
-    canvas = Image.new("RGB", (label_w + c * (cell + pad) + pad, top + r * (cell + pad) + pad), "white")
+    canvas = Image.new("RGB", (label_w + c * (cell_w + pad) + pad, top + r * (cell + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((pad, 2), title, fill="black", font=font)
     for j, lab in enumerate(col_labels):
-        x = label_w + pad + j * (cell + pad)
-        draw.text((x + (cell - measure.textlength(lab, font=font)) / 2, top - 16), lab, fill="black", font=font)
+        x = label_w + pad + j * (cell_w + pad)
+        draw.text((x + (cell_w - measure.textlength(lab, font=font)) / 2, top - 16), lab, fill="black", font=font)
     for i, lab in enumerate(row_labels):
         y = top + pad + i * (cell + pad)
         draw.text((4, y + cell / 2 - 6), lab, fill="black", font=font)
         for j in range(c):
-            tile = Image.fromarray(to_uint8(images[i, j])).resize((cell, cell), Image.NEAREST)
-            canvas.paste(tile, (label_w + pad + j * (cell + pad), y))
+            tile = Image.fromarray(to_uint8(images[i, j])).resize((cell_w, cell), Image.NEAREST)
+            canvas.paste(tile, (label_w + pad + j * (cell_w + pad), y))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)

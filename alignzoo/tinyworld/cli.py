@@ -1,0 +1,85 @@
+"""``alignzoo tinyworld``: train the tiny world's models, render a prompt, or run the quality check.
+
+    alignzoo tinyworld train [--stage rewards|vae|sd|lcm|all] [--out DIR] [--seed N] [--threads N]
+    alignzoo tinyworld render --prompt "two red circles on the left" --out x.png [--seed N] [--zoom 8]
+    alignzoo tinyworld eval [--weights DIR]
+    alignzoo tinyworld prompts [--unseen [CATEGORY]]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="tinyworld_command", metavar="ACTION")
+    t = sub.add_parser("train", help="train the tiny reward models, VAE, tiny-sd and tiny-lcm")
+    t.add_argument("--stage", default="all", choices=["rewards", "vae", "sd", "lcm", "all"],
+                   help="which stage to train (default all, in the order rewards, vae, sd, lcm)")
+    t.add_argument("--out", default=None, help="output folder (default: the package's alignzoo/tinyworld/weights/)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    t.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (quick trials)")
+    r = sub.add_parser("render", help="render a prompt procedurally (the ground-truth world) to a PNG")
+    r.add_argument("--prompt", required=True)
+    r.add_argument("--out", required=True, help="PNG path")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--zoom", type=int, default=1, help="nearest-neighbour upscaling factor (default 1: 32x32)")
+    e = sub.add_parser("eval", help="quality check of tiny-sd (16/1 DDIM steps) and tiny-lcm (4 steps) on seen prompts")
+    e.add_argument("--weights", default=None, help="weights folder (default: the package's)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=int, default=2)
+    p = sub.add_parser("prompts", help="print the seen (default) or unseen prompt list")
+    p.add_argument("--unseen", nargs="?", const="all", default=None, metavar="CATEGORY")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cmd = getattr(args, "tinyworld_command", None)
+    if cmd == "train":
+        from alignzoo.tinyworld.train import train
+
+        results = train(stage=args.stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
+        print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk in ("wall_seconds", "seconds")} for k, v in results.items()}, indent=2))
+        return 0
+    if cmd == "render":
+        import numpy as np
+        from PIL import Image
+
+        from alignzoo.tinyworld.grammar import parse_prompt
+        from alignzoo.tinyworld.render import render
+
+        img = Image.fromarray(render(parse_prompt(args.prompt), np.random.default_rng(args.seed)))
+        if args.zoom > 1:
+            img = img.resize((img.width * args.zoom, img.height * args.zoom), Image.NEAREST)
+        img.save(args.out)
+        print(f"wrote {args.out}")
+        return 0
+    if cmd == "eval":
+        from pathlib import Path
+
+        import torch
+
+        from alignzoo.tinyworld.train import default_out, quality_check, quiet
+
+        torch.set_num_threads(args.threads)
+        quiet()
+        w = Path(args.weights) if args.weights else default_out()
+        for sub in ("tiny-sd", "tiny-lcm", "rewards"):
+            if not (w / sub).is_dir():
+                raise FileNotFoundError(f"{w / sub} does not exist; train it with `alignzoo tinyworld train`")
+        res = quality_check(w / "tiny-sd", w / "tiny-lcm", seed=args.seed)
+        print(json.dumps(res, indent=2))
+        return 0
+    if cmd == "prompts":
+        from alignzoo.tinyworld.grammar import seen_prompts, unseen_prompts
+
+        if args.unseen is None:
+            prompts = seen_prompts()
+        else:
+            prompts = unseen_prompts(None if args.unseen == "all" else args.unseen)
+        print("\n".join(prompts))
+        return 0
+    print("usage: alignzoo tinyworld {train,render,eval,prompts} ... (see --help)")
+    return 1
