@@ -245,6 +245,26 @@ class Algorithm:
     def trained_steps(self, num_steps: int) -> int:
         return max(1, int(round(num_steps * self.config.timestep_fraction)))
 
+    def all_steps_plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
+        """DDPO-style updates: shuffle the trajectories (pairs, for paired algorithms), permute each
+        one's steps, and put all (sub-sampled) steps of ``train_batch_size × gradient_accumulation_steps``
+        of them into one update. Paired items read (a, b) at the same step."""
+        units = batch_size // 2 if self.paired else batch_size
+        keep = self.trained_steps(num_steps)
+        order = generator.permutation(units)
+        cols = shuffled_step_columns(units, num_steps, keep, generator)
+        per_update = self.config.train_batch_size * self.config.gradient_accumulation_steps
+        updates = []
+        for start in range(0, units, per_update):
+            chosen = order[start:start + per_update]
+            r = torch.as_tensor(np.repeat(chosen, keep))
+            s = torch.as_tensor(cols[chosen].reshape(-1))
+            if self.paired:
+                updates.append(Items(torch.stack([r, r + units], 1), torch.stack([s, s], 1)))
+            else:
+                updates.append(Items(r[:, None], s[:, None]))
+        return updates
+
     def pair_partner(self, batch_size: int) -> torch.Tensor:
         """Row i pairs with row i + B/2 (sample_pairs' layout)."""
         half = batch_size // 2

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, register_algorithm, shuffled_step_columns
+from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, register_algorithm
 
 
 @dataclass
@@ -48,18 +48,7 @@ class D3PO(Algorithm):
         return EpochData(advantages=signs[:, None].expand(-1, traj.num_steps).contiguous())
 
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
-        half = batch_size // 2
-        keep = self.trained_steps(num_steps)
-        order = generator.permutation(half)
-        cols = shuffled_step_columns(half, num_steps, keep, generator)
-        per_update = self.config.train_batch_size * self.config.gradient_accumulation_steps
-        updates = []
-        for start in range(0, half, per_update):
-            pairs = order[start:start + per_update]
-            a = torch.as_tensor(np.repeat(pairs, keep))
-            s = torch.as_tensor(cols[pairs].reshape(-1))
-            updates.append(Items(torch.stack([a, a + half], 1), torch.stack([s, s], 1)))
-        return updates
+        return self.all_steps_plan(batch_size, num_steps, generator)
 
     def loss(self, items: Items, new_logp, old_logp, data: EpochData):
         ref = data.ref_log_probs[items.rows, items.steps]

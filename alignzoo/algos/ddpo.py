@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, final_reward_advantages, register_algorithm, shuffled_step_columns
+from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, final_reward_advantages, register_algorithm
 
 
 @dataclass
@@ -42,19 +42,8 @@ class DDPO(Algorithm):
         return EpochData(advantages=final_reward_advantages(self, traj, rewards, tracker, gather))
 
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
-        """Shuffle trajectories, permute each one's steps; one update per
-        (gradient_accumulation_steps × train_batch_size) trajectories, all their steps."""
-        keep = self.trained_steps(num_steps)
-        order = generator.permutation(batch_size)
-        cols = shuffled_step_columns(batch_size, num_steps, keep, generator)
-        per_update = self.config.train_batch_size * self.config.gradient_accumulation_steps
-        updates = []
-        for start in range(0, batch_size, per_update):
-            rows = order[start:start + per_update]
-            r = np.repeat(rows, keep)
-            s = cols[rows].reshape(-1)
-            updates.append(Items(torch.as_tensor(r)[:, None], torch.as_tensor(s)[:, None]))
-        return updates
+        """All steps of (gradient_accumulation_steps × train_batch_size) trajectories per update."""
+        return self.all_steps_plan(batch_size, num_steps, generator)
 
     def loss(self, items: Items, new_logp, old_logp, data: EpochData):
         adv = data.advantages[items.rows[:, 0], items.steps[:, 0]]

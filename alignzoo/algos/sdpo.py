@@ -184,6 +184,8 @@ class SDPO(Algorithm):
 
     # -- updates -----------------------------------------------------------------------------
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
+        if self.config.update_order == "step_accumulated":  # DDPO-style: all steps of a micro-batch in one update
+            return self.all_steps_plan(batch_size, num_steps, generator)
         half = batch_size // 2
         keep = self.trained_steps(num_steps)
         order = generator.permutation(half)
@@ -193,13 +195,6 @@ class SDPO(Algorithm):
             cols = shuffled_step_columns(half, num_steps, keep, generator)
         per_update = self.config.train_batch_size * self.config.gradient_accumulation_steps
         updates = []
-        if self.config.update_order == "step_accumulated":  # DDPO-style: all steps of a micro-batch in one update
-            for start in range(0, half, per_update):
-                pairs = order[start:start + per_update]
-                a = torch.as_tensor(np.repeat(pairs, keep))
-                s = torch.as_tensor(cols[pairs].reshape(-1))
-                updates.append(Items(torch.stack([a, a + half], 1), torch.stack([s, s], 1)))
-            return updates
         for j in range(keep):  # Alg. 1 line 12: one column of shuffled steps per update
             for start in range(0, half, per_update):
                 pairs = torch.as_tensor(order[start:start + per_update])
