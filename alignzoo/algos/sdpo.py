@@ -41,7 +41,8 @@ UPDATE_ORDERS = ("shuffled", "step_accumulated", "unshuffled")
 
 @dataclass
 class SDPOConfig(AlgoConfig):
-    """Defaults: the paper's Table 2 (Aesthetic column) and the released config."""
+    """Defaults: the paper's Table 2 (Aesthetic column) and the released config. The other
+    columns (ImageReward, HPSv2, PickScore) are per-reward overrides in suites/paper-sdturbo.toml."""
 
     learning_rate: float = 1e-4  # Table 2: aesthetic 1e-4, ImageReward 5e-5, HPSv2 5e-5, PickScore 6e-5
     train_batch_size: int = 2  # B2 (aesthetic 2, others 1)
@@ -59,15 +60,6 @@ class SDPOConfig(AlgoConfig):
     fixed_anchor_step: int | None = None  # for "fixed_anchor"; None: T//2 (the paper's 25th of 50)
     similarity_floor: float = 0.0
     update_order: str = "shuffled"  # one of UPDATE_ORDERS
-
-
-# Table 2 per-reward overrides (the paper's real rewards).
-PAPER_PRESETS = {
-    "aesthetic": dict(learning_rate=1e-4, train_batch_size=2, gradient_accumulation_steps=8),
-    "imagereward": dict(learning_rate=5e-5, train_batch_size=1, gradient_accumulation_steps=32),
-    "hpsv2": dict(learning_rate=5e-5, train_batch_size=1, gradient_accumulation_steps=32),
-    "pickscore": dict(learning_rate=6e-5, train_batch_size=1, gradient_accumulation_steps=16),
-}
 
 
 def cosine_to(x0: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
