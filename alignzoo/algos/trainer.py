@@ -172,6 +172,9 @@ class Trainer:
         idx = self.shared_rng.integers(0, len(self.prompt_set), size=n_all)
         mine = idx[self.rank * self.prompts_per_process:(self.rank + 1) * self.prompts_per_process]
         prompts = [self.prompt_set[i] for i in mine]
+        repeat = int(getattr(self.algo, "samples_per_prompt", 1))  # e.g. LaSRO's N_s noises per prompt
+        if repeat > 1:
+            prompts = [p for p in prompts for _ in range(repeat)]
         eta = self.algo.config.eta
         with torch.no_grad(), self.accelerator.autocast():
             if self.algo.paired and getattr(self.algo.config, "shared_noise", self.algo.shared_noise):

@@ -183,6 +183,35 @@ class DiffusionModel:
         self.guidance_scale = float(spec.guidance_scale)
         self.lora_config = None
 
+    # ----------------------------------------------------------------------------- fast paths
+    def enable_fast_paths(self, channels_last: bool = False, compile: bool = False, gradient_checkpointing: bool = False,
+                          compile_mode: str | None = None) -> dict[str, bool]:
+        """Opt-in speed/memory options (each measured by ``alignzoo perf``; all off by default).
+
+        * ``channels_last``: UNet and VAE convolution weights in NHWC layout (faster convolutions
+          on tensor cores under bf16/fp16 autocast; on CPU it often is not);
+        * ``compile``: ``torch.compile`` of the UNet in place (``nn.Module.compile``: the module,
+          its config and its LoRA adapter stay as they are; toggling the adapter for reference
+          log-probs recompiles once per state). Call it after the LoRA adapter is attached;
+        * ``gradient_checkpointing``: recompute the UNet's activations during backward (less
+          memory, about one extra forward of time: for large models and batches).
+
+        Options already enabled stay enabled; returns the current state.
+        """
+        state = getattr(self, "fast_paths", {"channels_last": False, "compile": False, "gradient_checkpointing": False})
+        if channels_last and not state["channels_last"]:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+            state["channels_last"] = True
+        if gradient_checkpointing and not state["gradient_checkpointing"]:
+            self.unet.enable_gradient_checkpointing()
+            state["gradient_checkpointing"] = True
+        if compile and not state["compile"]:
+            self.unet.compile(**({"mode": compile_mode} if compile_mode else {}))
+            state["compile"] = True
+        self.fast_paths = state
+        return dict(state)
+
     # ----------------------------------------------------------------------------- loading
     @classmethod
     def from_folder(cls, folder, spec: ModelSpec, device="cpu", dtype=torch.float32):

@@ -24,3 +24,18 @@ register_model(ModelSpec(
     name="tiny-lcm", source=str(TINY_WEIGHTS / "tiny-lcm"), kind="lcm", guidance_scale=1.0, train_steps=4,
     summary="the tiny world's LCM, distilled from tiny-sd by latent consistency distillation",
 ))
+
+# Real-size architectures with random weights (built once into $ALIGNZOO_CACHE/arch/<name>;
+# see alignzoo/models/arch.py): throughput and memory at real size without downloads.
+from alignzoo.models.arch import arch_builder  # noqa: E402
+
+register_model(ModelSpec(
+    name="sd-turbo-arch", source="configs/sd-turbo (random weights)", kind="sd", resolution=512, guidance_scale=1.0, train_steps=50,
+    builder=arch_builder("sd-turbo-arch"),
+    summary="SD-Turbo's architecture (865.9M UNet) with random weights, for `alignzoo perf`; built locally on first use",
+))
+register_model(ModelSpec(
+    name="lcm-arch", source="configs/lcm-dreamshaper-v7 (random weights)", kind="lcm", resolution=512, guidance_scale=8.0, train_steps=8,
+    original_inference_steps=50, builder=arch_builder("lcm-arch"),
+    summary="LCM-Dreamshaper-v7's architecture (859.6M UNet) with random weights, for `alignzoo perf`; built locally on first use",
+))
