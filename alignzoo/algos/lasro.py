@@ -67,14 +67,14 @@ class LaSROConfig(AlgoConfig):
     gives the GPU-scale values (the ``paper-lcm`` suite's [algo.lasro] table)."""
 
     num_steps: int | None = 2  # sampling steps of the generator (the paper: 2; z1 is its 1-step output)
-    learning_rate: float = 1e-3  # generator LoRA lr [O] (notes §9a: 5e-5 at real scale)
+    learning_rate: float = 3e-4  # generator LoRA lr [O] (notes §9a: 5e-5 at real scale)
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     samples_per_prompt: int = 8  # N_s: noises per prompt in every scored batch (rollout and stage 1) [O]
     # surrogate network (notes §2)
     surrogate_backbone: str = "full"  # "full" | "lora" | "frozen": which backbone weights train [O]
     surrogate_lr_backbone: float = 1e-4  # [O] (notes §9a: 1e-5)
-    surrogate_lr_head: float = 1e-3  # [O] (notes §9a: 1e-4)
+    surrogate_lr_head: float = 3e-3  # [O] (notes §9a: 1e-4)
     surrogate_weight_decay: float = 0.0
     surrogate_lora_rank: int = 8  # for surrogate_backbone="lora"
     surrogate_lora_targets: tuple = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
@@ -84,22 +84,22 @@ class LaSROConfig(AlgoConfig):
     surrogate_noise_aug: bool = False  # add forward noise at t_s to buffer latents while fitting [O]
     surrogate_grad_clip: float | None = 1.0
     # Bradley–Terry data (notes §3, §6–7)
-    tie_margin: float = 0.0  # pairs need |r_w − r_l| > tie_margin (reward units) [O]
-    groups_per_batch: int = 16  # prompt groups per surrogate step, ≤ N_s items each, all their ranked pairs [O]
+    tie_margin: float = 0.005  # pairs need |r_w − r_l| > tie_margin (reward units) [O]
+    groups_per_batch: int = 8  # prompt groups per surrogate step, ≤ N_s items each, all their ranked pairs [O]
     buffer_size: int = 4096  # FIFO replay buffer of scored latents (z1 and z2 each count) [O]
     fresh_fraction: float = 0.5  # share of each surrogate batch's pairs from the newest samples [O]
     # stage 1 (notes §4)
-    pretrain_prompts: int = 64  # prompt draws (× N_s noises) sampled from the frozen model [O]
-    heldout_prompts: int = 16  # held-out prompt draws (× N_s) for the pairwise accuracy [O]
-    pretrain_steps: int = 300  # surrogate steps before stage 2 [O] (notes §9a: 3k)
+    pretrain_prompts: int = 256  # prompt draws (× N_s noises) sampled from the frozen model [O]
+    heldout_prompts: int = 32  # held-out prompt draws (× N_s) for the pairwise accuracy [O]
+    pretrain_steps: int = 400  # surrogate steps before stage 2 [O] (notes §9a: 3k)
     # stage 2 (notes §5, §7)
     gen_steps: int = 8  # generator steps per epoch [O]
     k_gen: int = 1  # K_gen: generator steps per round [O]
-    k_surr: int = 5  # K_surr: surrogate steps before each round of generator steps [O]
+    k_surr: int = 2  # K_surr: surrogate steps before each round of generator steps [O]
     gen_batch_size: int = 32  # prompts (one noise each) per generator step [O]
     reward_weight_z1: float = 1.0  # c1 [O]
     reward_weight_z2: float = 1.0  # c2 [O]
-    reg_weight: float = 1.0  # c [O]
+    reg_weight: float = 3.0  # c [O]
     reg_form: str = "consistency"  # "consistency" (noised buffer latents) | "trajectory" | "none"
     reg_batch_size: int = 32  # buffer latents per regulariser term [O]
     norm_ema: float = 0.99  # EMA rate of S[·]'s mean and max-deviation statistics [O]
@@ -266,7 +266,7 @@ class ReplayBuffer:
                "kinds": torch.as_tensor(kinds, dtype=torch.long).cpu(), "versions": torch.full((len(prompts),), int(version), dtype=torch.long)}
         for k, v in new.items():
             old = getattr(self, k)
-            setattr(self, k, v if old is None else torch.cat([old, v])[-self.capacity:])
+            setattr(self, k, (v if old is None else torch.cat([old, v]))[-self.capacity:])
 
     def clear(self) -> None:
         for k in self.FIELDS:
@@ -629,7 +629,7 @@ class LaSRO(Algorithm):
         out = self.fit_surrogate(trainer, c.pretrain_steps)
         self.pretrained = True
         out["surr_acc_pretrain"] = self.buffer_accuracy(trainer, self.heldout)
-        out["pretrain_seconds"] = time.perf_counter() - t0
+        out["seconds_pretrain"] = time.perf_counter() - t0
         return out
 
     # -- the epoch ----------------------------------------------------------------------------
