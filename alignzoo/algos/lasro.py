@@ -87,16 +87,17 @@ class LaSROConfig(AlgoConfig):
     tie_margin: float = 0.005  # pairs need |r_w − r_l| > tie_margin (reward units) [O]
     groups_per_batch: int = 8  # prompt groups per surrogate step, ≤ N_s items each, all their ranked pairs [O]
     buffer_size: int = 4096  # FIFO replay buffer of scored latents (z1 and z2 each count) [O]
-    fresh_fraction: float = 0.5  # share of each surrogate batch's pairs from the newest samples [O]
+    fresh_fraction: float = 0.5  # share of each surrogate batch's groups holding the newest samples [O]
     # stage 1 (notes §4)
-    pretrain_prompts: int = 256  # prompt draws (× N_s noises) sampled from the frozen model [O]
-    heldout_prompts: int = 32  # held-out prompt draws (× N_s) for the pairwise accuracy [O]
+    pretrain_prompts: int = 256  # prompts (× N_s noises) sampled from the frozen model, stratified over the set [O]
+    heldout_prompts: int = 64  # held-out prompts (× N_s) for the pairwise accuracy [O]
     pretrain_steps: int = 400  # surrogate steps before stage 2 [O] (notes §9a: 3k)
     # stage 2 (notes §5, §7)
     gen_steps: int = 8  # generator steps per epoch [O]
     k_gen: int = 1  # K_gen: generator steps per round [O]
     k_surr: int = 2  # K_surr: surrogate steps before each round of generator steps [O]
     gen_batch_size: int = 32  # prompts (one noise each) per generator step [O]
+    gen_warmup_steps: int = 0  # linear warm-up of the generator lr over its first steps [O]
     reward_weight_z1: float = 1.0  # c1 [O]
     reward_weight_z2: float = 1.0  # c2 [O]
     reg_weight: float = 3.0  # c [O]
@@ -424,10 +425,12 @@ class LaSRO(Algorithm):
         return all_lat, all_vals, all_prompts, all_kinds
 
     def _sample_frozen(self, trainer, n_prompts: int) -> tuple:
-        """Stage-1 data: n_prompts prompt draws × N_s noises from the pretrained model, scored at z1 and z2."""
+        """Stage-1 data: n_prompts prompts (every prompt of the set once before any twice) × N_s
+        noises from the pretrained model, scored at z1 and z2."""
         model, k, world = trainer.model, self.samples_per_prompt, trainer.world
         per_proc = math.ceil(n_prompts / world)
-        idx = trainer.shared_rng.integers(0, len(trainer.prompt_set), size=per_proc * world)
+        n_set = len(trainer.prompt_set)  # stratified: whole permutations of the prompt set first
+        idx = np.concatenate([trainer.shared_rng.permutation(n_set) for _ in range(math.ceil(per_proc * world / n_set))])[:per_proc * world]
         mine = [trainer.prompt_set[i] for i in idx[trainer.rank * per_proc:(trainer.rank + 1) * per_proc]]
         prompts = [p for p in mine for _ in range(k)]
         parts = []
@@ -444,9 +447,9 @@ class LaSRO(Algorithm):
         return self._gather_scored(trainer, traj, rows, steps, values)
 
     # -- one surrogate step -------------------------------------------------------------------
-    def _groups(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Item indices of every (prompt, kind) group of the buffer that holds a ranked pair: all
-        of its items, and (second list) the groups' items from the newest samples alone."""
+    def _groups(self) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+        """The buffer's (prompt, kind) groups that hold a ranked pair: every group's item indices
+        (replay), and for the groups with items of the newest samples, (newest, older) indices."""
         buf, margin = self.buffer, self.config.tie_margin
         if len(buf) == 0:
             return [], []
@@ -458,14 +461,29 @@ class LaSRO(Algorithm):
         for idx in np.split(order, bounds):
             if len(idx) > 1 and np.ptp(rewards[idx]) > margin:
                 replay.append(idx)
-                new = idx[versions[idx] == newest]
-                if len(new) > 1 and np.ptp(rewards[new]) > margin:
-                    fresh.append(new)
+                is_new = versions[idx] == newest
+                if is_new.any():
+                    fresh.append((idx[is_new], idx[~is_new]))
         return replay, fresh
+
+    def _pick(self, group) -> np.ndarray:
+        """≤ N_s items of a group: a replay group at random; a fresh group's newest items (up to
+        half, more if it has no older ones) beside older ones of the same prompt, so that the
+        newest samples are ranked against earlier generators' (what exposes reward hacking)."""
+        k = self.samples_per_prompt
+        if not isinstance(group, tuple):
+            return group if len(group) <= k else self.rng.choice(group, size=k, replace=False)
+        new, old = group
+        n_new = min(len(new), max(k - len(old), (k + 1) // 2))
+        n_old = min(len(old), k - n_new)
+        parts = [self.rng.choice(new, size=n_new, replace=False)]
+        if n_old:
+            parts.append(self.rng.choice(old, size=n_old, replace=False))
+        return np.concatenate(parts)
 
     def surrogate_step(self, trainer, groups) -> dict | None:
         """One Bradley–Terry step: ``groups_per_batch`` prompt groups (a ``fresh_fraction`` of them
-        from the newest samples, the rest from the whole buffer), up to N_s items of each, and the
+        holding the newest samples, the rest from the whole buffer), ≤ N_s items of each, and the
         loss over every ranked pair inside each group. The buffer latents carry no graph, so only
         the surrogate receives gradients."""
         c = self.config
@@ -476,7 +494,7 @@ class LaSRO(Algorithm):
         n_fresh = min(len(fresh), int(round(g * c.fresh_fraction)))
         chosen = [fresh[i] for i in self.rng.choice(len(fresh), size=n_fresh, replace=False)] if n_fresh else []
         chosen += [replay[i] for i in self.rng.integers(0, len(replay), size=g - n_fresh)]
-        chosen = [idx if len(idx) <= self.samples_per_prompt else self.rng.choice(idx, size=self.samples_per_prompt, replace=False) for idx in chosen]
+        chosen = [self._pick(grp) for grp in chosen]
         chosen = chosen[trainer.rank * c.groups_per_batch:(trainer.rank + 1) * c.groups_per_batch]
         items = torch.as_tensor(np.concatenate(chosen), dtype=torch.long)
         local = torch.repeat_interleave(torch.arange(len(chosen)), torch.as_tensor([len(x) for x in chosen]))
@@ -608,7 +626,15 @@ class LaSRO(Algorithm):
         finally:
             for p, f in zip(s.parameters(), flags):
                 p.requires_grad_(f)
-        grad_norm = trainer.optimizer_step()
+        warm = min(1.0, (self.counts["generator_steps"] + 1) / c.gen_warmup_steps) if c.gen_warmup_steps > 0 else 1.0
+        lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+        for g in trainer.optimizer.param_groups:
+            g["lr"] *= warm
+        try:
+            grad_norm = trainer.optimizer_step()
+        finally:
+            for g, lr in zip(trainer.optimizer.param_groups, lrs):
+                g["lr"] = lr
         self.counts["generator_steps"] += 1
         info.update({"gen_loss": float(loss.detach()), "reg": float(reg.detach())})
         if grad_norm is not None:
