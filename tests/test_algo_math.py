@@ -50,11 +50,24 @@ def test_ddpo_plan_accumulates_all_steps_of_a_minibatch():
     seen = set()
     for items in plan:
         rows = set(items.rows[:, 0].tolist())
-        assert len(rows) == 2 and len(items) == 6
-        for r in rows:  # every step of each trajectory in the update
-            assert sorted(items.steps[items.rows[:, 0] == r, 0].tolist()) == [0, 1, 2]
+        assert len(rows) == 2 and len(items) == 4
+        for r in rows:  # every action step of each trajectory in the update (not the unrendered last)
+            assert sorted(items.steps[items.rows[:, 0] == r, 0].tolist()) == [0, 1]
         seen |= rows
     assert seen == {0, 1, 2, 3}
+    # the public code's choice: all T transitions, the last (never rendered) one included
+    cfg = get_algorithm("ddpo").Config(train_batch_size=2, train_unrendered_step=True)
+    plan = get_algorithm("ddpo")(cfg).plan(4, 3, np.random.default_rng(0))
+    assert sorted(plan[0].steps[plan[0].rows[:, 0] == plan[0].rows[0, 0], 0].tolist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("algo", ["ddpo", "rebel", "d3po", "sdpo", "rlcm-ddpo", "rlcm-rebel"])
+def test_one_step_trajectories_have_no_rendered_action(algo):
+    cls = get_algorithm(algo)
+    with pytest.raises(ValueError, match="never rendered.*num_steps >= 2"):
+        cls(cls.Config()).plan(4, 1, np.random.default_rng(0))
+    plan = cls(cls.Config(train_unrendered_step=True)).plan(4, 1, np.random.default_rng(0))
+    assert all((items.steps == 0).all() for items in plan)
 
 
 # ---------------------------------------------------------------------------------- REBEL
@@ -88,8 +101,8 @@ def test_rebel_plan_items_are_whole_pairs():
     plan = algo.plan(4, 3, np.random.default_rng(0))
     assert len(plan) == 2
     for items in plan:
-        a, b = items.rows[0, :3], items.rows[0, 3:]
-        assert (b == a + 2).all() and items.steps[0].tolist() == [0, 1, 2, 0, 1, 2]
+        a, b = items.rows[0, :2], items.rows[0, 2:]  # T = 3: the two rendered action steps of a and b
+        assert (b == a + 2).all() and items.steps[0].tolist() == [0, 1, 0, 1]
 
 
 # ---------------------------------------------------------------------------------- D3PO
@@ -186,16 +199,16 @@ def test_sdpo_plan_visits_each_step_of_each_pair_once(order):
     b, t = 10, 6  # 5 pairs
     plan = algo.plan(b, t, np.random.default_rng(3))
     visits = [(int(r), int(s)) for items in plan for r, s in zip(items.rows[:, 0], items.steps[:, 0])]
-    assert sorted(visits) == sorted((p, s) for p in range(5) for s in range(t))
+    assert sorted(visits) == sorted((p, s) for p in range(5) for s in range(t - 1))  # the T − 1 rendered actions
     for items in plan:
         assert (items.rows[:, 1] == items.rows[:, 0] + 5).all() and (items.steps[:, 0] == items.steps[:, 1]).all()
     if order == "shuffled":
-        assert len(plan) == t * 3  # one column per update group: ceil(5 pairs / 2) per column
+        assert len(plan) == (t - 1) * 3  # one column per update group: ceil(5 pairs / 2) per column
         # each update draws one step per pair; pairs' permutations are independent
         perms = {tuple(s for (r, s) in visits if r == p) for p in range(5)}
         assert len(perms) > 1
     if order == "unshuffled":
-        for j in range(t):
+        for j in range(t - 1):
             assert set(plan[j * 3].steps[:, 0].tolist()) == {j}
     if order == "step_accumulated":
         assert len(plan) == 3

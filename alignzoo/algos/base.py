@@ -104,6 +104,13 @@ class AlgoConfig:
     gradient_accumulation_steps: int = 1
     num_inner_epochs: int = 1
     timestep_fraction: float = 1.0  # fraction of each trajectory's steps trained on
+    # The sampler renders the last step's x̂0 (what SD-Turbo's and LCM's pipelines output), so the
+    # last transition's sample x_T never reaches the reward: its log-prob gradient is zero-mean
+    # noise, ∝ 1/σ (σ ≈ 0.03 for DDIM's last step, 34× the first step's scale at T = 2), which
+    # swamped learning at short T (docs/tiny-presets.md). False trains on the T − 1 transitions
+    # that reach the image; True on all T, as the public DDPO (which renders x_T) and RLCM (which
+    # does not) code do.
+    train_unrendered_step: bool = False
     # LoRA
     lora_rank: int = 4
     lora_alpha: float | None = None  # None: = rank (scale 1)
@@ -242,8 +249,18 @@ class Algorithm:
         c = self.config.adv_clip
         return adv if c is None else adv.clamp(-c, c)
 
+    def action_steps(self, num_steps: int) -> int:
+        """How many transitions (the first ones, in sampling order) the losses train on."""
+        if self.config.train_unrendered_step:
+            return num_steps
+        if num_steps < 2:
+            raise ValueError(f"{self.name}: with 1 sampling step the only transition is never rendered (the image is step 0's x̂0), "
+                             "so a log-prob objective has nothing to train; use num_steps >= 2, or --set train_unrendered_step=true")
+        return num_steps - 1
+
     def trained_steps(self, num_steps: int) -> int:
-        return max(1, int(round(num_steps * self.config.timestep_fraction)))
+        """Steps per trajectory in an epoch's updates: ``timestep_fraction`` of the action steps."""
+        return max(1, int(round(self.action_steps(num_steps) * self.config.timestep_fraction)))
 
     def all_steps_plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         """DDPO-style updates: shuffle the trajectories (pairs, for paired algorithms), permute each
@@ -252,7 +269,7 @@ class Algorithm:
         units = batch_size // 2 if self.paired else batch_size
         keep = self.trained_steps(num_steps)
         order = generator.permutation(units)
-        cols = shuffled_step_columns(units, num_steps, keep, generator)
+        cols = shuffled_step_columns(units, self.action_steps(num_steps), keep, generator)
         per_update = self.config.train_batch_size * self.config.gradient_accumulation_steps
         updates = []
         for start in range(0, units, per_update):

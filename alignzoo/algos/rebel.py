@@ -43,15 +43,16 @@ class REBEL(Algorithm):
         return EpochData(advantages=final_reward_advantages(self, traj, rewards, tracker, gather))
 
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
-        """Items are pairs; each reads all T steps of both trajectories (K = 2T)."""
+        """Items are pairs; each reads the action steps of both trajectories (K = 2(T − 1), or 2T
+        with ``train_unrendered_step``)."""
         half = batch_size // 2
         order = generator.permutation(half)
-        t = torch.arange(num_steps)
+        t = torch.arange(self.action_steps(num_steps))
         per_update = self.config.train_batch_size * self.config.gradient_accumulation_steps
         updates = []
         for start in range(0, half, per_update):
             a = torch.as_tensor(order[start:start + per_update])
-            rows = torch.cat([a[:, None].expand(-1, num_steps), (a + half)[:, None].expand(-1, num_steps)], 1)
+            rows = torch.cat([a[:, None].expand(-1, len(t)), (a + half)[:, None].expand(-1, len(t))], 1)
             updates.append(Items(rows, t.repeat(2)[None].expand(len(a), -1).clone()))
         return updates
 

@@ -182,9 +182,9 @@ class SDPO(Algorithm):
         keep = self.trained_steps(num_steps)
         order = generator.permutation(half)
         if self.config.update_order == "unshuffled":
-            cols = np.tile(np.arange(num_steps)[:keep], (half, 1))
+            cols = np.tile(np.arange(keep), (half, 1))
         else:
-            cols = shuffled_step_columns(half, num_steps, keep, generator)
+            cols = shuffled_step_columns(half, self.action_steps(num_steps), keep, generator)
         per_update = self.config.train_batch_size * self.config.gradient_accumulation_steps
         updates = []
         for j in range(keep):  # Alg. 1 line 12: one column of shuffled steps per update
