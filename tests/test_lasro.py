@@ -144,7 +144,7 @@ def test_config_validation():
 
 # ----------------------------------------------------------------------------- tiny-lcm (learning)
 BUDGET = 256  # generated images per run: 4 epochs of 8 prompts × N_s 8
-EVAL_IMAGES_PER_PROMPT = 8  # 64 seen prompts × 8 held-out noises = 512 paired images
+EVAL_IMAGES_PER_PROMPT = 16  # 64 seen prompts × 16 held-out noises = 1,024 paired images
 
 
 def _run(reward_name, out, reward, **overrides):

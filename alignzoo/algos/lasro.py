@@ -67,7 +67,7 @@ class LaSROConfig(AlgoConfig):
     gives the GPU-scale values (the ``paper-lcm`` suite's [algo.lasro] table)."""
 
     num_steps: int | None = 2  # sampling steps of the generator (the paper: 2; z1 is its 1-step output)
-    learning_rate: float = 3e-4  # generator LoRA lr [O] (notes §9a: 5e-5 at real scale)
+    learning_rate: float = 6e-4  # generator LoRA lr [O] (notes §9a: 5e-5 at real scale)
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     samples_per_prompt: int = 8  # N_s: noises per prompt in every scored batch (rollout and stage 1) [O]
