@@ -44,6 +44,17 @@ def test_shipped_suites_parse():
     paper = load_suite("paper-sdturbo")
     assert paper.model == "sd-turbo" and set(paper.rewards) == {"aesthetic", "imagereward", "hpsv2", "pickscore"}
     assert paper.algo_config("sdpo").num_steps == 50
+    # LaSRO: 2-step everywhere; the tiny suites keep its own tuned lr over [train]'s
+    for name, model, others in (("tiny-2step", "tiny-lcm", {"rlcm-ddpo", "rlcm-rebel", "sdpo"}),
+                                ("tiny-2step-sd", "tiny-sd", {"ddpo", "rebel", "d3po", "sdpo"})):
+        two = load_suite(name)
+        assert two.model == model and set(two.algorithms) == others | {"lasro"}
+        assert {1, 2, 4} <= set(two.eval.steps)
+        assert all(two.algo_config(a).num_steps == 2 for a in two.algorithms)
+        assert two.algo_config("lasro").learning_rate == 6e-4 and two.algo_config("sdpo").learning_rate == 3e-4
+    for name in ("paper-lcm", "paper-sdturbo"):
+        cfg = load_suite(name).algo_config("lasro")
+        assert cfg.num_steps == 2 and cfg.lora_rank == 32 and cfg.k_surr == 5
     with pytest.raises(ValueError, match="known suites"):
         load_suite("quik")
 

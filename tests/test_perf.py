@@ -48,9 +48,10 @@ def test_reward_queries_and_decodes_per_trajectory(perf):
     for r in perf["rows"]:  # only the requested x̂0 are decoded, each once
         assert r["vae_decodes_per_traj"] == r["reward_queries_per_traj"], r["label"]
     assert rows["ddpo"]["num_steps"] == T
-    # one batched UNet call per transition while sampling, one with backward per transition in the update
-    assert rows["ddpo"]["unet_evals_per_traj"] == 2 * T
-    assert rows["ddpo"]["train_transitions"] == 4 * T
+    # one batched UNet call per transition while sampling, one with backward per *rendered*
+    # transition in the update (the last one never reaches the image: train_unrendered_step)
+    assert rows["ddpo"]["unet_evals_per_traj"] == T + (T - 1)
+    assert rows["ddpo"]["train_transitions"] == 4 * (T - 1)
     budgets = perf["budgets"]
     assert set(budgets) == {"trainer_overhead", "sdpo_reward"}
     assert budgets["sdpo_reward"]["limit"] == pytest.approx(3 / T * 1.1)
