@@ -33,7 +33,7 @@ class DDPOConfig(AlgoConfig):
     tracker_min_count: int = 16
 
 
-@register_algorithm("ddpo", "DDPO-IS: PPO-clipped policy gradient over all denoising steps (Black et al. 2023)")
+@register_algorithm("ddpo", "DDPO-IS: PPO-clipped policy gradient over the denoising steps (Black et al. 2023)")
 class DDPO(Algorithm):
     Config = DDPOConfig
     paired = False

@@ -20,7 +20,9 @@ from the same x_T and prompt c:
       l = (w·(ρ^a − ρ^b) − (Â^a − Â^b))²,  l̃ = (w·(ρ̃^a − ρ̃^b) − (Â^a − Â^b))²,
       L_t = mean over pairs of max(l, l̃),   ε = 1e-4.
 * Step-shuffled updates (Alg. 1): each pair's T steps are permuted independently; the outer loop
-  runs over the T shuffled columns and every column gives its own optimiser step(s).
+  runs over the T shuffled columns and every column gives its own optimiser step(s). By default
+  the last transition, whose sample is never rendered (AlgoConfig.train_unrendered_step), is left
+  out: T − 1 columns.
 
 Every ablation of the paper's §4.3 is a config field (``reward_prediction``, ``gamma``,
 ``normalization``, ``weight_decay_rate``/``weighting``, ``update_order``).
