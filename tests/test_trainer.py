@@ -134,3 +134,22 @@ def test_two_processes_agree_and_split_samples(tiny_random_folders, prompt_file,
     assert [r["samples"] for r in log] == [8, 16]
     ckpt = sorted((out / "checkpoints").glob("epoch_*"))[-1]
     assert (ckpt / "rng_rank0.pt").exists() and (ckpt / "rng_rank1.pt").exists() and (ckpt / "COMPLETE").exists()
+
+
+def test_two_processes_lasro_agree_on_lora_and_surrogate(tiny_random_folders, prompt_file, tmp_path):
+    """LaSRO averages its surrogate's gradients itself: both processes must end with the same
+    surrogate as well as the same LoRA (the trainer checks replicated_parameters and records them)."""
+    out = tmp_path / "ddp_lasro"
+    sets = ["num_steps=2", "samples_per_epoch=8", "samples_per_prompt=4", "pretrain_prompts=4", "heldout_prompts=2", "pretrain_steps=2",
+            "gen_steps=2", "k_surr=1", "gen_batch_size=2", "groups_per_batch=1", "reg_batch_size=4", "tie_margin=0.0", "learning_rate=0.01"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "alignzoo", "train", "--cpu", "--algo", "lasro", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["lcm"]),
+           "--prompts", str(prompt_file), "--samples", "16", "--out", str(out), "--no-progress"] + [a for kv in sets for a in ("--set", kv)]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((out / "final" / "processes.json").read_text())
+    assert info["processes"] == 2 and info["prompts_per_process_per_epoch"] == [1.0, 1.0]  # 8 images = 2 prompts × N_s 4
+    assert info["lora_checksums"][0] == info["lora_checksums"][1]
+    assert info["algo_checksums"][0] == info["algo_checksums"][1] and info["algo_checksums"][0][1] > 0  # the surrogate, non-empty
+    log = read_log(out)
+    assert [r["samples"] for r in log] == [8, 16] and log[-1]["generator_steps"] >= 2

@@ -244,6 +244,11 @@ class Algorithm:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def replicated_parameters(self) -> list[torch.Tensor]:
+        """Tensors besides the LoRA that every process must hold identically at the end of a run
+        (e.g. a surrogate trained with averaged gradients); the trainer checks them."""
+        return []
+
     # -- helpers shared by subclasses -------------------------------------------------------
     def clip_advantages(self, adv: torch.Tensor) -> torch.Tensor:
         c = self.config.adv_clip

@@ -372,6 +372,9 @@ class LaSRO(Algorithm):
             "rng": self.rng.bit_generator.state, "pretrained": self.pretrained, "counts": dict(self.counts),
         }
 
+    def replicated_parameters(self) -> list[torch.Tensor]:
+        return [p for p in self.surrogate.parameters() if p.requires_grad] if self.surrogate is not None else []
+
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return

@@ -338,15 +338,22 @@ class Trainer:
         return records
 
     def _check_processes_agree(self) -> None:
-        """Every process must end with the same LoRA weights; records what each one did."""
-        flat = torch.cat([p.detach().float().reshape(-1) for p in self.model.trainable_parameters()])
-        mine = torch.tensor([float(flat.double().sum()), float((flat.double() ** 2).sum()), float(self.prompts_per_process)], device=self.device)
+        """Every process must end with the same LoRA weights (and the algorithm's other replicated
+        tensors, e.g. LaSRO's surrogate); records what each one did."""
+        def checksums(tensors):
+            flat = torch.cat([p.detach().double().reshape(-1) for p in tensors]) if tensors else torch.zeros(1, dtype=torch.float64)
+            return [float(flat.sum()), float((flat ** 2).sum())]
+
+        mine = torch.tensor(checksums(list(self.model.trainable_parameters())) + checksums(self.algo.replicated_parameters())
+                            + [float(self.prompts_per_process)], dtype=torch.float64, device=self.device)
         every = self.accelerator.gather(mine[None]).cpu() if self.world > 1 else mine[None].cpu()
         if self.accelerator.is_main_process:
-            info = {"processes": self.world, "lora_checksums": every[:, :2].tolist(), "prompts_per_process_per_epoch": every[:, 2].tolist()}
+            info = {"processes": self.world, "lora_checksums": every[:, :2].tolist(), "algo_checksums": every[:, 2:4].tolist(),
+                    "prompts_per_process_per_epoch": every[:, 4].tolist()}
             _atomic_write_text(self.out / "final" / "processes.json", json.dumps(info, indent=1))
-        if not torch.allclose(every[:, :2], every[:1, :2].expand_as(every[:, :2]), rtol=0, atol=0):
-            raise RuntimeError(f"processes ended with different LoRA weights: {every[:, :2].tolist()}")
+        for name, cols in (("LoRA weights", slice(0, 2)), ("algorithm state (replicated_parameters)", slice(2, 4))):
+            if not torch.equal(every[:, cols], every[:1, cols].expand_as(every[:, cols])):
+                raise RuntimeError(f"processes ended with different {name}: {every[:, cols].tolist()}")
 
     # ------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
