@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "tinyworld": ("alignzoo.tinyworld.cli", "add_arguments", "run", "train or inspect the tiny world's models"),
     "train": ("alignzoo.algos.cli", "add_arguments", "run", "fine-tune a model with an algorithm"),
     "bench": ("alignzoo.benchmarks.cli", "add_bench_arguments", "run_bench", "run a benchmark suite"),
+    "eval": ("alignzoo.benchmarks.cli", "add_eval_arguments", "run_eval", "paired gain of a fine-tuned LoRA over its pretrained model"),
     "report": ("alignzoo.reports.cli", "add_arguments", "run", "write the report of a benchmark folder"),
     "perf": ("alignzoo.benchmarks.perf", "add_arguments", "run", "measure throughput and memory"),
 }

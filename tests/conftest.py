@@ -30,3 +30,11 @@ def tiny_random_lcm(tiny_random_folders):
     from alignzoo.models import load_model
 
     return load_model(str(tiny_random_folders["lcm"]))
+
+
+# four prompts for the tiny random models: training and CLI tests
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    p.write_text("a red cat\na blue dog\na green circle\na red square\n")
+    return p

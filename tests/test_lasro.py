@@ -72,13 +72,6 @@ def test_score_normalizer_tracks_and_clips():
 
 
 # ----------------------------------------------------------------------------- tiny random LCM
-@pytest.fixture(scope="module")
-def prompt_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    p.write_text("a red cat\na blue dog\na green circle\na red square\n")
-    return p
-
-
 def _tiny_trainer(folder, prompts, out, samples=16, **overrides):
     from alignzoo.models import load_model
 

@@ -19,13 +19,6 @@ from alignzoo.cli import main as cli_main
 FAST = ["--set", "num_steps=3", "--set", "samples_per_epoch=8", "--set", "train_batch_size=2", "--set", "learning_rate=0.01"]
 
 
-@pytest.fixture(scope="module")
-def prompt_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    p.write_text("a red cat\na blue dog\na green circle\na red square\n")
-    return p
-
-
 def _env():
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env
