@@ -227,7 +227,7 @@ class Trainer:
             data = self.algo.advantages(traj, rows, steps, values, self.tracker, self.gather)
             data.advantages = data.advantages.to(self.device)
             if self.algo.needs_reference:
-                data.ref_log_probs = self.log_probs_all(traj, reference=True)
+                data.ref_log_probs = self.log_probs_all(traj, reference=True, num_steps=self.algo.action_steps(t))  # only what the losses read
             for _inner in range(acfg.num_inner_epochs):
                 for items in self.algo.plan(b, t, self.shared_rng):
                     info = self.update(traj, items, data)
@@ -253,18 +253,23 @@ class Trainer:
         }
         return record
 
-    def log_probs_all(self, traj: Trajectory, reference: bool = False) -> torch.Tensor:
-        """Log-probs of every stored transition (B, T), no grad; under the pretrained model if asked."""
+    def log_probs_all(self, traj: Trajectory, reference: bool = False, num_steps: int | None = None) -> torch.Tensor:
+        """Log-probs of the first ``num_steps`` (default all) stored transitions of every row, no
+        grad, under the pretrained model if asked: (B, T), NaN for the transitions not computed."""
         b, t = traj.batch_size, traj.num_steps
-        rows = torch.arange(b).repeat_interleave(t)
-        steps = torch.arange(t).repeat(b)
+        n = t if num_steps is None else num_steps
+        rows = torch.arange(b).repeat_interleave(n)
+        steps = torch.arange(n).repeat(b)
         out = []
         chunk = self.config.max_transitions_per_forward
         with torch.no_grad(), self.accelerator.autocast(), (self.model.reference() if reference else contextlib.nullcontext()):
             for r, s in zip(rows.split(chunk), steps.split(chunk)):
                 out.append(recompute_log_probs(self.model, traj, s, r).float())
-        self.totals["unet_evals_training"] += b * t * (2 if self.model.uses_cfg else 1)
-        return torch.cat(out).view(b, t)
+        self.totals["unet_evals_training"] += b * n * (2 if self.model.uses_cfg else 1)
+        computed = torch.cat(out).view(b, n)
+        full = torch.full((b, t), float("nan"), device=computed.device)
+        full[:, :n] = computed
+        return full
 
     def update(self, traj: Trajectory, items, data) -> dict:
         """One optimiser step on the mean of the algorithm's per-item losses over ``items``."""

@@ -105,7 +105,8 @@ class Suite:
             cfg = self.algo_config(algo, reward)
             t = cfg.num_steps or (spec.train_steps if spec else 50)
             cls = get_algorithm(algo)
-            unet_train += self.samples * t * (3 if cls.needs_reference else 2)
+            trained = cls(cfg).trained_steps(t) if t > 1 or cfg.train_unrendered_step else t  # transitions recomputed per trajectory
+            unet_train += self.samples * (t + trained * (2 if cls.needs_reference else 1))
             per_traj = 3 if algo == "sdpo" else 1
             reward_q += self.samples * per_traj
         n_images = sum(min(len(get_prompts(p)), self.eval.prompts_per_set or 10**9) for p in self.eval.prompt_sets) * self.eval.images_per_prompt
