@@ -21,7 +21,8 @@ register_model(ModelSpec(
     summary="the tiny world's latent diffusion model (32 px coloured shapes), DDIM trailing",
 ))
 register_model(ModelSpec(
-    name="tiny-lcm", source=str(TINY_WEIGHTS / "tiny-lcm"), kind="lcm", guidance_scale=1.0, train_steps=4,
+    # guidance 2.0: the w-embedding value the training run's sweep chose (weights/tiny-lcm/alignzoo.json)
+    name="tiny-lcm", source=str(TINY_WEIGHTS / "tiny-lcm"), kind="lcm", guidance_scale=2.0, train_steps=4,
     summary="the tiny world's LCM, distilled from tiny-sd by latent consistency distillation",
 ))
 
