@@ -120,6 +120,7 @@ def test_resume_is_exact(tiny_random_folders, prompt_file, tmp_path, overrides):
     resumed.train()
     drop = lambda r: {k: v for k, v in r.items() if not k.startswith("seconds")}  # noqa: E731
     assert [drop(r) for r in read_log(tmp_path / "full")] == [drop(r) for r in read_log(tmp_path / "resumed")]
+    assert all(math.isfinite(r["loss"]) for r in read_log(tmp_path / "full"))  # the generator objective, logged as every algorithm's loss
     a, b = full.algo.state_dict(), resumed.algo.state_dict()
     assert all(torch.equal(a["surrogate"][k], b["surrogate"][k]) for k in a["surrogate"])
     assert torch.equal(a["buffer"]["latents"], b["buffer"]["latents"]) and a["norm"] == b["norm"]

@@ -101,6 +101,34 @@ def test_cli_errors_are_clear(tiny_random_folders, prompt_file, tmp_path, capsys
     assert "runs on lcm models" in capsys.readouterr().err
 
 
+def test_train_preset_starts_from_a_suites_settings(monkeypatch, tmp_path, capsys):
+    """`alignzoo train --preset SUITE` applies [train], [algo.A] and [algo_reward.A.R], then --set."""
+    import alignzoo.algos.trainer as trainer_module
+
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def fake_trainer(cfg, algo_config):
+        seen["cfg"] = algo_config
+        raise Captured
+
+    monkeypatch.setattr(trainer_module, "Trainer", fake_trainer)
+    args = ["train", "--algo", "rlcm-ddpo", "--model", "tiny-lcm", "--out", str(tmp_path / "p"), "--preset", "tiny-lcm", "--set", "num_steps=2"]
+    with pytest.raises(Captured):
+        cli_main(args + ["--reward", "tiny_alignment"])
+    cfg = seen["cfg"]
+    # [train] lr 3e-4 and batch 8, overridden for tiny_alignment by the per-reward section
+    assert (cfg.learning_rate, cfg.train_batch_size, cfg.adv_clip, cfg.clip_range) == (2e-4, 16, 2.0, 0.1)
+    assert (cfg.num_steps, cfg.samples_per_epoch, cfg.lora_rank) == (2, 64, 4)
+    with pytest.raises(Captured):
+        cli_main(args + ["--reward", "jpeg_compressibility"])
+    assert (seen["cfg"].learning_rate, seen["cfg"].train_batch_size, seen["cfg"].adv_clip) == (3e-4, 8, 10.0)
+    assert cli_main(args[:-4] + ["--reward", "tiny_alignment", "--preset", "tiny-lmc"]) == 2
+    assert "unknown suite 'tiny-lmc'; known suites:" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("algo", ["ddpo", "sdpo"])
 def test_every_algorithm_uses_the_same_images_per_epoch(algo, tiny_random_folders, prompt_file, tmp_path):
     cfg = get_algorithm(algo).Config(num_steps=4, samples_per_epoch=8)

@@ -23,6 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="run folder (log.jsonl, checkpoints/, final/ LoRA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompts", default="seen", help="prompt set name or file")
+    p.add_argument("--preset", default=None, metavar="SUITE",
+                   help="start from a bench suite's settings for this algorithm and reward (e.g. tiny-lcm); --set overrides them")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an algorithm config field (repeatable)")
     p.add_argument("--reward-arg", action="append", metavar="KEY=VALUE", help="keyword argument for the reward (repeatable)")
     p.add_argument("--plugin", action="append", help="Python file that registers extra algorithms")
@@ -39,7 +41,12 @@ def run(args) -> int:
     for plugin in args.plugin or []:
         load_plugin(plugin)
     algo_cls = get_algorithm(args.algo)
-    algo_config = config_from_strings(algo_cls.Config, algo_cls.Config(), parse_assignments(args.set))
+    base = algo_cls.Config()
+    if args.preset:
+        from alignzoo.benchmarks.suites import load_suite
+
+        base = load_suite(args.preset).algo_config(args.algo, args.reward)
+    algo_config = config_from_strings(algo_cls.Config, base, parse_assignments(args.set))
     reward_kwargs = {k: _literal(v) for k, v in parse_assignments(args.reward_arg).items()}
     cfg = TrainConfig(
         algo=args.algo, reward=args.reward, model=args.model, model_path=args.model_path, out=args.out, samples=args.samples,

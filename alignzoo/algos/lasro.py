@@ -639,7 +639,8 @@ class LaSRO(Algorithm):
             for g, lr in zip(trainer.optimizer.param_groups, lrs):
                 g["lr"] = lr
         self.counts["generator_steps"] += 1
-        info.update({"gen_loss": float(loss.detach()), "reg": float(reg.detach())})
+        # "loss" is the generator objective: the trainer logs it (and shows it) as every algorithm's loss
+        info.update({"loss": float(loss.detach()), "reg": float(reg.detach())})
         if grad_norm is not None:
             info["grad_norm"] = grad_norm
         return info
