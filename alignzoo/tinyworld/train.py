@@ -43,7 +43,7 @@ LCM_ORIGINAL_STEPS = 50
 # 150 distillation steps, not more: the tiny LCM must leave reward headroom at the 2-step
 # trajectories RL trains on, as real LCMs do at 1-2 steps. A 1000-step distillation scored 0.950
 # on tiny_alignment at 2 steps (the reward's ceiling on perfect samples is ~0.965) and no RL
-# algorithm could raise it; 150 steps score 0.936 at 2 steps and the same 0.958 at 4 (TRAINING.md).
+# algorithm could raise it; 150 steps score 0.938 at 2 steps and the same 0.958 at 4 (TRAINING.md).
 LCM_STEPS = 150
 TIMESTEP_SCALING, SIGMA_DATA = 10.0, 0.5
 
