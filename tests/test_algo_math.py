@@ -262,3 +262,39 @@ def test_per_prompt_tracker_buffer_is_bounded():
     out = tr.update(["p"], np.array([5.0]))
     ref = np.array([3.0, 4.0, 5.0])
     assert np.allclose(out, (5.0 - ref.mean()) / (ref.std() + 1e-6))
+
+
+def _zscore(x, values, eps=1e-6):
+    # (x - mean) / (population std + eps) of a plain list, written out without numpy
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((y - m) ** 2 for y in values) / len(values))
+    return (x - m) / (sd + eps)
+
+
+def test_per_prompt_tracker_on_returns_counts_trajectories():
+    # SDPO's per-prompt ablation feeds (N, T) returns: buffer size and min_count count trajectories
+    tr = StatTracker("per_prompt", buffer_size=3, min_count=2)
+    v1 = [[1.0, 2.0], [5.0, 7.0]]
+    out = tr.update(["p", "q"], np.array(v1))
+    batch = [1.0, 2.0, 5.0, 7.0]  # one trajectory per prompt < 2: the whole batch, all steps
+    assert np.allclose(out, [[_zscore(x, batch) for x in row] for row in v1])
+    out = tr.update(["p", "p", "q"], np.array([[3.0, 4.0], [0.0, 6.0], [9.0, 9.0]]))
+    own_p = [1.0, 2.0, 3.0, 4.0, 0.0, 6.0]  # 'p' now holds 3 trajectories: its own buffer
+    own_q = [5.0, 7.0, 9.0, 9.0]
+    assert np.allclose(out[:2], [[_zscore(x, own_p) for x in row] for row in ([3.0, 4.0], [0.0, 6.0])])
+    assert np.allclose(out[2], [_zscore(x, own_q) for x in (9.0, 9.0)])
+    out = tr.update(["p"], np.array([[8.0, 10.0]]))
+    # the oldest *trajectory* [1, 2] is evicted, not single values
+    assert [list(e) for e in tr.buffers[("p",)]] == [[3.0, 4.0], [0.0, 6.0], [8.0, 10.0]]
+    assert np.allclose(out[0], [_zscore(x, [3.0, 4.0, 0.0, 6.0, 8.0, 10.0]) for x in (8.0, 10.0)])
+    with pytest.raises(ValueError, match="per trajectory"):
+        tr.update(["p"], np.array([[1.0, 2.0, 3.0]]))
+
+
+def test_global_tracker_on_returns_uses_all_steps():
+    tr = StatTracker("global")
+    v = [[1.0, 4.0, 2.0], [0.5, -3.0, 8.0]]
+    flat = [x for row in v for x in row]
+    out = tr.update(["p", "p"], np.array(v))
+    assert np.allclose(out, [[_zscore(x, flat, 1e-8) for x in row] for row in v])
+    assert tr.buffers == {}
