@@ -67,7 +67,9 @@ def test_one_step_trajectories_have_no_rendered_action(algo):
     with pytest.raises(ValueError, match="never rendered.*num_steps >= 2"):
         cls(cls.Config()).plan(4, 1, np.random.default_rng(0))
     plan = cls(cls.Config(train_unrendered_step=True)).plan(4, 1, np.random.default_rng(0))
-    assert all((items.steps == 0).all() for items in plan)
+    # an empty plan would pass any "all items ..." check: every trajectory's single step, once
+    visits = sorted((int(r), int(s)) for items in plan for r, s in zip(items.rows.flatten(), items.steps.flatten()))
+    assert visits == [(r, 0) for r in range(4)]
 
 
 # ---------------------------------------------------------------------------------- REBEL
@@ -123,8 +125,30 @@ def test_d3po_loss_and_ties_by_hand():
     assert float(loss[1].detach()) == pytest.approx(math.log(2), rel=1e-6)  # tie
     assert float(loss[2].detach()) == pytest.approx(want2, rel=1e-5)
     assert info["tie"].tolist() == [0.0, 1.0, 0.0]
-    loss[1].backward()
-    assert float(new.grad.abs().sum()) == 0.0  # a tie gives no gradient
+
+
+def test_d3po_tie_from_rewards_gives_no_gradient():
+    # the tie comes from equal rewards through D3PO.advantages (not hand-made signs), and the tie
+    # pair's log-ratios lie inside the clamp, so only the zero sign can make its gradient vanish:
+    # the same pair with a winner does get one
+    from types import SimpleNamespace
+
+    algo = get_algorithm("d3po")()
+    traj = SimpleNamespace(batch_size=4, num_steps=2)
+    items = Items(torch.tensor([[0, 2], [1, 3]]), torch.tensor([[1, 1], [1, 1]]))
+    for rewards, want_tie in ((torch.tensor([0.7, 0.2, 0.7, 0.5]), [1.0, 0.0]), (torch.tensor([0.8, 0.2, 0.7, 0.5]), [0.0, 0.0])):
+        data = algo.advantages(traj, None, None, rewards, None, None)
+        data.ref_log_probs = torch.zeros(4, 2)
+        new = torch.tensor([[0.0, 0.05], [0.0, 0.02], [0.0, -0.04], [0.0, 0.01]], requires_grad=True)
+        n = new[items.rows, items.steps]
+        loss, info = algo.loss(items, n, torch.zeros_like(n), data)
+        assert info["tie"].tolist() == want_tie
+        loss[0].backward()
+        grad = float(new.grad.abs().sum())
+        if want_tie[0]:
+            assert float(loss[0].detach()) == pytest.approx(math.log(2)) and grad == 0.0
+        else:
+            assert grad > 0.0  # the log-ratios 0.05 and -0.04 are not clamped
 
 
 # ---------------------------------------------------------------------------------- SDPO
@@ -222,13 +246,93 @@ def test_sdpo_reward_prediction_variants_query_counts():
         algo = get_algorithm("sdpo")(get_algorithm("sdpo").Config(reward_prediction=mode))
         q = algo.query_steps(x0, rng)
         counts[mode] = q.shape[1]
-        assert (q[:, -1] == 7).all() or mode == "all"
+        if mode == "all":
+            assert torch.equal(q, torch.arange(8)[None].expand(4, -1))
+        else:
+            assert (q[:, -1] == 7).all() and (q[:, 0] == 0).all() == (mode != "one_copy")
         if q.shape[1] == 3:
             assert ((q[:, 1] >= 1) & (q[:, 1] <= 6)).all()
     assert counts == {"adaptive": 3, "random_anchor": 3, "fixed_anchor": 3, "two_similarity": 2, "two_interpolation": 2, "one_copy": 1, "all": 8}
     algo = get_algorithm("sdpo")(get_algorithm("sdpo").Config(reward_prediction="two_interpolation"))
     dense = algo.dense_rewards(x0[:1, :5], torch.tensor([[0, 4]]), torch.tensor([[1.0, 3.0]]))
     assert torch.allclose(dense, torch.tensor([[1.0, 1.5, 2.0, 2.5, 3.0]]))
+
+
+def test_sdpo_adaptive_anchor_is_interior_only():
+    # every interior x̂0 lies between the ends (cos(first, last) = 0): each interior step's
+    # Sim_first + Sim_last exceeds the ends' 1 + 0, so the public code's argmin over all steps
+    # picks step 0, while eq. 10 (t in 1..T-2) picks the most divergent interior step
+    x0 = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [1.0, 0.8], [0.7, 1.0], [0.0, 1.0]]]).view(1, 5, 2, 1, 1)
+    flat = x0.view(5, 2)
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
+    sums = [cos(flat[i], flat[0]) + cos(flat[i], flat[4]) for i in range(5)]
+    all_steps = int(np.argmin(sums))
+    interior = 1 + int(np.argmin(sums[1:4]))
+    assert (all_steps, interior) == (0, 3)
+    assert int(adaptive_anchor(x0)) == interior
+    algo = get_algorithm("sdpo")()
+    assert algo.query_steps(x0, np.random.default_rng(0)).tolist() == [[0, 3, 4]]
+
+
+@pytest.mark.parametrize("t, want", [(50, 24), (3, 1), (4, 1), (5, 2), (8, 3)])
+def test_sdpo_fixed_anchor_position(t, want):
+    # the paper's "fixed anchor at the 25th step" of 50 is sampling-order index 24: the middle, (T-1)//2
+    algo = get_algorithm("sdpo")(get_algorithm("sdpo").Config(reward_prediction="fixed_anchor"))
+    q = algo.query_steps(torch.zeros(2, t, 1, 1, 1), np.random.default_rng(0))
+    assert q.tolist() == [[0, want, t - 1]] * 2
+    for k, clamped in ((0, 1), (t - 1, t - 2), (1, 1)):  # an explicit step is kept interior
+        cfg = get_algorithm("sdpo").Config(reward_prediction="fixed_anchor", fixed_anchor_step=k)
+        assert get_algorithm("sdpo")(cfg).query_steps(torch.zeros(1, t, 1, 1, 1), None)[0, 1] == clamped
+
+
+def test_sdpo_random_anchor_positions_cover_the_interior():
+    algo = get_algorithm("sdpo")(get_algorithm("sdpo").Config(reward_prediction="random_anchor"))
+    q = algo.query_steps(torch.zeros(400, 6, 1, 1, 1), np.random.default_rng(0))
+    assert (q[:, 0] == 0).all() and (q[:, 2] == 5).all()
+    assert set(q[:, 1].tolist()) == {1, 2, 3, 4}  # every interior step, never an end
+    counts = np.bincount(q[:, 1].numpy(), minlength=6)[1:5]
+    assert counts.min() > 60  # roughly uniform: 100 expected each
+
+
+def test_sdpo_advantages_end_to_end():
+    # 2 pairs (rows 0, 2 and 1, 3), T = 4, hand-made 2-d x̂0; every value below written out here
+    from types import SimpleNamespace
+
+    pred = [[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]],
+            [[1.0, 1.0], [1.0, 0.0], [0.5, 1.0], [0.0, 1.0]],
+            [[0.0, 1.0], [1.0, 0.0], [0.9, 0.5], [1.0, 0.2]],
+            [[1.0, 0.0], [0.2, 1.0], [1.0, 1.0], [1.0, -0.3]]]
+    traj = SimpleNamespace(pred_x0=torch.tensor(pred).view(4, 4, 2, 1, 1), prompts=["a", "b", "a", "b"], batch_size=4, num_steps=4)
+    cfg = get_algorithm("sdpo").Config(gamma=0.5, adv_clip=1.2, tracker_min_count=16)
+    algo = get_algorithm("sdpo")(cfg)
+    rows, steps = algo.reward_queries(traj, np.random.default_rng(0))
+    cos = lambda a, b: (a[0] * b[0] + a[1] * b[1]) / math.hypot(*a) / math.hypot(*b)  # noqa: E731
+    anchors = []
+    for p in pred:
+        sums = {i: cos(p[i], p[0]) + cos(p[i], p[3]) for i in (1, 2)}
+        anchors.append(min(sums, key=sums.get))
+    assert rows.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert steps.tolist() == [s for a in anchors for s in (0, a, 3)]
+    queried = [[1.0, 2.0, 4.0], [0.0, -1.0, 3.0], [2.0, 2.5, 1.0], [5.0, 1.0, -2.0]]  # R_first, R_anchor, R_last
+    data = algo.advantages(traj, rows, steps, torch.tensor(queried).reshape(-1), StatTracker("per_step_prompt", 32, 16),
+                           lambda v, prompts: (v, list(prompts), slice(0, len(prompts))))
+    dense = []
+    for p, a, (rf, ra, rl) in zip(pred, anchors, queried):
+        row = []
+        for i in range(4):
+            known = {0: rf, a: ra, 3: rl}
+            if i in known:
+                row.append(known[i])
+                continue
+            w = [max(cos(p[i], p[j]), 0.0) for j in (0, a, 3)]
+            row.append((rf * w[0] + ra * w[1] + rl * w[2]) / sum(w))
+        dense.append(row)
+    assert np.allclose(data.extra["dense_rewards"].numpy(), dense, atol=1e-6)
+    returns = [[sum(0.5**k * row[i + k] for k in range(4 - i)) for i in range(4)] for row in dense]
+    # fewer than min_count trajectories per (prompt, step): the batch's stats at that step, then clip ±1.2
+    want = [[max(-1.2, min(1.2, _zscore(returns[r][i], [g[i] for g in returns]))) for i in range(4)] for r in range(4)]
+    assert np.allclose(data.advantages.numpy(), want, atol=1e-5)
+    assert (data.advantages.abs() == 1.2).any()  # the clip took part
 
 
 def test_unknown_sdpo_option_is_a_clear_error():
@@ -262,3 +366,39 @@ def test_per_prompt_tracker_buffer_is_bounded():
     out = tr.update(["p"], np.array([5.0]))
     ref = np.array([3.0, 4.0, 5.0])
     assert np.allclose(out, (5.0 - ref.mean()) / (ref.std() + 1e-6))
+
+
+def _zscore(x, values, eps=1e-6):
+    # (x - mean) / (population std + eps) of a plain list, written out without numpy
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((y - m) ** 2 for y in values) / len(values))
+    return (x - m) / (sd + eps)
+
+
+def test_per_prompt_tracker_on_returns_counts_trajectories():
+    # SDPO's per-prompt ablation feeds (N, T) returns: buffer size and min_count count trajectories
+    tr = StatTracker("per_prompt", buffer_size=3, min_count=2)
+    v1 = [[1.0, 2.0], [5.0, 7.0]]
+    out = tr.update(["p", "q"], np.array(v1))
+    batch = [1.0, 2.0, 5.0, 7.0]  # one trajectory per prompt < 2: the whole batch, all steps
+    assert np.allclose(out, [[_zscore(x, batch) for x in row] for row in v1])
+    out = tr.update(["p", "p", "q"], np.array([[3.0, 4.0], [0.0, 6.0], [9.0, 9.0]]))
+    own_p = [1.0, 2.0, 3.0, 4.0, 0.0, 6.0]  # 'p' now holds 3 trajectories: its own buffer
+    own_q = [5.0, 7.0, 9.0, 9.0]
+    assert np.allclose(out[:2], [[_zscore(x, own_p) for x in row] for row in ([3.0, 4.0], [0.0, 6.0])])
+    assert np.allclose(out[2], [_zscore(x, own_q) for x in (9.0, 9.0)])
+    out = tr.update(["p"], np.array([[8.0, 10.0]]))
+    # the oldest *trajectory* [1, 2] is evicted, not single values
+    assert [list(e) for e in tr.buffers[("p",)]] == [[3.0, 4.0], [0.0, 6.0], [8.0, 10.0]]
+    assert np.allclose(out[0], [_zscore(x, [3.0, 4.0, 0.0, 6.0, 8.0, 10.0]) for x in (8.0, 10.0)])
+    with pytest.raises(ValueError, match="per trajectory"):
+        tr.update(["p"], np.array([[1.0, 2.0, 3.0]]))
+
+
+def test_global_tracker_on_returns_uses_all_steps():
+    tr = StatTracker("global")
+    v = [[1.0, 4.0, 2.0], [0.5, -3.0, 8.0]]
+    flat = [x for row in v for x in row]
+    out = tr.update(["p", "p"], np.array(v))
+    assert np.allclose(out, [[_zscore(x, flat, 1e-8) for x in row] for row in v])
+    assert tr.buffers == {}

@@ -138,3 +138,34 @@ def test_decode_only_requested_steps(tiny_random_sd):
     assert float(imgs.min()) >= 0 and float(imgs.max()) <= 1
     want = m.decode(tr.pred_x0[:, 2])
     assert torch.allclose(imgs[:, 1], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [4, 3])
+def test_ddim_kernel_matches_diffusers_ddim_step(tiny_random_sd, n):
+    # diffusers' DDIMScheduler.step with a given variance_noise z is x_t' = mean + std·z; with
+    # z = 0 it returns the mean itself. set_alpha_to_one=False: its last step then uses ᾱ[0],
+    # as our clamped previous timestep does (the DDPO/SDPO convention, previous_timesteps).
+    from diffusers import DDIMScheduler
+
+    m = tiny_random_sd
+    sched = DDIMScheduler.from_config(m.scheduler.config, timestep_spacing="trailing", set_alpha_to_one=False)
+    sched.set_timesteps(n)
+    ts = m.timesteps(n)
+    assert sched.timesteps.tolist() == ts.tolist()
+    prev = previous_timesteps(m, ts)
+    ac = sched.alphas_cumprod
+    eta = 0.8
+    g = torch.Generator().manual_seed(2)
+    for i, t in enumerate(ts.tolist()):
+        x, eps, z = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+        x0 = (x - (1 - ac[t]).sqrt() * eps) / ac[t].sqrt()
+        mean, std = step_distribution(m, x, torch.tensor([t, t]), prev[i].expand(2), eps, x0, eta)
+        want = sched.step(eps, t, x, eta=eta, variance_noise=z).prev_sample
+        want_mean = sched.step(eps, t, x, eta=eta, variance_noise=torch.zeros_like(z)).prev_sample
+        assert torch.allclose(mean + std * z, want, atol=1e-5), i
+        assert torch.allclose(mean, want_mean, atol=1e-5), i
+        want_std = ((want - want_mean) * z).flatten(1).sum(1) / (z * z).flatten(1).sum(1)  # least squares of (want − mean) = std·z
+        assert torch.allclose(std.flatten(), want_std, rtol=1e-4), i
+        assert float(std.min()) > 0  # eta > 0: the log-prob is defined at every step, the last too
+        lp = gaussian_log_prob(want, mean, std)
+        assert torch.allclose(lp, _independent_logprob(want, want_mean, want_std.view(2, 1, 1, 1)), atol=1e-3), i

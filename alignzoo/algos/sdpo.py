@@ -6,7 +6,8 @@ from the same x_T and prompt c:
 
 * Dense rewards from 3 queries (eqs. 9–11). Sim_first(i) = cos(x̂0_i, x̂0_first),
   Sim_last(i) = cos(x̂0_i, x̂0_last); the anchor is argmin over the interior steps
-  (paper t ∈ {1..T−2}) of Sim_first + Sim_last (eq. 10); Sim_anchor(i) = cos(x̂0_i, x̂0_anchor);
+  (paper t ∈ {1..T−2}; the public code: all steps, see adaptive_anchor) of Sim_first + Sim_last
+  (eq. 10); Sim_anchor(i) = cos(x̂0_i, x̂0_anchor);
       R̂_i = (R_first·Sim_first + R_anchor·Sim_anchor + R_last·Sim_last) / (Sim_first + Sim_anchor + Sim_last)   (eq. 11)
   and the three query steps keep their real reward. Cosine similarities can be negative
   (TINYWORLD_NOTES); weights below ``similarity_floor`` (default 0) are raised to it and an
@@ -59,7 +60,7 @@ class SDPOConfig(AlgoConfig):
     tracker_buffer: int = 32
     tracker_min_count: int = 16
     reward_prediction: str = "adaptive"  # one of REWARD_PREDICTIONS (paper §4.3)
-    fixed_anchor_step: int | None = None  # for "fixed_anchor"; None: T//2 (the paper's 25th of 50)
+    fixed_anchor_step: int | None = None  # for "fixed_anchor" (sampling-order index); None: (T−1)//2, the paper's 25th of 50 = index 24
     similarity_floor: float = 0.0
     update_order: str = "shuffled"  # one of UPDATE_ORDERS
 
@@ -70,7 +71,13 @@ def cosine_to(x0: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def adaptive_anchor(x0: torch.Tensor) -> torch.Tensor:
-    """argmin over interior steps of Sim_first + Sim_last (eq. 10): (B,) sampling-order index."""
+    """argmin over interior steps of Sim_first + Sim_last (eq. 10): (B,) sampling-order index.
+
+    Eq. 10 restricts t to {1..T−2}; the public code (pipeline_with_logprob_sdpo.py) takes the
+    argmin over all T steps. The two differ when every interior x̂0 lies "between" the ends
+    (e.g. Sim(first, last) ≈ 0 and all interior sums > 1): the end steps' sum is
+    1 + Sim(first, last), so the public code then picks the first or last step as anchor and its
+    third query duplicates one of the other two. We keep the paper's interior-only anchor."""
     t = x0.shape[1]
     total = cosine_to(x0, x0[:, 0]) + cosine_to(x0, x0[:, -1])
     return total[:, 1:t - 1].argmin(1) + 1
@@ -146,7 +153,8 @@ class SDPO(Algorithm):
             anchor = torch.as_tensor(generator.integers(1, t - 1, size=b))
         else:
             k = self.config.fixed_anchor_step
-            anchor = torch.full((b,), t // 2 if k is None else min(max(int(k), 1), t - 2), dtype=torch.long)
+            # the paper's "25th step" of 50 is sampling-order index 24 = (T − 1)//2, not T//2
+            anchor = torch.full((b,), (t - 1) // 2 if k is None else min(max(int(k), 1), t - 2), dtype=torch.long)
         return torch.cat([first, anchor[:, None], last], 1)
 
     def reward_queries(self, traj, generator):

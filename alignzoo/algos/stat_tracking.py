@@ -1,11 +1,15 @@
 """Running reward statistics for advantage normalisation (DDPO §4.3; SDPO §3.3).
 
-* per-prompt (DDPO): one buffer per prompt, one value per trajectory.
+* per-prompt (DDPO): one buffer per prompt, one entry per trajectory. Values (N,) give one
+  value per trajectory (DDPO); values (N, T) (SDPO's per-prompt ablation, §4.3) give each
+  trajectory's T returns as one entry, normalised by the mean/std over all steps of the buffered
+  trajectories.
 * per-step-prompt (SDPO): one buffer per (prompt, step index), values of shape (N, T).
-* global: (r − mean)/(std + 1e-8) over the batch, no buffers.
+* global: (r − mean)/(std + 1e-8) over the batch (all steps too), no buffers.
 
-Below ``min_count`` buffered values a key is normalised with the *whole batch's* mean/std (at
-that step for per-step tracking), as the reference code does; std gets +1e-6.
+``buffer_size`` and ``min_count`` count trajectories in every mode: below ``min_count`` buffered
+trajectories a key is normalised with the *whole batch's* mean/std (at that step for per-step
+tracking, over all steps for per-prompt), as the reference code does; std gets +1e-6.
 The state is a plain dict so that checkpoints can save it and resume exactly.
 """
 from __future__ import annotations
@@ -35,24 +39,25 @@ class StatTracker:
             out = (v - v.mean()) / (v.std() + 1e-8)
             return out[:, 0] if squeeze else out
         prompts = np.asarray(prompts, dtype=object)
-        per_step = self.mode == "per_step_prompt"
         for p in dict.fromkeys(prompts.tolist()):
             idx = prompts == p
-            for j in range(v.shape[1]):
-                key = (p, j) if per_step else (p,)
-                if not per_step and j > 0:
-                    break
-                buf = self.buffers.setdefault(key, deque(maxlen=self.buffer_size))
-                col = v[idx, j] if per_step else v[idx].reshape(-1)
-                buf.extend(col.tolist())
-                if len(buf) < self.min_count:
-                    ref = v[:, j] if per_step else v.reshape(-1)
-                else:
-                    ref = np.asarray(buf)
-                if per_step:
+            if self.mode == "per_step_prompt":
+                for j in range(v.shape[1]):
+                    buf = self.buffers.setdefault((p, j), deque(maxlen=self.buffer_size))
+                    buf.extend(v[idx, j].tolist())
+                    ref = v[:, j] if len(buf) < self.min_count else np.asarray(buf)
                     out[idx, j] = (v[idx, j] - ref.mean()) / (ref.std() + 1e-6)
-                else:
-                    out[idx] = (v[idx] - ref.mean()) / (ref.std() + 1e-6)
+                continue
+            # per prompt: one buffer entry per trajectory (a float, or its T values as a list), so
+            # eviction and min_count count trajectories, not trajectories × steps
+            buf = self.buffers.setdefault((p,), deque(maxlen=self.buffer_size))
+            held = len(buf[-1]) if buf and isinstance(buf[-1], list) else (None if not buf else 0)
+            if held is not None and held != (0 if squeeze else v.shape[1]):  # 0: one value per trajectory
+                raise ValueError(f"prompt {p!r}: the tracker holds entries of {held or 1} value(s) per trajectory, "
+                                 f"got {1 if squeeze else v.shape[1]}; use one trajectory length per run")
+            buf.extend(v[idx, 0].tolist() if squeeze else v[idx].tolist())
+            ref = v if len(buf) < self.min_count else np.asarray(buf)
+            out[idx] = (v[idx] - ref.mean()) / (ref.std() + 1e-6)
         return out[:, 0] if squeeze else out
 
     def state_dict(self) -> dict:

@@ -5,6 +5,7 @@ user's own file works too. Schema (every key optional except model, algorithms, 
 
     name = "quick"                    description = "..."
     model = "tiny-sd"                 model_path = "/local/folder"      # optional
+    lcm_schedule = "rlcm"             # LCM timesteps, "diffusers" (default) or "rlcm": becomes model = "NAME@rlcm"
     algorithms = ["ddpo", "sdpo"]     rewards = ["tiny_alignment"]
     seeds = [0]                       samples = 512                     # budget per cell (images)
     eval_interval = 256               train_prompts = "seen"
@@ -28,7 +29,7 @@ from alignzoo.registry import Registry
 SUITE_DIR = Path(__file__).resolve().parent / "suites"
 SUITES: Registry = Registry("suite")
 
-TOP_KEYS = {"name", "description", "model", "model_path", "algorithms", "rewards", "seeds", "samples", "eval_interval", "train_prompts", "train", "algo", "algo_reward", "eval", "reward_args"}
+TOP_KEYS = {"name", "description", "model", "model_path", "lcm_schedule", "algorithms", "rewards", "seeds", "samples", "eval_interval", "train_prompts", "train", "algo", "algo_reward", "eval", "reward_args"}
 EVAL_KEYS = {"steps", "prompt_sets", "images_per_prompt", "prompts_per_set", "eta", "seed", "grid_images", "batch_size"}
 
 
@@ -99,7 +100,7 @@ class Suite:
         from alignzoo.benchmarks.prompts import get_prompts
         from alignzoo.models import get_model_spec
 
-        spec = get_model_spec(self.model) if self.model in _model_names() else None
+        spec = get_model_spec(self.model) if _registered(self.model) else None
         unet_train = reward_q = 0
         for algo, reward, _seed in self.cells():
             cfg = self.algo_config(algo, reward)
@@ -124,6 +125,26 @@ def _model_names():
     return list_models()
 
 
+def _base_model(model: str) -> str:
+    """The model name or folder without its ``@schedule`` suffix (alignzoo/models/lcm.py)."""
+    from alignzoo.models.lcm import split_schedule
+
+    return split_schedule(model)[0]
+
+
+def _registered(model: str) -> bool:
+    return _base_model(model) in _model_names()
+
+
+def _check_model(model: str) -> None:
+    from alignzoo.models import get_model_spec
+
+    if _registered(model):
+        get_model_spec(model)  # checks its LCM schedule
+    elif not Path(_base_model(model)).is_dir():
+        raise ValueError(f"unknown model {model!r}; known models: {', '.join(_model_names())} (or a diffusers folder)")
+
+
 def _check_names(kind: str, names, known, suite: str):
     for n in names:
         if n not in known:
@@ -146,16 +167,21 @@ def parse_suite(data: dict, source: str | None = None) -> Suite:
     bad = set(ev) - EVAL_KEYS
     if bad:
         raise ValueError(f"suite {name!r} [eval]: unknown key(s) {', '.join(sorted(bad))}; known keys: {', '.join(sorted(EVAL_KEYS))}")
+    model = data["model"]
+    if data.get("lcm_schedule") is not None:  # it rides on the model name, so training and evaluation share it
+        model = f"{_base_model(model)}@{data['lcm_schedule']}"
     suite = Suite(
-        name=name, model=data["model"], algorithms=list(data["algorithms"]), rewards=list(data["rewards"]), description=data.get("description", ""),
+        name=name, model=model, algorithms=list(data["algorithms"]), rewards=list(data["rewards"]), description=data.get("description", ""),
         model_path=data.get("model_path"), seeds=[int(s) for s in data.get("seeds", [0])], samples=int(data.get("samples", 512)),
         eval_interval=int(data.get("eval_interval", 0)), train_prompts=data.get("train_prompts", "seen"), train=dict(data.get("train", {})),
         algo={k: dict(v) for k, v in data.get("algo", {}).items()},
         algo_reward={a: {r: dict(v) for r, v in rs.items()} for a, rs in data.get("algo_reward", {}).items()}, eval=EvalSpec(**ev), reward_args={k: dict(v) for k, v in data.get("reward_args", {}).items()},
         source=source,
     )
-    if suite.model not in _model_names() and not Path(suite.model).is_dir():
-        raise ValueError(f"suite {name!r}: unknown model {suite.model!r}; known models: {', '.join(_model_names())} (or a diffusers folder)")
+    try:
+        _check_model(suite.model)
+    except ValueError as err:
+        raise ValueError(f"suite {name!r}: {err}") from None
     _check_names("algorithm", suite.algorithms, list_algorithms(), name)
     _check_names("reward", suite.rewards, list_rewards(), name)
     _check_names("algorithm", suite.algo, suite.algorithms, name)

@@ -34,14 +34,8 @@ from alignzoo.registry import Registry
 MODELS: Registry = Registry("model")
 
 # Files a diffusers text-to-image folder must hold (weights are checked by from_pretrained).
-PIPELINE_FILES = (
-    "model_index.json",
-    "unet/config.json",
-    "vae/config.json",
-    "text_encoder/config.json",
-    "tokenizer/tokenizer_config.json",
-    "scheduler/scheduler_config.json",
-)
+PIPELINE_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                  "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json")
 PIPELINE_PATTERNS = ("*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors")
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -59,21 +53,15 @@ class ModelSpec:
     guidance_scale: float = 1.0
     train_steps: int = 50  # default trajectory length for training
     original_inference_steps: int = 50  # LCM only
+    lcm_schedule: str = "diffusers"  # LCM only: "diffusers" or "rlcm" timesteps (alignzoo/models/lcm.py)
     env_var: str | None = None  # env var pointing at a local folder
     builder: Any = None  # callable(dest) -> folder, for architectures built from configs
 
     def resolve(self, local_path: str | os.PathLike | None = None) -> Path:
         if self.builder is not None and local_path is None:
             return Path(self.builder())
-        return resolve_snapshot(
-            self.source,
-            PIPELINE_FILES,
-            what=f"model {self.name}",
-            option="--model-path",
-            env_var=self.env_var,
-            local_path=local_path,
-            allow_patterns=PIPELINE_PATTERNS,
-        )
+        return resolve_snapshot(self.source, PIPELINE_FILES, what=f"model {self.name}", option="--model-path", env_var=self.env_var,
+                                local_path=local_path, allow_patterns=PIPELINE_PATTERNS)
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
@@ -91,8 +79,12 @@ def list_models() -> list[str]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
+    """A registered model's spec; ``NAME@rlcm`` selects an LCM schedule (alignzoo/models/lcm.py)."""
+    from alignzoo.models.lcm import split_schedule, with_schedule
+
     _import_builtin_models()
-    return MODELS.get(name)
+    name, schedule = split_schedule(name)
+    return with_schedule(MODELS.get(name), schedule)
 
 
 def load_model(
@@ -107,9 +99,14 @@ def load_model(
     """Loads a registered model (``tiny-sd``, ``sd-turbo``…) or any diffusers folder.
 
     A folder path that is not a registered name is loaded as SD-layout (``kind="sd"``) unless
-    its scheduler is an LCMScheduler or ``kind="lcm"`` is given.
+    its scheduler is an LCMScheduler or ``kind="lcm"`` is given. ``NAME@rlcm`` (or
+    ``lcm_schedule="rlcm"``) selects RLCM's LCM timestep schedule (alignzoo/models/lcm.py).
     """
+    from alignzoo.models.lcm import LatentConsistencyModel, split_schedule, with_schedule
+    from alignzoo.models.stable_diffusion import StableDiffusionModel
+
     _import_builtin_models()
+    name_or_path, schedule = split_schedule(name_or_path)
     if name_or_path in MODELS:
         spec = MODELS.get(name_or_path)
     elif Path(name_or_path).is_dir():
@@ -123,10 +120,8 @@ def load_model(
         raise AssertionError  # unreachable
     if overrides:
         spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    spec = with_schedule(spec, schedule)
     folder = spec.resolve(model_path)
-    from alignzoo.models.lcm import LatentConsistencyModel
-    from alignzoo.models.stable_diffusion import StableDiffusionModel
-
     cls = LatentConsistencyModel if spec.kind == "lcm" else StableDiffusionModel
     return cls.from_folder(folder, spec=spec, device=device, dtype=dtype)
 
@@ -147,18 +142,16 @@ def quiet_loading() -> Iterator[None]:
     import diffusers
     import transformers
 
-    d_level, t_level = diffusers.logging.get_verbosity(), transformers.logging.get_verbosity()
-    diffusers.logging.set_verbosity_error()
-    transformers.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+    levels = [(lib, lib.logging.get_verbosity()) for lib in (diffusers, transformers)]
+    for lib, _ in levels:
+        lib.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
     try:
         yield
     finally:
-        diffusers.logging.set_verbosity(d_level)
-        transformers.logging.set_verbosity(t_level)
-        diffusers.utils.logging.enable_progress_bar()
-        transformers.utils.logging.enable_progress_bar()
+        for lib, level in levels:
+            lib.logging.set_verbosity(level)
+            lib.utils.logging.enable_progress_bar()
 
 
 class DiffusionModel:
@@ -251,13 +244,7 @@ class DiffusionModel:
     # ----------------------------------------------------------------------------- prompts
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        tok = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt")
         out = self.text_encoder(tok.input_ids.to(self.device))[0]
         return out.to(self.dtype)
 
