@@ -37,6 +37,7 @@ import torch
 
 from alignzoo.algos.base import Algorithm, get_algorithm
 from alignzoo.algos.stat_tracking import StatTracker
+from alignzoo.algos.validation import validate_configs
 from alignzoo.models.sampling import Trajectory, decode_steps, recompute_log_probs, sample, sample_pairs
 
 
@@ -75,7 +76,7 @@ class Trainer:
 
         self.config = config
         algo_cls: type[Algorithm] = get_algorithm(config.algo)
-        self.algo = algo_cls(algo_config if algo_config is not None else algo_cls.Config())
+        self.algo = algo_cls(validate_configs(config, algo_config if algo_config is not None else algo_cls.Config()))
         acfg = self.algo.config
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision, cpu=config.cpu, log_with=list(config.log_with) or None,
