@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from alignzoo.algos import checkpoints
 from alignzoo.algos.base import Algorithm, get_algorithm
-from alignzoo.algos.checkpoints import atomic_write_text as _atomic_write_text
 from alignzoo.algos.stat_tracking import StatTracker
-from alignzoo.algos.validation import validate_configs
 from alignzoo.models.sampling import Trajectory, decode_steps, recompute_log_probs, sample, sample_pairs
 
 
@@ -65,9 +63,17 @@ class TrainConfig:
     progress: bool = True
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, algo_config=None, accelerator=None, model=None, reward=None):
         from accelerate import Accelerator
+
+        from alignzoo.algos.validation import validate_configs
 
         self.config = config
         algo_cls: type[Algorithm] = get_algorithm(config.algo)
@@ -358,18 +364,26 @@ class Trainer:
 
     # ------------------------------------------------------------------------ checkpoints (alignzoo.algos.checkpoints)
     def _state(self) -> dict:
-        return checkpoints.trainer_state(self)
+        from alignzoo.algos.checkpoints import trainer_state
+
+        return trainer_state(self)
 
     def save_checkpoint(self) -> Path:
         """Collective: every process writes its own RNG state; the main process the rest."""
-        return checkpoints.save_checkpoint(self)
+        from alignzoo.algos.checkpoints import save_checkpoint
+
+        return save_checkpoint(self)
 
     def latest_checkpoint(self) -> Path | None:
-        return checkpoints.latest_checkpoint(self.ckpt_dir)
+        from alignzoo.algos.checkpoints import latest_checkpoint
+
+        return latest_checkpoint(self.ckpt_dir)
 
     def _resume(self) -> Path | None:
         """Loads the newest intact checkpoint (a damaged newer one is moved aside with a warning)."""
-        return checkpoints.resume(self)
+        from alignzoo.algos.checkpoints import resume
+
+        return resume(self)
 
 
 def read_log(out: str | Path) -> list[dict]:
