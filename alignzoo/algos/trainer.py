@@ -77,7 +77,7 @@ class Trainer:
 
         self.config = config
         algo_cls: type[Algorithm] = get_algorithm(config.algo)
-        self.algo = algo_cls(validate_configs(config, algo_config if algo_config is not None else algo_cls.Config()))
+        self.algo = algo_cls(validate_configs(config, algo_config if algo_config is not None else algo_cls.Config(), builds_reward=reward is None))
         acfg = self.algo.config
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision, cpu=config.cpu, log_with=list(config.log_with) or None,

@@ -75,17 +75,19 @@ def validate_algo_config(cfg):
     return cfg
 
 
-def validate_train_config(cfg) -> None:
-    """Checks a :class:`~alignzoo.algos.trainer.TrainConfig` and its reward's keyword arguments."""
+def validate_train_config(cfg, builds_reward: bool = True) -> None:
+    """Checks a :class:`~alignzoo.algos.trainer.TrainConfig`, and its reward's keyword arguments
+    when the trainer will build the reward from them (a caller may pass a built reward)."""
     for name, (ok, must, how) in TRAIN_RULES.items():
         if not ok(getattr(cfg, name)):
             raise ValueError(f"{name} must be {must}, got {getattr(cfg, name)!r}; set it with {how}")
-    from alignzoo.rewards import check_reward_kwargs
+    if builds_reward:
+        from alignzoo.rewards import check_reward_kwargs
 
-    check_reward_kwargs(cfg.reward, cfg.reward_kwargs)
+        check_reward_kwargs(cfg.reward, cfg.reward_kwargs)
 
 
-def validate_configs(train_config, algo_config):
+def validate_configs(train_config, algo_config, builds_reward: bool = True):
     """Both checks, before the trainer loads a model; returns ``algo_config``."""
-    validate_train_config(train_config)
+    validate_train_config(train_config, builds_reward)
     return validate_algo_config(algo_config)
