@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # subcommand -> (module, function that adds its arguments, function that runs it, help)
 SUBCOMMANDS = {
@@ -29,6 +30,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from alignzoo.registry import UnknownNameError
 
     return (UnknownNameError, MissingWeightsError, ValueError, FileNotFoundError)
+
+
+def _check_device(name: str | None) -> None:
+    """Every command's ``--device``, checked once here rather than as a traceback deep in torch."""
+    if name is None or name == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -63,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"alignzoo: the {args.command!r} command is not available in this version", file=sys.stderr)
             return 2
         raise
+    # warnings for the user (e.g. a damaged checkpoint skipped) as one line, without file:line and source
+    default_format = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_a, **_k: f"alignzoo {args.command}: warning: {message}\n"
     try:
+        _check_device(getattr(args, "device", None))
         return int(getattr(mod, run)(args) or 0)
     except _user_errors() as err:
         print(f"alignzoo {args.command}: error: {err}", file=sys.stderr)
@@ -71,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = default_format
 
 
 if __name__ == "__main__":

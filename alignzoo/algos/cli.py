@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 
 
-def parse_assignments(items: list[str] | None) -> dict[str, str]:
+def parse_assignments(items: list[str] | None, flag: str = "--set") -> dict[str, str]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ValueError(f"{flag} expects key=value, got {item!r}")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -47,7 +47,7 @@ def run(args) -> int:
 
         base = load_suite(args.preset).algo_config(args.algo, args.reward)
     algo_config = config_from_strings(algo_cls.Config, base, parse_assignments(args.set))
-    reward_kwargs = {k: _literal(v) for k, v in parse_assignments(args.reward_arg).items()}
+    reward_kwargs = {k: _literal(v) for k, v in parse_assignments(args.reward_arg, "--reward-arg").items()}
     cfg = TrainConfig(
         algo=args.algo, reward=args.reward, model=args.model, model_path=args.model_path, out=args.out, samples=args.samples,
         seed=args.seed, prompts=args.prompts, mixed_precision=args.mixed_precision, cpu=args.cpu,

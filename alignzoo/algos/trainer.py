@@ -73,9 +73,11 @@ class Trainer:
     def __init__(self, config: TrainConfig, algo_config=None, accelerator=None, model=None, reward=None):
         from accelerate import Accelerator
 
+        from alignzoo.algos.validation import validate_configs
+
         self.config = config
         algo_cls: type[Algorithm] = get_algorithm(config.algo)
-        self.algo = algo_cls(algo_config if algo_config is not None else algo_cls.Config())
+        self.algo = algo_cls(validate_configs(config, algo_config if algo_config is not None else algo_cls.Config(), builds_reward=reward is None))
         acfg = self.algo.config
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision, cpu=config.cpu, log_with=list(config.log_with) or None,
@@ -360,84 +362,28 @@ class Trainer:
             if not torch.equal(every[:, cols], every[:1, cols].expand_as(every[:, cols])):
                 raise RuntimeError(f"processes ended with different {name}: {every[:, cols].tolist()}")
 
-    # ------------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------------ checkpoints (alignzoo.algos.checkpoints)
     def _state(self) -> dict:
-        from peft.utils import get_peft_model_state_dict
+        from alignzoo.algos.checkpoints import trainer_state
 
-        return {
-            "epoch": self.epoch,
-            "lora": {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.model.unet).items()},
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "tracker": self.tracker.state_dict(),
-            "shared_rng": self.shared_rng.bit_generator.state,
-            "totals": dict(self.totals),
-            "algo_config": dataclasses.asdict(self.algo.config),
-            "algo_state": self.algo.state_dict(),
-            "train_config": dataclasses.asdict(self.config),
-        }
+        return trainer_state(self)
 
     def save_checkpoint(self) -> Path:
         """Collective: every process writes its own RNG state; the main process the rest."""
-        acc = self.accelerator
-        final = self.ckpt_dir / f"epoch_{self.epoch:05d}"
-        tmp = self.ckpt_dir / f".tmp_epoch_{self.epoch:05d}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        torch.save({"noise_gen": self.noise_gen.get_state(), "torch_rng": torch.random.get_rng_state()}, tmp / f"rng_rank{self.rank}.pt")
-        if acc.is_main_process:
-            torch.save(self._state(), tmp / "trainer_state.pt")
-            self.model.save_lora(tmp)
-            (tmp / "COMPLETE").write_text(str(self.epoch))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for old in sorted(self.ckpt_dir.glob("epoch_*"))[:-self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
+        from alignzoo.algos.checkpoints import save_checkpoint
+
+        return save_checkpoint(self)
 
     def latest_checkpoint(self) -> Path | None:
-        done = [p for p in sorted(self.ckpt_dir.glob("epoch_*")) if (p / "COMPLETE").exists()]
-        return done[-1] if done else None
+        from alignzoo.algos.checkpoints import latest_checkpoint
+
+        return latest_checkpoint(self.ckpt_dir)
 
     def _resume(self) -> Path | None:
-        from peft.utils import set_peft_model_state_dict
+        """Loads the newest intact checkpoint (a damaged newer one is moved aside with a warning)."""
+        from alignzoo.algos.checkpoints import resume
 
-        ckpt = self.latest_checkpoint()
-        if ckpt is None:
-            return None
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        if state["train_config"]["algo"] != self.config.algo or state["train_config"]["reward"] != self.config.reward:
-            raise ValueError(f"{self.out} holds a run of {state['train_config']['algo']}/{state['train_config']['reward']}; use another --out")
-        rng_file = ckpt / f"rng_rank{self.rank}.pt"
-        if not rng_file.exists():
-            raise ValueError(f"checkpoint {ckpt} was written by fewer processes than this run has ({self.world})")
-        set_peft_model_state_dict(self.model.unet, state["lora"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.tracker.load_state_dict(state["tracker"])
-        self.algo.load_state_dict(state.get("algo_state", {}))
-        self.shared_rng.bit_generator.state = state["shared_rng"]
-        self.totals = state["totals"]
-        self.epoch = state["epoch"]
-        rng = torch.load(rng_file, weights_only=False)
-        self.noise_gen.set_state(rng["noise_gen"])
-        torch.random.set_rng_state(rng["torch_rng"])
-        if self.accelerator.is_main_process and self.log_path.exists():  # drop lines of epochs after the checkpoint
-            kept = []
-            for line in self.log_path.read_text().splitlines():
-                try:
-                    if json.loads(line)["epoch"] <= self.epoch:
-                        kept.append(line)
-                except (json.JSONDecodeError, KeyError):
-                    continue  # a line cut by a kill
-            _atomic_write_text(self.log_path, "".join(x + "\n" for x in kept))
-        self.accelerator.wait_for_everyone()
-        return ckpt
+        return resume(self)
 
 
 def read_log(out: str | Path) -> list[dict]:

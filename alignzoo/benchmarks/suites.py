@@ -72,6 +72,7 @@ class Suite:
         [algo_reward.<name>.<reward>] overrides applied, in that order."""
         from alignzoo.algos import get_algorithm
         from alignzoo.algos.base import config_from_strings
+        from alignzoo.algos.validation import validate_algo_config
 
         cls = get_algorithm(algo)
         cfg = cls.Config()
@@ -83,7 +84,10 @@ class Suite:
                 cfg = config_from_strings(cls.Config, cfg, values)
             except ValueError as err:
                 raise ValueError(f"suite {self.name!r} {section}: {err}") from None
-        return cfg
+        try:
+            return validate_algo_config(cfg)
+        except ValueError as err:
+            raise ValueError(f"suite {self.name!r}, {algo}{'/' + reward if reward else ''}: {err}") from None
 
     def eval_interval_points(self, samples_per_epoch: int) -> list[int]:
         """Cumulative sample counts at which a cell is evaluated (always including the end)."""
@@ -154,7 +158,7 @@ def _check_names(kind: str, names, known, suite: str):
 def parse_suite(data: dict, source: str | None = None) -> Suite:
     from alignzoo.algos import list_algorithms
     from alignzoo.benchmarks.prompts import PROMPT_SETS
-    from alignzoo.rewards import list_rewards
+    from alignzoo.rewards import check_reward_kwargs, list_rewards
 
     name = data.get("name") or (Path(source).stem if source else "suite")
     unknown = set(data) - TOP_KEYS
@@ -186,6 +190,16 @@ def parse_suite(data: dict, source: str | None = None) -> Suite:
     _check_names("reward", suite.rewards, list_rewards(), name)
     _check_names("algorithm", suite.algo, suite.algorithms, name)
     _check_names("reward", suite.reward_args, suite.rewards, name)
+    for r, kwargs in suite.reward_args.items():  # a typo fails now, not as a TypeError when the reward is built
+        try:
+            check_reward_kwargs(r, kwargs)
+        except ValueError as err:
+            raise ValueError(f"suite {name!r} [reward_args.{r}]: {err}") from None
+    if not suite.seeds or min(suite.seeds) < 0:
+        raise ValueError(f"suite {name!r}: seeds must be a non-empty list of integers >= 0, got {suite.seeds}")
+    for key, value in (("samples", suite.samples), ("eval.images_per_prompt", suite.eval.images_per_prompt), ("eval.batch_size", suite.eval.batch_size)):
+        if value < 1:
+            raise ValueError(f"suite {name!r}: {key} must be >= 1, got {value}")
     sets = PROMPT_SETS.names()
     for p in suite.eval.prompt_sets + [suite.train_prompts]:
         if p not in sets and not Path(p).is_file():

@@ -3,9 +3,11 @@ from alignzoo.rewards.base import (  # noqa: F401
     REWARDS,
     Reward,
     RewardError,
+    check_reward_kwargs,
     get_reward,
     list_rewards,
     register_reward,
+    reward_arguments,
     validate_inputs,
 )
 from alignzoo.rewards import aesthetic, control, hpsv2, imagereward, jpeg, pickscore  # noqa: F401,E402

@@ -32,9 +32,32 @@ def register_reward(name: str, summary: str | None = None):
 
 
 def get_reward(name: str, **kwargs) -> "Reward":
-    """Builds the reward registered as ``name``; unknown names list the known ones."""
-    _import_builtin_rewards()
+    """Builds the reward registered as ``name``; unknown names list the known ones, and an
+    argument the reward does not take is a ``ValueError`` listing those it does."""
+    check_reward_kwargs(name, {k: v for k, v in kwargs.items() if k != "device"})
     return REWARDS.get(name)(**kwargs)
+
+
+def reward_arguments(name: str) -> list[str] | None:
+    """The keyword arguments reward ``name`` takes besides ``device`` (which the zoo sets);
+    None when its constructor takes ``**kwargs`` (anything goes)."""
+    import inspect
+
+    _import_builtin_rewards()
+    params = inspect.signature(REWARDS.get(name).__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name not in ("self", "device") and p.kind is not p.VAR_POSITIONAL]
+
+
+def check_reward_kwargs(name: str, kwargs: dict) -> None:
+    """Raises ``ValueError`` for arguments reward ``name`` does not take (before building it, so
+    a typo in ``--reward-arg`` or a suite's ``[reward_args]`` fails at once, not as a TypeError)."""
+    accepted = reward_arguments(name)
+    unknown = [k for k in kwargs if accepted is not None and k not in accepted]
+    if unknown:
+        raise ValueError(f"reward {name!r} does not take {', '.join(map(repr, unknown))}; "
+                         f"its arguments: {', '.join(accepted) or '(none)'}")
 
 
 def list_rewards() -> list[str]:

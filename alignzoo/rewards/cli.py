@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import inspect
 import json
 import math
 from pathlib import Path
@@ -143,7 +142,7 @@ def score_folder(reward, files: list[Path], prompts: list[str], batch_size: int 
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignzoo.rewards import REWARDS, get_reward
+    from alignzoo.rewards import REWARDS, check_reward_kwargs, get_reward, reward_arguments
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
@@ -158,11 +157,10 @@ def run(args: argparse.Namespace) -> int:
     kwargs = parse_options(args.option)
     if args.weights:
         kwargs["weights"] = args.weights
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "device", "args", "kwargs")]
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown:
-        what = "--weights" if unknown == ["weights"] else ", ".join(unknown)
-        raise ValueError(f"reward {args.reward!r} does not take {what}; its options: {', '.join(accepted) or '(none)'}")
+    accepted = reward_arguments(args.reward)
+    if args.weights and accepted is not None and "weights" not in accepted:
+        raise ValueError(f"reward {args.reward!r} does not take --weights; its options: {', '.join(accepted) or '(none)'}")
+    check_reward_kwargs(args.reward, kwargs)  # --option device=... too: --device sets it
     reward = get_reward(args.reward, device=args.device, **kwargs)
     scores = score_folder(reward, files, prompts, args.batch_size)
     print(format_table([(f.name, p, s) for f, p, s in zip(files, prompts, scores)]))

@@ -1,0 +1,72 @@
+"""Bad training input fails at once with one line naming the setting and the fix (exit code 2)."""
+import pytest
+
+from alignzoo.benchmarks.suites import parse_suite
+from alignzoo.cli import main as cli_main
+from alignzoo.rewards import get_reward
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--samples", "0"], "samples must be an integer >= 1 (the total number of images to generate), got 0; set it with --samples N"),
+    (["--samples", "-5"], "samples must be an integer >= 1 (the total number of images to generate), got -5; set it with --samples N"),
+    (["--set", "num_steps=0"], "num_steps must be an integer >= 1 (sampling steps per trajectory), or none for the model's default, got 0; set it with --set num_steps="),
+    (["--set", "samples_per_epoch=-8"], "samples_per_epoch must be an integer >= 1 (images generated per epoch), got -8; set it with --set samples_per_epoch="),
+    (["--set", "train_batch_size=0"], "train_batch_size must be an integer >= 1, got 0; set it with --set train_batch_size="),
+    (["--set", "gradient_accumulation_steps=-1"], "gradient_accumulation_steps must be an integer >= 1, got -1"),
+    (["--set", "learning_rate=0"], "learning_rate must be a finite number > 0, got 0.0"),
+    (["--set", "learning_rate=nan"], "learning_rate must be a finite number > 0, got nan"),
+    (["--reward-arg", "bogus=1"], "reward 'jpeg_compressibility' does not take 'bogus'; its arguments: differentiable, quality"),
+    (["--reward-arg", "device=cpu"], "reward 'jpeg_compressibility' does not take 'device'"),
+    (["--reward-arg", "quality"], "--reward-arg expects key=value, got 'quality'"),
+])
+def test_train_rejects_bad_input_with_one_line(extra, message, tiny_random_folders, prompt_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli_main(["train", "--algo", "ddpo", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]), "--prompts", str(prompt_file),
+                   "--out", str(out), "--no-progress", "--set", "num_steps=2", "--set", "samples_per_epoch=4", "--samples", "4", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (out / "final").exists() and not (out / "log.jsonl").exists()  # rejected before any training
+
+
+def test_reward_arguments_are_checked_where_rewards_are_built():
+    with pytest.raises(ValueError, match=r"^reward 'jpeg_compressibility' does not take 'bogus', 'colour'; its arguments: differentiable, quality$"):
+        get_reward("jpeg_compressibility", bogus=1, colour=2)
+    assert get_reward("jpeg_compressibility", device="cpu", quality=50).quality == 50  # device and real arguments still pass
+
+
+SUITE = {"model": "tiny-sd", "algorithms": ["ddpo", "sdpo"], "rewards": ["jpeg_compressibility"], "samples": 64}
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"reward_args": {"jpeg_compressibility": {"qualty": 80}}}, "suite 't' [reward_args.jpeg_compressibility]: reward 'jpeg_compressibility' does not take 'qualty'; its arguments"),
+    ({"train": {"samples_per_epoch": 0}}, "suite 't', ddpo/jpeg_compressibility: samples_per_epoch must be an integer >= 1"),
+    ({"algo": {"sdpo": {"train_batch_size": -2}}}, "suite 't', sdpo/jpeg_compressibility: train_batch_size must be an integer >= 1, got -2"),
+    ({"train": {"learning_rate": -1e-4}}, "learning_rate must be a finite number > 0, got -0.0001"),
+    ({"samples": 0}, "suite 't': samples must be >= 1, got 0"),
+    ({"seeds": [0, -1]}, "suite 't': seeds must be a non-empty list of integers >= 0, got [0, -1]"),
+    ({"eval": {"images_per_prompt": 0}}, "suite 't': eval.images_per_prompt must be >= 1, got 0"),
+])
+def test_suites_reject_bad_values_when_loaded(extra, message):
+    """`alignzoo bench` and `train --preset` load suites through parse_suite: a bad value fails
+    before any cell runs, not hours in."""
+    parse_suite({**SUITE, "name": "t"})  # the valid base
+    with pytest.raises(ValueError) as err:
+        parse_suite({**SUITE, "name": "t", **extra})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bench_cli_reports_a_bad_suite_in_one_line(tmp_path, capsys):
+    suite = tmp_path / "bad.toml"
+    suite.write_text('model = "tiny-sd"\nalgorithms = ["ddpo"]\nrewards = ["jpeg_compressibility"]\n[reward_args.jpeg_compressibility]\nbogus = 1\n')
+    assert cli_main(["bench", str(suite), "--runs", str(tmp_path / "runs"), "--estimate"]) == 2
+    err = capsys.readouterr().err
+    assert "[reward_args.jpeg_compressibility]: reward 'jpeg_compressibility' does not take 'bogus'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_bad_device_is_one_line(tiny_random_folders, tmp_path, capsys):
+    """`alignzoo eval/bench/score/sample --device` is checked before anything runs (it was a
+    RuntimeError traceback from torch)."""
+    rc = cli_main(["eval", str(tmp_path), "--model", str(tiny_random_folders["sd"]), "--reward", "jpeg_compressibility", "--device", "cpux"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip() == "alignzoo eval: error: --device 'cpux' is not a torch device; use cpu, cuda or cuda:N"
