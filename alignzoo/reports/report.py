@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alignzoo.reports import plots, tables
+from alignzoo.reports import compute, pairwise, plots, sections, tables
 from alignzoo.reports.results import PRETRAINED, Results, load_results, slug
 
 
@@ -49,9 +49,10 @@ def _pm(d: float, se: float) -> str:
 
 
 def observations(results: Results, table_frames: dict[str, pd.DataFrame], gain_frames: dict[str, pd.DataFrame],
-                 cost: pd.DataFrame) -> list[str]:
-    """Short statements computed from the tables (nothing hard-coded): winners per step count,
-    significant gains and losses, where gains peak across step counts, training and cost."""
+                 cost: pd.DataFrame, pairwise_frames: dict[str, pd.DataFrame] | None = None) -> list[str]:
+    """Short statements computed from the tables (nothing hard-coded): rankings where a pairwise
+    interval excludes zero ("not separated" elsewhere), significant gains and losses, where gains
+    peak across step counts, training and cost."""
     algos = results.algorithms
     lines: list[str] = []
     # coverage
@@ -60,17 +61,9 @@ def observations(results: Results, table_frames: dict[str, pd.DataFrame], gain_f
         unfinished = cells[~cells["done"]]["cell"].tolist()
         lines.append(f"{len(cells)} training runs found, {len(cells) - len(unfinished)} finished"
                      + (f"; still running or interrupted (their latest evaluation is used): {', '.join(unfinished)}." if unfinished else "."))
-    # winners per step count
-    for ps, frame in table_frames.items():
-        for reward in dict.fromkeys(frame["reward"]):
-            f = frame[frame["reward"] == reward]
-            winners = []
-            for n in sorted(f["steps"].unique()):
-                col = f[f["steps"] == n]
-                top = col[col["best"]]["method"].tolist()
-                winners.append((int(n), " = ".join(top)))
-            if winners:
-                lines.append(f"Best mean on **{reward}**, {ps} prompts — {_runs(winners)}.")
+    # rankings: only where the pairwise interval excludes zero
+    for frame in (pairwise_frames or {}).values():
+        lines += pairwise.ranking_lines(frame)
     # significance counts and extremes of the paired gains
     nonempty = [g for g in gain_frames.values() if not g.empty]
     gains = pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame()
@@ -113,8 +106,9 @@ def observations(results: Results, table_frames: dict[str, pd.DataFrame], gain_f
         last = logs.loc[logs.groupby("cell")["epoch"].idxmax()]
         for reward in results.rewards:
             f = last[last["train_reward"] == reward].groupby("algo")["reward_mean"].mean().dropna()
-            if len(f) > 1:
-                lines.append(f"Highest final training reward on {reward}: {f.idxmax()} ({f.max():.3f}); lowest: {f.idxmin()} ({f.min():.3f}).")
+            if len(f) > 1:  # the sampled batches' reward: no interval, so listed without a ranking claim
+                lines.append(f"Final training reward on {reward} (last epoch's batch, mean over seeds; not a ranking): "
+                             + ", ".join(f"{a} {v:.3f}" for a, v in f.items()) + ".")
     # cost
     if not cost.empty and cost["seconds_total_per_1k"].notna().any():
         per = cost.groupby("method", sort=False)[["seconds_total_per_1k", "reward_queries_per_1k"]].mean()
@@ -155,24 +149,31 @@ def _images_per_set(results: Results) -> str | None:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_images: int = 4) -> Path:
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_images: int = 4, x: str = "images") -> Path:
     """Write every table, figure and grid of ``run_dir`` and ``report.md`` into ``out_dir``
-    (default ``run_dir``); returns the path of ``report.md``."""
+    (default ``run_dir``); returns the path of ``report.md``. ``x``: the curves' axis (images,
+    unet or seconds). Raises ProvenanceError (a ValueError) when a table column mixes settings."""
     results = load_results(run_dir)
     out = Path(out_dir) if out_dir is not None else results.run_dir
-    out.mkdir(parents=True, exist_ok=True)
     algos, rewards, methods = results.algorithms, results.rewards, [PRETRAINED] + results.algorithms
+    compute.x_column(x)  # a bad --x fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    prov_md = sections.provenance_section(results, out)  # refuses mixed settings before any table
+    pairwise_frames, pairwise_md = sections.pairwise_sections(results, out, algos, rewards)
     title = f"# Benchmark report: {results.name}"
     md = [title, ""]
     if results.suite.get("description"):
         md += [f"{results.suite['description']}", ""]
     md += _setup_lines(results) + [""]
 
-    table_frames, gain_frames, sections = {}, {}, []
+    table_frames, gain_frames, body = {}, {}, []
     for ps in results.prompt_sets:
         frame = tables.table1_frame(results.evals, ps, algos, rewards)
         if frame.empty:
             continue
+        if ps in pairwise_frames:  # bold only a separated top algorithm
+            frame["best"] = pairwise.separated_best(frame, pairwise_frames[ps])
+            frame.attrs["best_source"] = "pairwise"
         table_frames[ps] = frame
         name = slug(ps)
         mk = tables.table1_markdown(frame, methods, rewards)
@@ -186,7 +187,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_im
         gmk = tables.gain_markdown(gain, algos, rewards)
         (out / f"gain_{name}.md").write_text(gmk + "\n\n" + tables.GAIN_NOTE + "\n")
         gain.to_csv(out / f"gain_{name}.csv", index=False)
-        sections += [f"## Reward at each sampling step count: {ps} prompts", "", mk, "", note,
+        body += [f"## Reward at each sampling step count: {ps} prompts", "", mk, "", note,
                      f"([Markdown](table_{name}.md), [LaTeX](table_{name}.tex), [CSV](table_{name}.csv))", "",
                      "Gain over the pretrained model:", "", gmk, "", tables.GAIN_NOTE, ""]
 
@@ -195,13 +196,16 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_im
     (out / "cost.md").write_text(cost_md + "\n\n" + tables.COST_NOTE + "\n")
     cost.to_csv(out / "cost.csv", index=False)
 
-    md += ["## Observations", "", "Computed from the tables and logs below.", ""] + observations(results, table_frames, gain_frames, cost) + [""]
-    md += sections
+    heldout_flags, heldout_md = sections.heldout_sections(results, out, algos, rewards)
+    _cell_flags, flags_md = sections.flags_section(results, out, algos, rewards, heldout_flags)
+    md += ["## Observations", "", "Computed from the tables and logs below.", ""]
+    md += observations(results, table_frames, gain_frames, cost, pairwise_frames) + [""]
+    md += body + pairwise_md + heldout_md + flags_md
 
     figs = []
-    if plots.plot_learning_curves(results.logs, algos, rewards, out / "learning_curves.png"):
-        md += ["## Learning curves", "", "Training reward of the sampled batches vs cumulative training samples (SDPO Fig. 3 style); "
-               "mean over seeds, band = min–max over seeds.", "", "![learning curves](learning_curves.png)", ""]
+    if plots.plot_learning_curves(results.logs, algos, rewards, out / "learning_curves.png", x=x):
+        md += ["## Learning curves", "", f"Training reward of the sampled batches vs {compute.X_AXES[x]} (SDPO Fig. 3 style); "
+               "mean over seeds, band = ± the standard error across seeds.", "", "![learning curves](learning_curves.png)", ""]
         figs.append("learning_curves.png")
     step_md = []
     for ps in results.prompt_sets:
@@ -212,7 +216,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_im
     for reward in rewards:
         for ps in results.prompt_sets:
             f = f"stepgen_{slug(reward)}_{slug(ps)}.png"
-            if plots.plot_step_curves(results.evals, algos, reward, ps, out / f):
+            if plots.plot_step_curves(results.evals, algos, reward, ps, out / f, logs=results.logs, x=x):
                 step_md += [f"### {reward} during training at each step count, {ps} prompts", "", f"![{reward}, {ps}]({f})", ""]
                 figs.append(f)
     if step_md:
@@ -229,7 +233,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_im
                "every row (SDPO Fig. 1 style).", ""]
         md += [f"### Trained on {r}\n\n![grid {r}]({f})\n" for r, f in grids]
 
-    md += ["## Cost", "", cost_md, "", tables.COST_NOTE, ""]
+    md += sections.compute_section(results, out, algos, rewards)
+    md += ["## Cost", "", cost_md, "", tables.COST_NOTE, ""] + prov_md
     path = out / "report.md"
     path.write_text("\n".join(md).rstrip() + "\n")
     return path
