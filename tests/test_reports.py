@@ -307,3 +307,24 @@ def test_one_seed_uses_standard_error_and_cli(tmp_path, capsys):
     assert "one seed" in text and "standard error" in text
     for name in ("report.md", "grid_ra.png", "learning_curves.png", "cost.md"):
         assert (root / name).is_file()
+
+
+def test_old_folder_gets_the_new_sections(report):
+    """A folder without the issue-12 keys (no scores.json, counters, provenance, diversity, health.json)
+    still reports: pairwise from seed means (†), compute from the old counters, provenance noted."""
+    out, md = report["out"], report["path"].read_text()
+    for name in ("pairwise_seen.md", "pairwise_seen.csv", "heldout_seen_ra.md", "compute.md", "provenance.md", "flags.md"):
+        assert (out / name).is_file(), name
+    pw = pd.read_csv(out / "pairwise_seen.csv")
+    assert set(pw["basis"]) == {"seed means"} and "†" in (out / "pairwise_seen.md").read_text()
+    comp = pd.read_csv(out / "compute.csv").set_index(["method", "reward"])
+    last = [report["data"]["logs"][("sdpo", "ra", s)][-1] for s in SEEDS]
+    fwd = np.mean([x["unet_evals_sampling"] + x["unet_evals_training"] for x in last])
+    assert comp.loc[("sdpo", "ra"), "unet_forward"] == pytest.approx(fwd) and np.isnan(comp.loc[("sdpo", "ra"), "unet_backward"])
+    assert comp.loc[("sdpo", "ra"), "reward_queries"] == pytest.approx(np.mean([x["reward_queries"] + x["log_reward_queries"] for x in last]))
+    assert "carry no provenance" in md and "No run-level health flag in 8 run(s) checked." in md
+    heldout = (out / "heldout_seen_ra.md").read_text()
+    assert "rb (held-out) 1s" in heldout and "No diversity was recorded." in heldout
+    with pytest.warns(UserWarning, match="malformed"), pytest.raises(ValueError, match="--x unet needs the training-log counter"):
+        write_report(report["root"], out / "x", x="unet")
+    assert not (out / "x").exists()  # refused before anything was written

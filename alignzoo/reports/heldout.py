@@ -151,14 +151,18 @@ def hacking_flags(results: Results, prompt_set: str, reward: str, algos: list[st
             d_r, _ = paired_diff(results, at[at["eval_reward"] == reward], pre[pre["eval_reward"] == reward])
             if not (np.isfinite(d_r) and d_r > 0):
                 continue
+            fell = []
             for col in others + [DIVERSITY]:
                 if col == DIVERSITY:
                     d, se = _diversity_diff(at.drop_duplicates("cell"), pre)
                 else:
                     d, se = paired_diff(results, at[at["eval_reward"] == col], pre[pre["eval_reward"] == col])
                 if np.isfinite(d) and np.isfinite(se) and se > 0 and d < -Z_FALL * se:
-                    found.append(f"{col} {d:+.3g} ({d / se:.1f} SE) at {n} step{'s' if n != 1 else ''} (trained reward {d_r:+.3g})")
+                    fell.append(f"{col} {d:+.3g} ({d / se:.1f} SE)")
+            if fell:
+                found.append(f"at {n} step{'s' if n != 1 else ''} ({reward} {d_r:+.3g}): " + ", ".join(fell))
         if found:
             flags.append({"scope": f"{algo} on {reward}", "flag": "heldout_fell",
-                          "message": f"{prompt_set} prompts: trained reward rose while " + "; ".join(found)})
+                          "message": f"{prompt_set} prompts, trained reward rose while a held-out reward or diversity fell by > "
+                                     f"{Z_FALL:g} SE " + "; ".join(found)})
     return flags

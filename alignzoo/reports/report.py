@@ -156,7 +156,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_im
     results = load_results(run_dir)
     out = Path(out_dir) if out_dir is not None else results.run_dir
     algos, rewards, methods = results.algorithms, results.rewards, [PRETRAINED] + results.algorithms
-    compute.x_column(x)  # a bad --x fails before anything is written
+    if x != "images":  # a bad --x, or counters the logs lack, fail before anything is written
+        compute.logs_with_x(results.logs, x)
     out.mkdir(parents=True, exist_ok=True)
     prov_md = sections.provenance_section(results, out)  # refuses mixed settings before any table
     pairwise_frames, pairwise_md = sections.pairwise_sections(results, out, algos, rewards)
