@@ -103,3 +103,42 @@ def test_seed_bootstrap_closed_form_and_reproducibility():
     x, y = _scores(rng, 3, seed_sd=0.02), _scores(rng, 3, seed_sd=0.02)
     assert paired_bootstrap(x, y, K, rng=rng_for("seen|ra|1|a|b")) == paired_bootstrap(x, y, K, rng=rng_for("seen|ra|1|a|b"))
     assert format_ci(0.061, 0.032, 0.09) == "+0.061 [+0.032, +0.090]" and format_ci(0.1, np.nan, np.nan) == "–"
+
+
+def _results(seeds, with_scores):
+    """A minimal Results: ddpo and sdpo trained and evaluated on ``r`` at 1 step, ``seeds`` seeds."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from alignzoo.reports.results import Results
+
+    rng = np.random.default_rng(0)
+    rows, scores = [], {}
+    for algo, off in (("sdpo", 0.2), ("ddpo", 0.0)):
+        for s in range(seeds):
+            cell = f"{algo}__r__seed{s}"
+            x = _scores(rng, 1, offset=off, seed_sd=0.01)[0]
+            rows.append({"cell": cell, "algo": algo, "train_reward": "r", "seed": s, "samples": 64, "prompt_set": "seen", "eval_reward": "r",
+                         "steps": 1, "mean": float(x.mean()), "n": len(x)})
+            if with_scores:
+                scores[cell] = {"seen|r|1": x}
+    return Results(run_dir=Path("."), evals=pd.DataFrame(rows), logs=pd.DataFrame(), suite={"eval": {"images_per_prompt": K}}, scores=scores)
+
+
+@pytest.mark.parametrize("seeds, with_scores, basis", [(3, True, "seeds × prompts"), (1, True, "prompts (one seed)"),
+                                                       (3, False, "seed means"), (1, False, "none")])
+def test_basis_falls_back_with_the_data(seeds, with_scores, basis):
+    from alignzoo.reports.pairwise import pairwise_frame, pairwise_markdown, ranking_lines
+
+    frame = pairwise_frame(_results(seeds, with_scores), "seen", ["sdpo", "ddpo"], ["r"])
+    row = frame.iloc[0]
+    assert (row["a"], row["b"], row["basis"]) == ("sdpo", "ddpo", basis)
+    assert row["diff"] == pytest.approx(0.2, abs=0.05)
+    text, obs = pairwise_markdown(frame, ["r"]), " ".join(ranking_lines(frame))
+    if basis == "none":
+        cells = [c.strip() for c in text.splitlines()[-1].strip("|").split("|")]
+        assert cells == ["sdpo − ddpo", "–"] and "without an interval at 1 step" in obs and not row["separated"]
+    else:
+        assert row["separated"] and "sdpo > ddpo at 1 step: +0.2" in obs
+        assert text.count("‡") == (basis == "prompts (one seed)") and text.count("†") == (basis == "seed means")

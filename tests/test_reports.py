@@ -305,6 +305,9 @@ def test_one_seed_uses_standard_error_and_cli(tmp_path, capsys):
     mean, err = _expected(data, "seen", "ddpo", "rb", 8)
     assert rows["ddpo"][headers.index("rb 8s")].strip("*") == f"{mean:.2f} ± {err:.2f}"
     assert "one seed" in text and "standard error" in text
+    # one seed and no per-image scores: no pairwise interval, so nothing is ranked or bold
+    assert set(pd.read_csv(root / "pairwise_seen.csv")["basis"]) == {"none"} and "**" not in text
+    assert "without an interval" in (root / "report.md").read_text()
     for name in ("report.md", "grid_ra.png", "learning_curves.png", "cost.md"):
         assert (root / name).is_file()
 

@@ -48,6 +48,10 @@ COLUMNS = ["prompt_set", "reward", "steps", "a", "b", "diff", "lo", "hi", "basis
 DASH = "–"
 
 
+def empty_frame() -> pd.DataFrame:
+    return pd.DataFrame(columns=COLUMNS)
+
+
 def rng_for(name: str) -> np.random.Generator:
     """The generator of one comparison: fixed seed + the comparison's name (order independent)."""
     return np.random.default_rng([BOOT_SEED, zlib.crc32(name.encode())])
@@ -203,9 +207,12 @@ def ranking_lines(frame: pd.DataFrame) -> list[str]:
                     hi_name, lo_name, d, lo, hi = (a, b, r.diff, r.lo, r.hi) if r.diff > 0 else (b, a, -r.diff, -r.hi, -r.lo)
                     note = " (one seed)" if r.basis == BASIS_PROMPTS else ""
                     said.append(f"{hi_name} > {lo_name} at {_steps_text([int(r.steps)])}: {format_ci(d, lo, hi)}{note}")
-            rest = [int(s) for s, sep in zip(g["steps"], g["separated"]) if not sep]
+            rest = [int(r.steps) for r in g.itertuples(index=False) if not r.separated and r.basis != BASIS_NONE]
             if rest:
                 said.append(f"{a} vs {b} not separated at {_steps_text(sorted(rest))}")
+            bare = [int(r.steps) for r in g.itertuples(index=False) if r.basis == BASIS_NONE]
+            if bare:
+                said.append(f"{a} vs {b} without an interval at {_steps_text(sorted(bare))} (one seed, no per-image scores)")
             parts += said
         if parts:
             lines.append(f"Trained on **{reward}**, {ps} prompts (95% paired bootstrap): " + "; ".join(parts) + ".")

@@ -176,9 +176,9 @@ def _table_sections(results: Results, out: Path, pairwise_frames: dict) -> tuple
         frame = tables.table1_frame(results.evals, ps, algos, rewards)
         if frame.empty:
             continue
-        if ps in pairwise_frames:  # bold only a separated top algorithm
-            frame["best"] = pairwise.separated_best(frame, pairwise_frames[ps])
-            frame.attrs["best_source"] = "pairwise"
+        # bold only a top algorithm the pairwise intervals separate from every other (none without them)
+        frame["best"] = pairwise.separated_best(frame, pairwise_frames.get(ps, pairwise.empty_frame()))
+        frame.attrs["best_source"] = "pairwise"
         table_frames[ps] = frame
         name = slug(ps)
         mk = tables.table1_markdown(frame, methods, rewards)

@@ -23,6 +23,7 @@ from alignzoo.reports.results import Results, slug
 def pairwise_sections(results: Results, out: Path, algos: list[str], rewards: list[str]) -> tuple[dict, list[str]]:
     """({prompt set: pairwise frame}, Markdown) for every prompt set."""
     frames, md = {}, []
+    rewards = [r for r in rewards if r != flags.CONTROL]  # ranking algorithms on the random control reward means nothing
     for ps in results.prompt_sets:
         frame = pairwise.pairwise_frame(results, ps, algos, rewards)
         if frame.empty:
