@@ -186,6 +186,11 @@ def test_provenance_table(rep):
     line = rep["data"]["runs"][("ddpo", "ra", 0, "rb", 4)][1]
     assert prov.loc[(prov["eval_reward"] == "rb") & (prov["steps"] == 4), "setting_hash"].item() == line["setting_hash"]
     assert f"`{line['setting_hash']}`" in rep["md"] and "carry no provenance" not in rep["md"]
+    rows = [[c.strip() for c in x.strip("|").split("|")] for x in (rep["out"] / "provenance.md").read_text().splitlines() if x.startswith("| ")]
+    assert len(rows) == 1 + len(prov)  # header + one line per row
+    want = ["seen", "rb", "4", f"`{line['setting_hash']}`", str(1 + cells * len(POINTS)), str(1 + cells), str(1 + cells * len(POINTS)),
+            "tiny-sd", "ddim-trailing", "0.0", "1.0", "32", "2", "1234", "p0", "–"]
+    assert want in rows
 
 
 def test_flags(rep):
@@ -218,3 +223,16 @@ def test_mixed_settings_are_refused(rep, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and not (root / "report.md").exists()
     assert "column (prompt set 'seen', reward 'ra', 1 steps) mixes evaluation settings" in err
     assert "eta: 0.0 vs 1.0" in err and "ddpo__ra__seed1" in err and lines[0]["setting_hash"] in err
+
+
+def test_one_seed_diversity_uses_the_evaluation_se():
+    """One seed: the diversity change's SE is sqrt(se_run² + se_pretrained²) from the lines' diversity_se."""
+    from alignzoo.reports.heldout import _diversity_diff
+
+    run = pd.DataFrame([{"cell": "a__r__seed0", "diversity": 0.30, "diversity_se": 0.03}] * 2)  # two reward lines, one run
+    pre = pd.DataFrame([{"cell": "pretrained", "diversity": 0.50, "diversity_se": 0.04}])
+    assert _diversity_diff(run, pre) == pytest.approx((-0.2, 0.05))
+    d, se = _diversity_diff(run.drop(columns="diversity_se"), pre)
+    assert d == pytest.approx(-0.2) and np.isnan(se)  # no SE recorded: nothing to flag with
+    three = pd.DataFrame([{"cell": f"a__r__seed{s}", "diversity": v} for s, v in enumerate([0.3, 0.32, 0.34])])
+    assert _diversity_diff(three, pre) == pytest.approx((-0.18, 0.02 / math.sqrt(3)))

@@ -14,7 +14,8 @@ more than :data:`Z_FALL` standard errors. The SE of a reward difference is paire
 per-image differences to the pretrained model, averaged over seeds (the runs' and the pretrained
 model's ``scores.json``) when they exist, else the standard error across seeds of the runs'
 ``diff_mean`` (several seeds) or the line's ``diff_se`` (one seed). Diversity is one number per
-run, so its SE is across seeds, and with one seed it is not flagged.
+run, so its SE is across seeds; with one seed it is sqrt(se_run² + se_pretrained²) from the lines'
+``diversity_se`` (the evaluation's SE over prompts), and without that it is not flagged.
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def heldout_frame(results: Results, prompt_set: str, reward: str, algos: list[st
         if DIVERSITY in rows.columns and rows[DIVERSITY].notna().any():
             for n, g in rows.dropna(subset=[DIVERSITY]).groupby("steps"):
                 mean, err, _kind, k = seed_summary(g.drop_duplicates("cell"), DIVERSITY)
+                if k == 1:  # one seed: the evaluation's own standard error of the diversity, when recorded
+                    err = _diversity_se(g.iloc[0])
                 records.append({"prompt_set": prompt_set, "train_reward": reward, "method": method, "column": DIVERSITY, "heldout": False,
                                 "steps": int(n), "mean": mean, "err": err, "seeds": k})
     frame = pd.DataFrame(records, columns=COLUMNS)
@@ -97,7 +100,8 @@ def heldout_markdown(frame: pd.DataFrame) -> str:
 def heldout_note(frame: pd.DataFrame, space: str | None) -> str:
     where = f"the {space}" if space else "a fixed"
     div = (f" Diversity: mean pairwise distance between the images of one prompt in {where} feature space (higher = more varied; "
-           f"no ± for one seed)." if DIVERSITY in set(frame["column"]) else " No diversity was recorded.")
+           f"one seed: ± the evaluation's diversity_se when recorded)." if DIVERSITY in set(frame["column"])
+           else " No diversity was recorded.")
     return ("Runs trained on the first reward, evaluated on every reward (held-out rewards marked): mean over seeds ± the standard "
             "error across seeds (one seed: ± the evaluation's standard error)." + div)
 
@@ -127,12 +131,23 @@ def paired_diff(results: Results, lines: pd.DataFrame, pre: pd.DataFrame) -> tup
     return float(diffs[0]), float(se) if np.isfinite(se) else np.nan
 
 
+def _diversity_se(line) -> float:
+    """A line's ``diversity_se`` (the evaluation's SE of its diversity over prompts), NaN when absent."""
+    v = pd.to_numeric(pd.Series([line.get("diversity_se")]), errors="coerce").iloc[0]
+    return float(v) if np.isfinite(v) else np.nan
+
+
 def _diversity_diff(lines: pd.DataFrame, pre: pd.DataFrame) -> tuple[float, float]:
+    """(diversity − pretrained's, SE): across seeds; one seed: sqrt(se_run² + se_pretrained²) from
+    the lines' ``diversity_se`` (NaN without it, so no flag)."""
     if DIVERSITY not in lines.columns or pre.empty or not np.isfinite(pre[DIVERSITY].iloc[-1]):
         return np.nan, np.nan
-    vals = lines.drop_duplicates("cell")[DIVERSITY].dropna().to_numpy(float) - float(pre[DIVERSITY].iloc[-1])
-    if len(vals) < 2:
-        return (float(vals[0]) if len(vals) else np.nan), np.nan
+    runs = lines.drop_duplicates("cell").dropna(subset=[DIVERSITY])
+    vals = runs[DIVERSITY].to_numpy(float) - float(pre[DIVERSITY].iloc[-1])
+    if len(vals) == 1:
+        return float(vals[0]), math.hypot(_diversity_se(runs.iloc[0]), _diversity_se(pre.iloc[-1]))
+    if len(vals) == 0:
+        return np.nan, np.nan
     return float(vals.mean()), float(vals.std(ddof=1) / math.sqrt(len(vals)))
 
 

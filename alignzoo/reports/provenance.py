@@ -16,8 +16,7 @@ import pandas as pd
 from tabulate import tabulate
 
 COLUMN = ["prompt_set", "eval_reward", "steps"]
-SHOWN = ["model", "scheduler", "steps", "eta", "guidance", "resolution", "images_per_prompt", "noise_seed", "prompts_checksum",
-         "reward_checksum"]
+SHOWN = ["model", "scheduler", "eta", "guidance", "resolution", "images_per_prompt", "noise_seed", "prompts_checksum", "reward_checksum"]
 
 
 class ProvenanceError(ValueError):
@@ -85,9 +84,10 @@ def provenance_markdown(frame: pd.DataFrame, unprovenanced: int) -> str:
             f"one-setting-per-column check." if unprovenanced else "")
     if frame.empty:
         return note or "(no evaluation line carries provenance)"
-    headers = ["prompt set", "reward", "steps", "setting_hash", "lines", "runs", "hashes"] + SHOWN[:2] + SHOWN[3:]
+    headers = ["prompt set", "reward", "steps", "setting_hash", "lines", "runs", "hashes"] + SHOWN
     rows = [[r["prompt_set"], r["eval_reward"], str(r["steps"]), f"`{r['setting_hash']}`", str(r["lines"]), str(r["runs"]), str(r["hashes"])]
-            + [_short(r[k]) if r[k] is not None else "–" for k in SHOWN[:2] + SHOWN[3:]] for _, r in frame.iterrows()]
+            + ["–" if r[k] is None or (isinstance(r[k], float) and r[k] != r[k]) else _short(r[k]) for k in SHOWN]
+            for _, r in frame.iterrows()]
     table = tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
     return table + ("\n\n" + note if note else "")
 
