@@ -125,7 +125,23 @@ def _expected(data, ps, algo, r, n):
     if len(vals) == 1:
         row = data["final"][(algo, r, seeds[0], ps, r, n)]
         return vals[0], row["std"] / math.sqrt(row["n"])
-    return float(np.mean(vals)), float(np.std(vals, ddof=1))
+    return float(np.mean(vals)), float(np.std(vals, ddof=1) / math.sqrt(len(vals)))  # SE across seeds
+
+
+def _seed_values(data, ps, algo, r, n):
+    seeds = sorted({k[2] for k in data["final"]})
+    return [data["final"][(algo, r, s, ps, r, n)]["mean"] for s in seeds]
+
+
+def _bold(data, ps, r, n):
+    """The algorithm the table should bold: the top mean, when separated from the other. Without
+    per-image scores and with 2 seeds the seed-means bootstrap puts ≥ 1/16 of its mass on each
+    extreme, so its 95% interval is [min A − max B, max A − min B]: separated iff the ranges of the
+    seed means do not overlap."""
+    vals = {a: _seed_values(data, ps, a, r, n) for a in ALGOS}
+    top = max(vals, key=lambda a: np.mean(vals[a]))
+    other = next(a for a in ALGOS if a != top)
+    return top if min(vals[top]) > max(vals[other]) else None
 
 
 def test_markdown_values_order_and_bold(report):
@@ -139,14 +155,15 @@ def test_markdown_values_order_and_bold(report):
             for n in STEPS:
                 col = headers.index(f"{r} {n}s")
                 expect = {m: _expected(data, ps, m, r, n) for m in ["pretrained"] + ALGOS}
-                best = max(expect, key=lambda m: expect[m][0])
+                best = _bold(data, ps, r, n)
                 for m, (mean, err) in expect.items():
                     text = f"{mean:.{d}f} ± {err:.{d}f}"
                     assert rows[m][col] == (f"**{text}**" if m == best else text), (ps, r, n, m)
     # the designed winners: sdpo on ra everywhere, ddpo on rb at 1-4 steps and sdpo from 8
     _, rows = _md_table((report["out"] / "table_seen.md").read_text())
     assert rows["sdpo"][0].startswith("**") and rows["ddpo"][6].startswith("**") and rows["sdpo"][9].startswith("**")
-    assert "std over seeds" in (report["out"] / "table_seen.md").read_text()
+    text = (report["out"] / "table_seen.md").read_text()
+    assert "standard error across seeds" in text and "pairwise 95% bootstrap interval" in text
 
 
 def test_csv_round_trips_the_numbers(report):
@@ -167,8 +184,7 @@ def test_latex_bold_and_groups(report):
     rows = {line.split(" & ")[0]: [c.strip().removesuffix("\\\\").strip() for c in line.split(" & ")[1:]]
             for line in tex.splitlines() if line.startswith(("pretrained &", "sdpo &", "ddpo &"))}
     for k, (r, n) in enumerate((r, n) for r in REWARDS for n in STEPS):
-        expect = {m: _expected(data, "seen", m, r, n)[0] for m in rows}
-        best = max(expect, key=expect.get)
+        best = _bold(data, "seen", r, n)
         for m, cells in rows.items():
             assert cells[k].startswith("\\textbf{") == (m == best), (r, n, m)
     d = DECIMALS["ra"]
@@ -182,7 +198,8 @@ def test_gain_table(report):
     assert list(rows) == ALGOS
     for algo, r, n in [("sdpo", "ra", 1), ("ddpo", "ra", 16), ("ddpo", "rb", 2)]:
         fin = [data["final"][(algo, r, s, "seen", r, n)] for s in SEEDS]
-        d, se = np.mean([f["diff_mean"] for f in fin]), np.mean([f["diff_se"] for f in fin])
+        diffs = [f["diff_mean"] for f in fin]
+        d, se = np.mean(diffs), np.std(diffs, ddof=1) / math.sqrt(len(diffs))  # SE across seeds
         want = f"{d:+.3f} ± {se:.3f}" + (" *" if abs(d / se) > 2 else "")  # gains below 10 in size: 3 decimals
         assert rows[algo][headers.index(f"{r} {n}s")] == want
 
@@ -205,7 +222,7 @@ def test_files_exist_and_images_open(report):
     assert md.startswith("# Benchmark report: synthetic") and "`tiny-sd`" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert set(links) == {n for n in names if n.endswith(".png")}
-    assert md.count("| pretrained ") == len(SETS)  # the Table-1 tables are inline
+    assert md.count("| pretrained ") == len(SETS) * (1 + len(REWARDS))  # Table 1 and the held-out tables are inline
     assert sum(f.stat().st_size for f in out.iterdir()) < 2_000_000
     assert not any(p.name.startswith(("table_", "report")) for p in report["root"].iterdir())  # --out respected
 
@@ -213,8 +230,18 @@ def test_files_exist_and_images_open(report):
 def test_observations_are_computed(report):
     md = report["path"].read_text()
     obs = md.split("## Observations", 1)[1].split("\n## ", 1)[0]
-    assert "Best mean on **ra**, seen prompts — 1s–50s: sdpo." in obs
-    assert "Best mean on **rb**, seen prompts — 1s–4s: ddpo; 8s–50s: sdpo." in obs
+    assert "Best mean" not in obs and "Highest" not in obs  # no ranking without an interval
+    data = report["data"]
+    for r, n in [("ra", 1), ("rb", 2), ("rb", 16)]:
+        a, b = _seed_values(data, "seen", "sdpo", r, n), _seed_values(data, "seen", "ddpo", r, n)
+        d, lo, hi = np.mean(a) - np.mean(b), min(a) - max(b), max(a) - min(b)  # 2 seeds, no scores: see _bold
+        if d < 0:
+            d, lo, hi = -d, -hi, -lo
+        first, second = ("sdpo", "ddpo") if np.mean(a) > np.mean(b) else ("ddpo", "sdpo")
+        step = f"{n} step" + ("s" if n > 1 else "")
+        if lo > 0:
+            assert f"{first} > {second} at {step}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" in obs, (r, n)
+    assert "Trained on **ra**, seen prompts (95% paired bootstrap): sdpo > ddpo at 1 step" in obs
     assert "8 training runs found, 8 finished." in obs
     gains = pd.concat([pd.read_csv(report["out"] / f"gain_{ps}.csv") for ps in SETS], ignore_index=True)
     top = gains.loc[gains["diff_mean"].idxmax()]
@@ -278,5 +305,29 @@ def test_one_seed_uses_standard_error_and_cli(tmp_path, capsys):
     mean, err = _expected(data, "seen", "ddpo", "rb", 8)
     assert rows["ddpo"][headers.index("rb 8s")].strip("*") == f"{mean:.2f} ± {err:.2f}"
     assert "one seed" in text and "standard error" in text
+    # one seed and no per-image scores: no pairwise interval, so nothing is ranked or bold
+    assert set(pd.read_csv(root / "pairwise_seen.csv")["basis"]) == {"none"} and "**" not in text
+    assert "without an interval" in (root / "report.md").read_text()
     for name in ("report.md", "grid_ra.png", "learning_curves.png", "cost.md"):
         assert (root / name).is_file()
+
+
+def test_old_folder_gets_the_new_sections(report):
+    """A folder without the issue-12 keys (no scores.json, counters, provenance, diversity, health.json)
+    still reports: pairwise from seed means (†), compute from the old counters, provenance noted."""
+    out, md = report["out"], report["path"].read_text()
+    for name in ("pairwise_seen.md", "pairwise_seen.csv", "heldout_seen_ra.md", "compute.md", "provenance.md", "flags.md"):
+        assert (out / name).is_file(), name
+    pw = pd.read_csv(out / "pairwise_seen.csv")
+    assert set(pw["basis"]) == {"seed means"} and "†" in (out / "pairwise_seen.md").read_text()
+    comp = pd.read_csv(out / "compute.csv").set_index(["method", "reward"])
+    last = [report["data"]["logs"][("sdpo", "ra", s)][-1] for s in SEEDS]
+    fwd = np.mean([x["unet_evals_sampling"] + x["unet_evals_training"] for x in last])
+    assert comp.loc[("sdpo", "ra"), "unet_forward"] == pytest.approx(fwd) and np.isnan(comp.loc[("sdpo", "ra"), "unet_backward"])
+    assert comp.loc[("sdpo", "ra"), "reward_queries"] == pytest.approx(np.mean([x["reward_queries"] + x["log_reward_queries"] for x in last]))
+    assert "carry no provenance" in md and "No run-level health flag in 8 run(s) checked." in md
+    heldout = (out / "heldout_seen_ra.md").read_text()
+    assert "rb (held-out) 1s" in heldout and "No diversity was recorded." in heldout
+    with pytest.warns(UserWarning, match="malformed"), pytest.raises(ValueError, match="--x unet needs the training-log counter"):
+        write_report(report["root"], out / "x", x="unet")
+    assert not (out / "x").exists()  # refused before anything was written

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from alignzoo.reports.compute import X_AXES, evals_with_x, logs_with_x
 from alignzoo.reports.results import PRETRAINED, Results, slug
 from alignzoo.reports.tables import table1_frame
 
@@ -68,12 +69,28 @@ def save_png(fig, out: str | Path) -> Path:
     return out
 
 
+def seed_band(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(mean over the columns (seeds), standard error across seeds) per row; SE NaN with one seed."""
+    mean = table.mean(axis=1, skipna=True).to_numpy(float)
+    k = table.notna().sum(axis=1).to_numpy(float)
+    se = table.std(axis=1, ddof=1, skipna=True).to_numpy(float) / np.sqrt(np.where(k > 1, k, np.nan))
+    return mean, se
+
+
 def _band(ax, x, table: pd.DataFrame, color, label: str, marker: str | None = None) -> None:
-    """Mean over the columns (seeds) as a line, min–max as a shaded band when there are several."""
-    mean = table.mean(axis=1, skipna=True)
-    ax.plot(x, mean.to_numpy(), color=color, lw=1.5, label=label, marker=marker, ms=3)
-    if table.shape[1] > 1:
-        ax.fill_between(x, table.min(axis=1, skipna=True).to_numpy(), table.max(axis=1, skipna=True).to_numpy(), color=color, alpha=0.2, lw=0)
+    """Mean over the columns (seeds) as a line, mean ± the standard error across seeds shaded."""
+    mean, se = seed_band(table)
+    ax.plot(x, mean, color=color, lw=1.5, label=label, marker=marker, ms=3)
+    if table.shape[1] > 1 and np.isfinite(se).any():
+        ax.fill_between(x, mean - se, mean + se, color=color, alpha=0.2, lw=0)
+
+
+def _seed_table(sub: pd.DataFrame, value: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """(value per training point × seed, x per point): points are the cumulative ``samples``; x is
+    the mean over seeds of the ``x`` column (wall seconds differ between seeds)."""
+    table = sub.pivot_table(index="samples", columns="seed", values=value, aggfunc="mean").sort_index()
+    xs = sub.groupby("samples")["x"].mean().reindex(table.index).to_numpy(float)
+    return table, xs
 
 
 def _steps_title(n: int) -> str:
@@ -81,11 +98,13 @@ def _steps_title(n: int) -> str:
 
 
 # ------------------------------------------------------------------------------- learning curves
-def plot_learning_curves(logs: pd.DataFrame, algos: list[str], rewards: list[str], out: str | Path) -> Path | None:
-    """One panel per trained reward: training ``reward_mean`` vs cumulative samples, mean over seeds
-    with the min–max band; a second row with the first-step reward when the logs hold it."""
+def plot_learning_curves(logs: pd.DataFrame, algos: list[str], rewards: list[str], out: str | Path, x: str = "images") -> Path | None:
+    """One panel per trained reward: training ``reward_mean`` vs training progress (``x``: images,
+    UNet evaluations or seconds), mean over seeds with a ± standard-error-across-seeds band; a
+    second row with the first-step reward when the logs hold it."""
     if logs is None or logs.empty or "reward_mean" not in logs.columns:
         return None
+    logs = logs_with_x(logs, x)
     rewards = [r for r in rewards if (logs["train_reward"] == r).any()]
     if not rewards:
         return None
@@ -101,22 +120,24 @@ def plot_learning_curves(logs: pd.DataFrame, algos: list[str], rewards: list[str
                 sub = logs[(logs["algo"] == algo) & (logs["train_reward"] == reward)]
                 if sub.empty or sub[metric].notna().sum() == 0:
                     continue
-                table = sub.pivot_table(index="samples", columns="seed", values=metric, aggfunc="mean").sort_index()
-                _band(ax, table.index.to_numpy(float), table, colors[algo], algo)
+                table, xs = _seed_table(sub, metric)
+                _band(ax, xs, table, colors[algo], algo)
             ax.set_title(reward if i == 0 else f"{reward}: first step", fontsize=9)
-            ax.set_xlabel("training samples", fontsize=8)
+            ax.set_xlabel(X_AXES[x], fontsize=8)
             ax.set_ylabel(ylabel, fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-    return _finish(fig, axes, out, "Learning curves (mean over seeds, band = min–max)")
+    return _finish(fig, axes, out, "Learning curves (mean over seeds, band = ± standard error across seeds)")
 
 
 # ------------------------------------------------------------------------------- step generalization
 def plot_step_curves(evals: pd.DataFrame, algos: list[str], reward: str, prompt_set: str, out: str | Path,
-                     max_cols: int = 3) -> Path | None:
-    """Figs. 4, 8–11: for each step count, the evaluation mean on ``reward`` vs training samples of
-    the runs trained on ``reward`` (mean over seeds, min–max band), starting from the pretrained
-    model at 0 samples; the pretrained model as a dashed line."""
+                     max_cols: int = 3, logs: pd.DataFrame | None = None, x: str = "images") -> Path | None:
+    """Figs. 4, 8–11: for each step count, the evaluation mean on ``reward`` vs training progress
+    (``x``; evaluation points joined to the log records by cell and samples) of the runs trained
+    on ``reward`` (mean over seeds, ± standard-error band), starting from the pretrained model at
+    0; the pretrained model as a dashed line."""
+    evals = evals_with_x(evals, logs, x)
     ev = evals[(evals["prompt_set"] == prompt_set) & (evals["eval_reward"] == reward)]
     trained = ev[(ev["algo"] != PRETRAINED) & (ev["train_reward"] == reward)]
     if trained.empty:
@@ -136,13 +157,15 @@ def plot_step_curves(evals: pd.DataFrame, algos: list[str], reward: str, prompt_
             sub = trained[(trained["algo"] == algo) & (trained["steps"] == n)]
             if sub.empty:
                 continue
-            table = sub.pivot_table(index="samples", columns="seed", values="mean", aggfunc="mean").sort_index()
+            table, xs = _seed_table(sub.dropna(subset=["x"]), "mean")
             if np.isfinite(base) and 0 not in table.index:
                 table.loc[0] = base  # the model before training is the pretrained model (same prompts and noise)
-                table = table.sort_index()
-            _band(ax, table.index.to_numpy(float), table, colors[algo], algo, marker="o")
+                xs = np.append(xs, 0.0)
+                order = np.argsort(table.index.to_numpy())
+                table, xs = table.iloc[order], xs[order]
+            _band(ax, xs, table, colors[algo], algo, marker="o")
         ax.set_title(_steps_title(n), fontsize=9)
-        ax.set_xlabel("training samples", fontsize=8)
+        ax.set_xlabel(X_AXES[x], fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         if k % ncols == 0:
@@ -154,7 +177,7 @@ def plot_step_curves(evals: pd.DataFrame, algos: list[str], reward: str, prompt_
 
 def plot_final_vs_steps(evals: pd.DataFrame, algos: list[str], rewards: list[str], prompt_set: str, out: str | Path) -> Path | None:
     """One panel per reward: the final checkpoints' reward vs sampling steps (log x, ticks at the
-    step counts), error bars = the table's ± (std over seeds, or the standard error for one seed)."""
+    step counts), error bars = the table's ± (standard error across seeds, or the evaluation's for one seed)."""
     frame = table1_frame(evals, prompt_set, algos, rewards)
     if frame.empty or not (frame["method"] != PRETRAINED).any():
         return None

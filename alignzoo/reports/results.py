@@ -9,6 +9,9 @@ Layout read here::
         log.jsonl                     training log, one line per epoch (cumulative counts and seconds)
         eval.jsonl                    one line per (evaluation point, prompt set, evaluated reward, steps)
         images/steps_<N>.png          the final checkpoint's strips (same prompts and noise as pretrained)
+        scores.json                   per-image scores of the final evaluation point (optional):
+                                      {"<prompt_set>|<eval_reward>|<steps>": [scores, row = prompt·K + k]}
+        health.json                   {"flags": [...]} written by the trainer (optional)
         DONE                          present when the cell finished
 
 :func:`load_results` gives a :class:`Results`: the evaluation lines and the training logs as
@@ -34,7 +37,8 @@ EVAL_KEYS = ("algo", "samples", "prompt_set", "eval_reward", "steps", "mean")
 EVAL_COLUMNS = ["cell", "algo", "train_reward", "seed", "samples", "prompt_set", "eval_reward", "steps", "mean", "std", "n",
                 "diff_mean", "diff_se"]
 LOG_COUNTS = ["samples", "seconds_total", "seconds_sampling", "seconds_decoding", "seconds_reward", "seconds_update",
-              "unet_evals_sampling", "unet_evals_training", "vae_decodes", "reward_queries", "log_reward_queries"]
+              "unet_evals_sampling", "unet_evals_training", "vae_decodes", "reward_queries", "log_reward_queries",
+              "unet_forward", "unet_backward", "updates", "clipfrac", "first_log_ratio_abs"]
 
 
 class ResultsError(ValueError):
@@ -88,6 +92,9 @@ class Results:
     logs: pd.DataFrame  # one row per training-log line, with cell / algo / train_reward / seed
     suite: dict = field(default_factory=dict)
     cells: pd.DataFrame = field(default_factory=pd.DataFrame)  # cell, algo, train_reward, seed, done
+    scores: dict = field(default_factory=dict)  # cell (or "pretrained") → {"set|reward|steps": np.ndarray}
+    log_records: dict = field(default_factory=dict)  # cell → its raw log.jsonl records (health checks)
+    health: dict = field(default_factory=dict)  # cell → the flags of its health.json, when present
 
     @property
     def name(self) -> str:
@@ -126,8 +133,10 @@ class Results:
         return sorted(int(s) for s in self.evals["seed"].dropna().unique())
 
     def final(self) -> pd.DataFrame:
-        """Each cell's final evaluation (its largest ``samples``); pretrained lines kept."""
-        return final_evals(self.evals)
+        """Each cell's final evaluation (its largest ``samples``); pretrained lines kept (computed once)."""
+        if "_final" not in self.__dict__:
+            self.__dict__["_final"] = final_evals(self.evals)
+        return self.__dict__["_final"]
 
 
 def final_evals(evals: pd.DataFrame) -> pd.DataFrame:
@@ -136,6 +145,34 @@ def final_evals(evals: pd.DataFrame) -> pd.DataFrame:
         return evals
     last = evals.groupby("cell")["samples"].transform("max")
     return evals[evals["samples"] == last].reset_index(drop=True)
+
+
+def score_key(prompt_set: str, reward: str, steps: int) -> str:
+    """The key of one evaluation's per-image scores in ``scores.json``."""
+    return f"{prompt_set}|{reward}|{int(steps)}"
+
+
+def read_scores(path: Path) -> dict[str, np.ndarray]:
+    """``scores.json`` → {key: float array}; {} (with a warning when the file exists) if unusable."""
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        return {str(k): np.asarray(v, dtype=float) for k, v in raw.items() if isinstance(v, list)}
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
+        warnings.warn(f"{path}: unreadable per-image scores ({err}); the pairwise table falls back to seed means", UserWarning, stacklevel=2)
+        return {}
+
+
+def read_health(path: Path) -> list[dict] | None:
+    """The flags of a ``health.json``; None when absent or unreadable (the report recomputes them from the log)."""
+    if not path.is_file():
+        return None
+    try:
+        flags = json.loads(path.read_text()).get("flags")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return [f for f in flags if isinstance(f, dict)] if isinstance(flags, list) else None
 
 
 def _eval_frame(rows: list[tuple[dict, str]]) -> pd.DataFrame:
@@ -160,8 +197,9 @@ def _eval_frame(rows: list[tuple[dict, str]]) -> pd.DataFrame:
     df["samples"] = pd.to_numeric(df["samples"]).astype(int)
     df["steps"] = pd.to_numeric(df["steps"]).astype(int)
     df["seed"] = pd.to_numeric(df["seed"]).astype("Int64")
-    for col in ("mean", "std", "n", "diff_mean", "diff_se"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    for col in ("mean", "std", "n", "diff_mean", "diff_se", "diversity"):
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df
 
 
@@ -180,6 +218,7 @@ def load_results(run_dir: str | Path) -> Results:
         except tomllib.TOMLDecodeError as err:
             warnings.warn(f"{run_dir / 'suite.toml'}: unreadable ({err}); using the results alone", UserWarning, stacklevel=2)
     eval_rows, log_rows, cells = [], [], []
+    scores, log_records, health = {}, {}, {}
     for d in sorted(p for p in run_dir.iterdir() if p.is_dir()):
         parsed = parse_cell_name(d.name)
         has_eval, has_log = (d / "eval.jsonl").is_file(), (d / "log.jsonl").is_file()
@@ -193,8 +232,13 @@ def load_results(run_dir: str | Path) -> Results:
                 else:
                     r = {**r, "cell": PRETRAINED, "algo": PRETRAINED, "train_reward": None, "seed": None, "samples": r.get("samples", 0)}
                 eval_rows.append((r, str(d / "eval.jsonl")))
+        if (d / "scores.json").is_file():
+            scores[d.name] = read_scores(d / "scores.json")
+        if parsed is not None and (flags := read_health(d / "health.json")) is not None:
+            health[d.name] = flags
         if has_log and parsed is not None:
-            for r in read_jsonl(d / "log.jsonl"):
+            log_records[d.name] = read_jsonl(d / "log.jsonl")
+            for r in log_records[d.name]:
                 log_rows.append({**r, "cell": d.name, "algo": parsed[0], "train_reward": parsed[1], "seed": parsed[2]})
         if parsed is not None and (has_eval or has_log):
             cells.append({"cell": d.name, "algo": parsed[0], "train_reward": parsed[1], "seed": parsed[2], "done": (d / "DONE").exists()})
@@ -214,4 +258,4 @@ def load_results(run_dir: str | Path) -> Results:
                 logs[col] = pd.to_numeric(logs[col], errors="coerce")
         logs = logs.drop_duplicates(subset=["cell", "epoch"], keep="last").sort_values(["cell", "epoch"]).reset_index(drop=True)
     cells_df = pd.DataFrame(cells, columns=["cell", "algo", "train_reward", "seed", "done"])
-    return Results(run_dir=run_dir, evals=evals, logs=logs, suite=suite, cells=cells_df)
+    return Results(run_dir=run_dir, evals=evals, logs=logs, suite=suite, cells=cells_df, scores=scores, log_records=log_records, health=health)

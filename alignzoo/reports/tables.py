@@ -2,9 +2,10 @@
 
 Table 1 (SDPO paper): rows = the pretrained model, then each algorithm; column groups = the
 evaluated rewards, each algorithm row of reward R using the runs trained on R; columns = the
-sampling step counts. A cell is the mean over seeds of the final evaluation's mean, ± the std
-over seeds (one seed: ± the evaluation's standard error std/√n). The best mean of each column is
-bold. Frames here are long ("tidy"); the renderers turn them into Markdown (tabulate, pipe),
+sampling step counts. A cell is the mean over seeds of the final evaluation's mean, ± the standard
+error across seeds (run-to-run: std over seeds / √seeds; one seed: ± the evaluation's standard
+error std/√n, which leaves out run-to-run drift). The report bolds a column's top algorithm only
+where the pairwise bootstrap separates it from every other (:mod:`alignzoo.reports.pairwise`). Frames here are long ("tidy"); the renderers turn them into Markdown (tabulate, pipe),
 LaTeX (booktabs) and CSV.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tabulate import tabulate
 
 from alignzoo.reports.results import PRETRAINED, final_evals
 
-ERR_SEEDS = "std over seeds"
+ERR_SEEDS = "standard error across seeds"
 ERR_SE = "standard error"
 DASH = "–"
 Z_MARK = 2.0  # |gain| > 2 standard errors gets a mark
@@ -68,19 +69,30 @@ def table1_frame(evals: pd.DataFrame, prompt_set: str, algos: list[str], rewards
             sub = fin[(fin["algo"] == method) & (fin["train_reward"] == fin["eval_reward"])]
         for reward in rewards:
             for n, g in sub[sub["eval_reward"] == reward].groupby("steps"):
-                g = g.drop_duplicates("cell", keep="last")  # one final line per seed
-                means = g["mean"].to_numpy(float)
-                if len(means) > 1:
-                    err, kind = float(np.std(means, ddof=1)), ERR_SEEDS
-                else:
-                    row = g.iloc[0]
-                    nimg = row["n"] if np.isfinite(row["n"]) and row["n"] > 0 else np.nan
-                    err, kind = float(row["std"] / math.sqrt(nimg)) if np.isfinite(nimg) else np.nan, ERR_SE
-                records.append({"prompt_set": prompt_set, "method": method, "reward": reward, "steps": int(n), "mean": float(means.mean()),
-                                "std": err, "error": kind, "seeds": int(len(means)), "n": float(g["n"].mean())})
+                mean, err, kind, k = seed_summary(g)
+                records.append({"prompt_set": prompt_set, "method": method, "reward": reward, "steps": int(n), "mean": mean,
+                                "std": err, "error": kind, "seeds": k, "n": float(g["n"].mean())})
     frame = pd.DataFrame(records, columns=TABLE1_COLUMNS)
     frame["best"] = best_mask(frame)
     return frame
+
+
+def seed_summary(g: pd.DataFrame, value: str = "mean") -> tuple[float, float, str, int]:
+    """(mean over seeds, ± value, what the ± is, seeds) of one column's final lines (one per cell).
+    Several seeds: the standard error across seeds, std(ddof=1)/√seeds (run-to-run); one seed:
+    the evaluation's standard error std/√n over its images."""
+    g = g.drop_duplicates("cell", keep="last")  # one final line per seed
+    vals = g[value].to_numpy(float)
+    vals = vals[np.isfinite(vals)]
+    if len(vals) == 0:
+        return np.nan, np.nan, ERR_SE, 0
+    if len(vals) > 1:
+        return float(vals.mean()), float(np.std(vals, ddof=1) / math.sqrt(len(vals))), ERR_SEEDS, int(len(vals))
+    row = g.iloc[0]
+    if value != "mean":
+        return float(vals[0]), np.nan, ERR_SE, 1
+    nimg = row["n"] if np.isfinite(row["n"]) and row["n"] > 0 else np.nan
+    return float(vals[0]), float(row["std"] / math.sqrt(nimg)) if np.isfinite(nimg) else np.nan, ERR_SE, 1
 
 
 def best_mask(frame: pd.DataFrame, value: str = "mean") -> pd.Series:
@@ -138,11 +150,13 @@ def table1_note(frame: pd.DataFrame) -> str:
         body = "Final checkpoints, one seed: mean ± the evaluation's standard error (std/√n over the evaluation images)"
     elif 1 not in seeds:
         s = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
-        body = f"Final checkpoints: mean over {s} seeds ± std over seeds; {pre}"
+        body = f"Final checkpoints: mean over {s} seeds ± the standard error across seeds (run-to-run: std over seeds / √seeds); {pre}"
     else:
-        body = (f"Final checkpoints: mean over seeds ± std over seeds; cells marked † have results from one seed only and show ± the "
-                f"evaluation's standard error; {pre}")
-    return body + ". Each algorithm row of a reward uses the runs trained on that reward; the best mean of each column is in bold."
+        body = (f"Final checkpoints: mean over seeds ± the standard error across seeds (std over seeds / √seeds); cells marked † have "
+                f"results from one seed only and show ± the evaluation's standard error; {pre}")
+    bold = ("bold: the column's highest algorithm mean, where the pairwise 95% bootstrap interval separates it from every other "
+            "algorithm" if "best_source" in frame.attrs else "the best mean of each column is in bold")
+    return body + f". Each algorithm row of a reward uses the runs trained on that reward; {bold}."
 
 
 def table1_latex(frame: pd.DataFrame, methods: list[str], rewards: list[str], caption: str | None = None) -> str:
@@ -185,8 +199,9 @@ GAIN_COLUMNS = ["prompt_set", "method", "reward", "steps", "diff_mean", "diff_se
 
 def gain_frame(evals: pd.DataFrame, prompt_set: str, algos: list[str], rewards: list[str]) -> pd.DataFrame:
     """Paired gain over the pretrained model (same prompts and noise) of each algorithm's final
-    checkpoints on its trained reward: diff_mean and diff_se averaged over seeds (averaging the
-    SE is conservative: the seeds share the evaluation prompts and noise), z = diff_mean / diff_se."""
+    checkpoints on its trained reward: diff_mean averaged over seeds ± the standard error across
+    seeds (several seeds) or the evaluation's paired standard error diff_se (one seed),
+    z = diff_mean / diff_se."""
     fin = final_evals(evals)
     fin = fin[(fin["prompt_set"] == prompt_set) & (fin["algo"] != PRETRAINED) & (fin["train_reward"] == fin["eval_reward"])]
     fin = fin[fin["diff_mean"].notna()]
@@ -195,7 +210,9 @@ def gain_frame(evals: pd.DataFrame, prompt_set: str, algos: list[str], rewards: 
         sub = fin[fin["algo"] == algo]
         for reward in rewards:
             for n, g in sub[sub["eval_reward"] == reward].groupby("steps"):
-                d, se = float(g["diff_mean"].mean()), float(g["diff_se"].mean())
+                d, se, _kind, _k = seed_summary(g, "diff_mean")
+                if _k == 1:
+                    se = float(g["diff_se"].iloc[-1])
                 if not np.isfinite(se):
                     z = np.nan  # no standard error recorded: no significance claim
                 else:
@@ -231,7 +248,8 @@ def gain_markdown(frame: pd.DataFrame, methods: list[str], rewards: list[str]) -
 
 
 GAIN_NOTE = (f"Paired gain over the pretrained model on the same prompts and initial noise (final checkpoint minus pretrained), "
-             f"± its standard error, averaged over seeds; * = |gain| > {Z_MARK:g} standard errors.")
+             f"mean over seeds ± the standard error across seeds (one seed: ± the evaluation's paired standard error); "
+             f"* = |gain| > {Z_MARK:g} standard errors.")
 
 
 # ------------------------------------------------------------------------------- cost

@@ -1,0 +1,111 @@
+"""Health flags in the report: each run's (``health.json``, or :func:`alignzoo.algos.health.run_flags`
+on its ``log.jsonl``) and the report-level ones.
+
+Report-level flags:
+
+``gain_not_above_control``
+    a run trained on R whose paired gain on R over the pretrained model is no larger than that of
+    the random-reward control (a run of the same algorithm trained on reward ``random``, evaluated
+    on R): the difference of the two gains (means over seeds) is below :data:`Z_CONTROL` standard
+    errors, SE = sqrt(SE_run² + SE_control²), each the standard error across seeds (one seed: the
+    evaluation's paired ``diff_se``). A gain the control matches is drift, not learning. Checked
+    at the training trajectory length (``[train] num_steps``) when it was evaluated, else at
+    every step count.
+``heldout_fell``
+    see :func:`alignzoo.reports.heldout.hacking_flags`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from alignzoo.algos.health import run_flags
+from alignzoo.reports.results import PRETRAINED, Results
+
+CONTROL = "random"
+Z_CONTROL = 2.0
+
+
+def _clip_range(results: Results, algo: str) -> float | None:
+    """The suite's clip range for ``algo`` ([algo.<name>] or [train]); None when not set there."""
+    for section in ((results.suite.get("algo") or {}).get(algo) or {}, results.suite.get("train") or {}):
+        if isinstance(section.get("clip_range"), (int, float)):
+            return float(section["clip_range"])
+    return None
+
+
+def cell_flags(results: Results) -> pd.DataFrame:
+    """One row per flag of each run: cell, algo, train_reward, seed, flag, message, source."""
+    rows = []
+    cells = results.cells.sort_values(["algo", "train_reward", "seed"]) if not results.cells.empty else results.cells
+    for c in cells.itertuples(index=False):
+        if c.cell in results.health:
+            flags, source = results.health[c.cell], "health.json"
+        elif c.cell in results.log_records:
+            flags, source = run_flags(results.log_records[c.cell], _clip_range(results, c.algo)), "log.jsonl"
+        else:
+            continue
+        for f in flags:
+            rows.append({"cell": c.cell, "algo": c.algo, "train_reward": c.train_reward, "seed": int(c.seed), "flag": f.get("flag"),
+                         "message": f.get("message"), "source": source})
+    return pd.DataFrame(rows, columns=["cell", "algo", "train_reward", "seed", "flag", "message", "source"])
+
+
+def _gain(lines: pd.DataFrame, pre_mean: float) -> tuple[float, float]:
+    diffs = lines["mean"].to_numpy(float) - pre_mean
+    if len(diffs) > 1:
+        return float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(len(diffs)))
+    return (float(diffs[0]), float(lines["diff_se"].iloc[0])) if len(diffs) else (np.nan, np.nan)
+
+
+def control_flags(results: Results, algos: list[str], rewards: list[str]) -> list[dict]:
+    """``gain_not_above_control`` flags (see the module docstring); [] without control runs."""
+    fin = results.final()
+    if not (fin["train_reward"] == CONTROL).any():
+        return []
+    t = (results.suite.get("train") or {}).get("num_steps")
+    flags = []
+    for algo in algos:
+        for reward in [r for r in rewards if r != CONTROL]:
+            found = []
+            for (ps, n), col in fin[fin["eval_reward"] == reward].groupby(["prompt_set", "steps"], sort=False):
+                if t is not None and int(t) in set(fin["steps"]) and int(n) != int(t):
+                    continue
+                pre = col[col["algo"] == PRETRAINED]
+                run = col[(col["algo"] == algo) & (col["train_reward"] == reward)].drop_duplicates("cell")
+                ctl = col[(col["algo"] == algo) & (col["train_reward"] == CONTROL)].drop_duplicates("cell")
+                if pre.empty or run.empty or ctl.empty:
+                    continue
+                (g, se_g), (c, se_c) = _gain(run, float(pre["mean"].iloc[-1])), _gain(ctl, float(pre["mean"].iloc[-1]))
+                se = math.sqrt(se_g ** 2 + se_c ** 2) if np.isfinite(se_g) and np.isfinite(se_c) else np.nan
+                if not (np.isfinite(se) and g - c > Z_CONTROL * se):
+                    found.append(f"{ps} prompts, {int(n)} step{'s' if int(n) != 1 else ''}: gain {g:+.3g} vs the control's {c:+.3g} "
+                                 f"(difference {g - c:+.3g} ± {se:.2g})")
+            if found:
+                flags.append({"scope": f"{algo} on {reward}", "flag": "gain_not_above_control",
+                              "message": f"gain no larger than the random-reward control's (within {Z_CONTROL:g} SE): " + "; ".join(found)})
+    return flags
+
+
+def flags_markdown(cells: pd.DataFrame, report_flags: list[dict], checked: int) -> str:
+    """The per-run flags table and the report-level flags as a list."""
+    parts = []
+    if cells.empty:
+        parts.append(f"No run-level health flag in {checked} run(s) checked.")
+    else:
+        rows = [[r.cell, f"`{r.flag}`", r.message, r.source] for r in cells.itertuples(index=False)]
+        parts.append(tabulate(rows, headers=["run", "flag", "message", "from"], tablefmt="pipe", disable_numparse=True))
+    if report_flags:
+        parts.append("Report-level flags:\n\n" + "\n".join(f"- **{f['scope']}** `{f['flag']}`: {f['message']}" for f in report_flags))
+    else:
+        parts.append("No report-level flag (random-reward control, held-out rewards and diversity).")
+    return "\n\n".join(parts)
+
+
+FLAGS_NOTE = ("Run flags come from each run's health.json or, without one, from its training log: importance ratio ≠ 1 at an "
+              "epoch's first update, a ratio clip that never or always fires, a training reward more than 2 SE below its start, "
+              "non-finite losses. Report-level flags: a gain no larger than the random-reward control's, and a trained reward that "
+              "rose while a held-out reward or the diversity fell by more than 2 SE.")
