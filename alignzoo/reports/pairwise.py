@@ -194,9 +194,19 @@ def _steps_text(steps: list[int]) -> str:
     return ", ".join(str(s) for s in steps[:-1]) + f" and {steps[-1]} steps"
 
 
+MIN_SEEDS_TO_RANK = 3  # the project's standard: "A beats B" needs >= 3 seeds and an interval excluding zero
+
+
+def ranked(r) -> bool:
+    """A row that may be stated as a ranking: its interval excludes zero and both sides have at
+    least MIN_SEEDS_TO_RANK seeds (one seed's interval covers prompts and noises, not run-to-run drift)."""
+    return bool(r.separated) and min(int(r.seeds_a), int(r.seeds_b)) >= MIN_SEEDS_TO_RANK
+
+
 def ranking_lines(frame: pd.DataFrame) -> list[str]:
     """Observations: "sdpo > ddpo at 1 step: +0.061 [+0.032, +0.090]" where the interval excludes
-    zero; "not separated" (with the step counts) for the rest of each pair; nothing else ranks."""
+    zero with >= 3 seeds a side; "apart on fewer than 3 seeds" where the interval excludes zero
+    with fewer seeds (not a ranking); "not separated" for the rest; nothing else ranks."""
     lines = []
     for (ps, reward), f in frame.groupby(["prompt_set", "reward"], sort=False):
         parts = []
@@ -205,8 +215,12 @@ def ranking_lines(frame: pd.DataFrame) -> list[str]:
             for r in g.sort_values("steps").itertuples(index=False):
                 if r.separated:
                     hi_name, lo_name, d, lo, hi = (a, b, r.diff, r.lo, r.hi) if r.diff > 0 else (b, a, -r.diff, -r.hi, -r.lo)
-                    note = " (one seed)" if r.basis == BASIS_PROMPTS else ""
-                    said.append(f"{hi_name} > {lo_name} at {_steps_text([int(r.steps)])}: {format_ci(d, lo, hi)}{note}")
+                    if ranked(r):
+                        said.append(f"{hi_name} > {lo_name} at {_steps_text([int(r.steps)])}: {format_ci(d, lo, hi)}")
+                    else:
+                        k = min(int(r.seeds_a), int(r.seeds_b))
+                        said.append(f"{hi_name} − {lo_name} at {_steps_text([int(r.steps)])}: {format_ci(d, lo, hi)}, from {k} seed"
+                                    f"{'' if k == 1 else 's'}: not a ranking (needs >= {MIN_SEEDS_TO_RANK} seeds)")
             rest = [int(r.steps) for r in g.itertuples(index=False) if not r.separated and r.basis != BASIS_NONE]
             if rest:
                 said.append(f"{a} vs {b} not separated at {_steps_text(sorted(rest))}")
@@ -231,7 +245,7 @@ def separated_best(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.Series:
         p = pairs[(pairs["reward"] == reward) & (pairs["steps"] == n) & ((pairs["a"] == top) | (pairs["b"] == top))]
         others = set(col["method"]) - {top}
         beaten = {r.b if r.a == top else r.a for r in p.itertuples(index=False)
-                  if r.separated and (r.diff > 0) == (r.a == top)}
+                  if ranked(r) and (r.diff > 0) == (r.a == top)}
         if others and others <= beaten:
             best[col["mean"].idxmax()] = True
     return best
