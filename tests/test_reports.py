@@ -137,8 +137,11 @@ def _bold(data, ps, r, n):
     """The algorithm the table should bold: the top mean, when separated from the other. Without
     per-image scores and with 2 seeds the seed-means bootstrap puts ≥ 1/16 of its mass on each
     extreme, so its 95% interval is [min A − max B, max A − min B]: separated iff the ranges of the
-    seed means do not overlap."""
+    seed means do not overlap. A ranking (bold) also needs >= 3 seeds a side: with this fixture's
+    2 seeds nothing is bold."""
     vals = {a: _seed_values(data, ps, a, r, n) for a in ALGOS}
+    if min(len(v) for v in vals.values()) < 3:
+        return None
     top = max(vals, key=lambda a: np.mean(vals[a]))
     other = next(a for a in ALGOS if a != top)
     return top if min(vals[top]) > max(vals[other]) else None
@@ -159,9 +162,9 @@ def test_markdown_values_order_and_bold(report):
                 for m, (mean, err) in expect.items():
                     text = f"{mean:.{d}f} ± {err:.{d}f}"
                     assert rows[m][col] == (f"**{text}**" if m == best else text), (ps, r, n, m)
-    # the designed winners: sdpo on ra everywhere, ddpo on rb at 1-4 steps and sdpo from 8
+    # the designed winners (sdpo on ra everywhere, ddpo on rb at 1-4 steps) are apart, but from 2 seeds: nothing bold
     _, rows = _md_table((report["out"] / "table_seen.md").read_text())
-    assert rows["sdpo"][0].startswith("**") and rows["ddpo"][6].startswith("**") and rows["sdpo"][9].startswith("**")
+    assert not any(c.startswith("**") for cells in rows.values() for c in cells)
     text = (report["out"] / "table_seen.md").read_text()
     assert "standard error across seeds" in text and "pairwise 95% bootstrap interval" in text
 
@@ -189,7 +192,7 @@ def test_latex_bold_and_groups(report):
             assert cells[k].startswith("\\textbf{") == (m == best), (r, n, m)
     d = DECIMALS["ra"]
     mean, err = _expected(data, "seen", "sdpo", "ra", 1)
-    assert rows["sdpo"][0] == f"\\textbf{{{mean:.{d}f} $\\pm$ {err:.{d}f}}}"
+    assert rows["sdpo"][0] == f"{mean:.{d}f} $\\pm$ {err:.{d}f}"  # apart, but 2 seeds: not bold (a ranking needs >= 3)
 
 
 def test_gain_table(report):
@@ -239,9 +242,10 @@ def test_observations_are_computed(report):
             d, lo, hi = -d, -hi, -lo
         first, second = ("sdpo", "ddpo") if np.mean(a) > np.mean(b) else ("ddpo", "sdpo")
         step = f"{n} step" + ("s" if n > 1 else "")
-        if lo > 0:
-            assert f"{first} > {second} at {step}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" in obs, (r, n)
-    assert "Trained on **ra**, seen prompts (95% paired bootstrap): sdpo > ddpo at 1 step" in obs
+        if lo > 0:  # apart, but from 2 seeds: stated without a ranking
+            assert f"{first} − {second} at {step}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}], from 2 seeds: not a ranking" in obs, (r, n)
+            assert f"{first} > {second} at {step}" not in obs
+    assert "Trained on **ra**, seen prompts (95% paired bootstrap): sdpo − ddpo at 1 step" in obs
     assert "8 training runs found, 8 finished." in obs
     gains = pd.concat([pd.read_csv(report["out"] / f"gain_{ps}.csv") for ps in SETS], ignore_index=True)
     top = gains.loc[gains["diff_mean"].idxmax()]

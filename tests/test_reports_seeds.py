@@ -146,6 +146,24 @@ def test_pairwise_intervals(rep):
     assert "sdpo vs rebel not separated at 1 and 4 steps" in obs and "Best" not in obs
 
 
+def test_bold_only_where_intervals_separate_the_top(rep):
+    """Table 1 bolds a column's top algorithm only when its intervals (3 seeds a side) exclude zero
+    against every other algorithm: sdpo on ra; on rb sdpo and rebel are not separated, so nothing."""
+    pw = pd.read_csv(rep["out"] / "pairwise_seen.csv")
+    table = (rep["out"] / "table_seen.md").read_text().splitlines()
+    rows = {c[0]: c[1:] for c in ([x.strip() for x in line.strip().strip("|").split("|")] for line in table if line.startswith("|"))}
+    header = rows.pop("method") if "method" in rows else next(iter(rows.values()))
+    for k, col in enumerate(header):
+        reward, n = col.split()[0], int(col.split()[1].rstrip("s"))
+        means = {a: np.mean(_means(rep["data"], a, reward, reward, n)) for a in ALGOS}
+        top = max(means, key=means.get)
+        p = pw[(pw["reward"] == reward) & (pw["steps"] == n) & ((pw["a"] == top) | (pw["b"] == top))]
+        expect_bold = bool(p["separated"].all()) and len(p) == len(ALGOS) - 1
+        assert rows[top][k].startswith("**") == expect_bold, col
+        assert not any(rows[a][k].startswith("**") for a in ALGOS if a != top)
+    assert rows["sdpo"][0].startswith("**") and not any(rows[a][2].startswith("**") for a in ALGOS)
+
+
 def test_heldout_rewards_and_diversity(rep):
     data = rep["data"]
     text = (rep["out"] / "heldout_seen_ra.md").read_text()
