@@ -118,7 +118,7 @@ train_batch_size = 2
 [eval]
 steps = [1, 2]
 prompt_sets = ["{prompts}"]
-images_per_prompt = 1
+images_per_prompt = 2
 grid_images = 2
 ''')
     return f
@@ -152,6 +152,24 @@ def test_bench_resume_after_kill_equals_uninterrupted(tiny_random_folders, tmp_p
     assert (cell / "DONE").exists() and (cell / "images" / "steps_2.png").exists()
     pre = read_lines(tmp_path / "full" / "mini" / "pretrained" / "eval.jsonl")
     assert {r["steps"] for r in pre} == {1, 2} and all(r["samples"] == 0 for r in pre)
+    # provenance: the same setting in two processes (full, killed + resumed) gives the same
+    # hashes (a == b above); LoRA weights differ between points, the setting does not
+    by_point = {}
+    for r in a:
+        by_point.setdefault((r["steps"], r["eval_reward"]), {})[r["samples"]] = r
+    for (steps, rew), points in by_point.items():
+        assert len({r["hash"] for r in points.values()}) == 3
+        assert len({r["setting_hash"] for r in points.values()}) == 1
+        base = next(r for r in pre if r["steps"] == steps and r["eval_reward"] == rew)
+        assert base["setting_hash"] == points[48]["setting_hash"] and base["hash"] != points[48]["hash"]
+        assert base["provenance"]["lora_checksum"] is None and points[48]["provenance"]["lora_checksum"]
+    for r in a + pre:  # jpeg has no backbone: the fallback pixel space; 3 prompts x 2 images
+        assert r["diversity_space"] == "pixels-16x16" and 0 < r["diversity"] < 2 and r["n"] == 6
+    scores = json.loads((full_cell / "scores.json").read_text())
+    assert set(scores) == {f"{tmp_path / 'prompts.txt'}|jpeg_compressibility|{n}" for n in (1, 2)}
+    final = {r["steps"]: r for r in a if r["samples"] == 48}
+    for key, values in scores.items():
+        assert len(values) == 6 and abs(sum(values) / 6 - final[int(key.rsplit("|", 1)[1])]["mean"]) < 1e-9
     # rerunning a finished suite does no work and changes nothing
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
     assert strip(read_lines(full_cell / "eval.jsonl")) == a
