@@ -59,6 +59,29 @@ def test_shipped_suites_parse():
         load_suite("quik")
 
 
+def test_suites_default_to_three_seeds_and_256_evaluation_images():
+    from alignzoo.benchmarks.prompts import get_prompts
+
+    for name in ("tiny", "tiny-lcm", "tiny-2step", "tiny-2step-sd"):
+        s = load_suite(name)
+        assert len(s.seeds) == 3, name
+        for p in s.eval.prompt_sets:
+            assert min(len(get_prompts(p)), s.eval.prompts_per_set or 10**9) * s.eval.images_per_prompt >= 256, (name, p)
+    with pytest.warns(UserWarning, match="unseen_animals"):
+        for name in ("paper-sdturbo", "paper-lcm"):
+            assert len(load_suite(name).seeds) == 3
+    quick = load_suite("quick")
+    assert quick.seeds == [0] and "one seed" in quick.description and quick.eval.images_per_prompt >= 2
+
+
+def test_small_evaluation_with_several_seeds_warns(recwarn):
+    parse_suite(_base(seeds=[0], eval={"prompt_sets": ["unseen"], "images_per_prompt": 1}))  # one seed: no warning
+    parse_suite(_base(seeds=[0, 1], eval={"prompt_sets": ["unseen"], "images_per_prompt": 7}))  # 40 x 7 = 280
+    assert not [w for w in recwarn if "fewer than 256" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"2 seeds but evaluates fewer than 256 images per prompt set: seen \(128\), unseen \(80\)"):
+        parse_suite(_base(seeds=[0, 1], eval={"prompt_sets": ["seen", "unseen"], "images_per_prompt": 2}))
+
+
 def test_eval_points():
     s = parse_suite(_base(samples=100, eval_interval=32))
     assert s.eval_interval_points(16) == [32, 64, 96, 112]
