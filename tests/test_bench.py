@@ -193,6 +193,10 @@ def test_bench_resume_after_kill_equals_uninterrupted(tiny_random_folders, tmp_p
     final = {r["steps"]: r for r in a if r["samples"] == 48}
     for key, values in scores.items():
         assert len(values) == 6 and abs(sum(values) / 6 - final[int(key.rsplit("|", 1)[1])]["mean"]) < 1e-9
+    from alignzoo.reports.results import load_results  # the reports read the new keys alongside the old ones
+
+    evals = load_results(tmp_path / "full" / "mini").evals
+    assert evals["diversity"].notna().all() and evals["setting_hash"].nunique() == 2
     # rerunning a finished suite does no work and changes nothing
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
     assert strip(read_lines(full_cell / "eval.jsonl")) == a

@@ -144,3 +144,26 @@ def test_evaluate_gives_one_diversity_per_prompt_set_and_steps(tiny_random_sd):
     assert res[0].diversity.shape == (3,)
     single, _ = evaluation.evaluate(tiny_random_sd, rewards, {"s": ["a red cat"]}, [1], 1, features=space)
     assert single[0].summary()["diversity"] is None and single[0].summary()["diversity_space"] == "tiny_aesthetic.backbone"
+
+
+def test_runner_evaluates_every_suite_reward_with_provenance(tiny_random_folders, tmp_path):
+    """A cell trained on one reward is scored on every reward of the suite (held-out included), in
+    the suite's feature space (the first reward with a backbone, whatever the cell trained on)."""
+    from alignzoo.benchmarks.runner import BenchmarkRunner
+    from alignzoo.benchmarks.suites import parse_suite
+    from alignzoo.models import load_model
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cat\na blue dog\n")
+    suite = parse_suite({"name": "t", "model": str(tiny_random_folders["sd"]), "algorithms": ["ddpo"],
+                         "rewards": ["jpeg_compressibility", "tiny_aesthetic"], "reward_args": {"jpeg_compressibility": {"quality": 80}},
+                         "eval": {"steps": [1, 2], "prompt_sets": [str(prompts)], "images_per_prompt": 2}}, None)
+    runner = BenchmarkRunner(suite, root=tmp_path / "runs", device="cpu", progress=False)
+    fields = {"cell": "ddpo__jpeg_compressibility__seed0", "algo": "ddpo", "train_reward": "jpeg_compressibility", "seed": 0, "samples": 8}
+    lines, scores, diversity, _ = runner.run_eval(load_model(str(tiny_random_folders["sd"])), 0.0, False, fields)
+    assert {(r["eval_reward"], r["steps"]) for r in lines} == {(w, n) for w in suite.rewards for n in (1, 2)}
+    assert all(r["train_reward"] == "jpeg_compressibility" and r["diversity_space"] == "tiny_aesthetic.backbone" for r in lines)
+    jpeg = next(r for r in lines if r["eval_reward"] == "jpeg_compressibility")
+    assert jpeg["provenance"]["reward_args"] == {"quality": 80} and jpeg["provenance"]["reward_checksum"] is None
+    assert set(scores) == {f"{prompts}|{w}|{n}" for w in suite.rewards for n in (1, 2)} and all(len(v) == 4 for v in scores.values())
+    assert set(diversity) == {f"{prompts}|{n}" for n in (1, 2)} and all(len(v) == 2 for v in diversity.values())
