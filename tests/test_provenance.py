@@ -105,6 +105,8 @@ def test_pairwise_diversity_equals_hand_computation():
     same = torch.tensor([[0.3, -1.2, 5.0]] * 4)
     assert np.abs(evaluation.pairwise_diversity(same, 2)).max() < 1e-12  # identical images: 0
     assert evaluation.pairwise_diversity(same, 1) is None
+    grey = evaluation.pixel_features(torch.full((2, 3, 8, 8), 0.5))  # all-zero features: still 0, not 1
+    assert grey.abs().max() == 0 and evaluation.pairwise_diversity(grey, 2)[0] == 0
     with pytest.raises(ValueError, match="n_prompts"):
         evaluation.pairwise_diversity(torch.zeros(5, 3), 2)
 

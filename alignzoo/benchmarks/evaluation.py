@@ -78,7 +78,8 @@ def pairwise_diversity(features: torch.Tensor, images_per_prompt: int) -> np.nda
     ``1 - cos(f_i, f_j)`` (cosine of the features, i.e. the dot product after L2 normalisation).
 
     ``features``: (P·K, D), rows prompt-major (row = p·K + k, the evaluation's order). Returns
-    (P,) values in [0, 2] (0: identical images); None when K < 2. The reported diversity is
+    (P,) values in [0, 2] (0: identical images, also when their features are all zero, where the
+    cosine is undefined); None when K < 2. The reported diversity is
     their mean over prompts, and its standard error is over prompts.
     """
     k = int(images_per_prompt)
@@ -86,10 +87,11 @@ def pairwise_diversity(features: torch.Tensor, images_per_prompt: int) -> np.nda
         return None
     if features.ndim != 2 or features.shape[0] % k:
         raise ValueError(f"features must be (n_prompts * {k}, D), got shape {tuple(features.shape)}")
-    f = F.normalize(features.double(), dim=-1).reshape(-1, k, features.shape[1])
-    gram = f @ f.transpose(1, 2)  # (P, K, K) cosines
-    off_diag = gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(-1)
-    return (1.0 - off_diag / (k * (k - 1))).numpy()
+    raw = features.double().reshape(-1, k, features.shape[1])
+    f = F.normalize(raw, dim=-1)
+    dist = 1.0 - f @ f.transpose(1, 2)  # (P, K, K)
+    dist[torch.cdist(raw, raw) == 0] = 0.0  # identical features are at distance 0, zero vectors included
+    return (dist.sum((1, 2)) / (k * (k - 1))).numpy()  # the diagonal is 0: the mean over ordered pairs i != j
 
 
 @torch.no_grad()
