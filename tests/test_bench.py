@@ -59,6 +59,29 @@ def test_shipped_suites_parse():
         load_suite("quik")
 
 
+def test_suites_default_to_three_seeds_and_256_evaluation_images():
+    from alignzoo.benchmarks.prompts import get_prompts
+
+    for name in ("tiny", "tiny-lcm", "tiny-2step", "tiny-2step-sd"):
+        s = load_suite(name)
+        assert len(s.seeds) == 3, name
+        for p in s.eval.prompt_sets:
+            assert min(len(get_prompts(p)), s.eval.prompts_per_set or 10**9) * s.eval.images_per_prompt >= 256, (name, p)
+    with pytest.warns(UserWarning, match="unseen_animals"):
+        for name in ("paper-sdturbo", "paper-lcm"):
+            assert len(load_suite(name).seeds) == 3
+    quick = load_suite("quick")
+    assert quick.seeds == [0] and "one seed" in quick.description and quick.eval.images_per_prompt >= 2
+
+
+def test_small_evaluation_with_several_seeds_warns(recwarn):
+    parse_suite(_base(seeds=[0], eval={"prompt_sets": ["unseen"], "images_per_prompt": 1}))  # one seed: no warning
+    parse_suite(_base(seeds=[0, 1], eval={"prompt_sets": ["unseen"], "images_per_prompt": 7}))  # 40 x 7 = 280
+    assert not [w for w in recwarn if "fewer than 256" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"2 seeds but evaluates fewer than 256 images per prompt set: seen \(128\), unseen \(80\)"):
+        parse_suite(_base(seeds=[0, 1], eval={"prompt_sets": ["seen", "unseen"], "images_per_prompt": 2}))
+
+
 def test_eval_points():
     s = parse_suite(_base(samples=100, eval_interval=32))
     assert s.eval_interval_points(16) == [32, 64, 96, 112]
@@ -118,7 +141,7 @@ train_batch_size = 2
 [eval]
 steps = [1, 2]
 prompt_sets = ["{prompts}"]
-images_per_prompt = 1
+images_per_prompt = 2
 grid_images = 2
 ''')
     return f
@@ -152,6 +175,28 @@ def test_bench_resume_after_kill_equals_uninterrupted(tiny_random_folders, tmp_p
     assert (cell / "DONE").exists() and (cell / "images" / "steps_2.png").exists()
     pre = read_lines(tmp_path / "full" / "mini" / "pretrained" / "eval.jsonl")
     assert {r["steps"] for r in pre} == {1, 2} and all(r["samples"] == 0 for r in pre)
+    # provenance: the same setting in two processes (full, killed + resumed) gives the same
+    # hashes (a == b above); LoRA weights differ between points, the setting does not
+    by_point = {}
+    for r in a:
+        by_point.setdefault((r["steps"], r["eval_reward"]), {})[r["samples"]] = r
+    for (steps, rew), points in by_point.items():
+        assert len({r["hash"] for r in points.values()}) == 3
+        assert len({r["setting_hash"] for r in points.values()}) == 1
+        base = next(r for r in pre if r["steps"] == steps and r["eval_reward"] == rew)
+        assert base["setting_hash"] == points[48]["setting_hash"] and base["hash"] != points[48]["hash"]
+        assert base["provenance"]["lora_checksum"] is None and points[48]["provenance"]["lora_checksum"]
+    for r in a + pre:  # jpeg has no backbone: the fallback pixel space; 3 prompts x 2 images
+        assert r["diversity_space"] == "pixels-16x16" and 0 < r["diversity"] < 2 and r["n"] == 6
+    scores = json.loads((full_cell / "scores.json").read_text())
+    assert set(scores) == {f"{tmp_path / 'prompts.txt'}|jpeg_compressibility|{n}" for n in (1, 2)}
+    final = {r["steps"]: r for r in a if r["samples"] == 48}
+    for key, values in scores.items():
+        assert len(values) == 6 and abs(sum(values) / 6 - final[int(key.rsplit("|", 1)[1])]["mean"]) < 1e-9
+    from alignzoo.reports.results import load_results  # the reports read the new keys alongside the old ones
+
+    evals = load_results(tmp_path / "full" / "mini").evals
+    assert evals["diversity"].notna().all() and evals["setting_hash"].nunique() == 2
     # rerunning a finished suite does no work and changes nothing
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
     assert strip(read_lines(full_cell / "eval.jsonl")) == a

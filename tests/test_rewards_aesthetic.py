@@ -165,3 +165,14 @@ def test_clip_folder_without_weights_file(weights, tmp_path):
     (partial / "config.json").write_text((weights["clip_dir"] / "config.json").read_text())
     with pytest.raises(MissingWeightsError, match="model.safetensors"):
         get_reward("aesthetic", weights=str(weights["mlp_file"]), clip_path=str(partial))
+
+
+def test_features_are_the_clip_embedding_the_score_reads(weights, reward):
+    x = _images()
+    clip = weights["clip"]
+    with torch.no_grad():  # CLIP's projected image embedding of the reward's own preprocessing
+        emb = clip.visual_projection(clip.vision_model(pixel_values=reward.transform(x)).pooler_output)
+    f = reward.features(x)
+    assert reward.feature_space == "clip-vit-l-14" and f.shape == emb.shape
+    torch.testing.assert_close(f, emb / emb.norm(dim=-1, keepdim=True), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reward.mlp(f), reward(x), rtol=1e-5, atol=1e-5)

@@ -152,3 +152,17 @@ def test_offline_without_weights(tmp_path, monkeypatch):
         assert part in msg
     with pytest.raises(MissingWeightsError, match="HPS_v2_compressed.pt"):
         get_reward("hpsv2", version="v2")
+
+
+def test_features_are_the_normalised_image_embedding(reward):
+    import open_clip
+
+    x = _images()
+    prompts = ["a red cat", "a dog", "two birds", "a cat"]
+    f = reward.features(x)
+    with torch.no_grad():
+        img = reward.model.encode_image(reward.transform(x))
+        txt = reward.model.encode_text(open_clip.get_tokenizer(TINY)(prompts), normalize=True)
+    assert reward.feature_space == "hpsv2.1-clip-vit-h-14" and f.shape == img.shape
+    torch.testing.assert_close(f, F.normalize(img, dim=-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close((f * txt).sum(-1), reward(x, prompts), rtol=1e-5, atol=1e-5)  # the score is its cosine with the text

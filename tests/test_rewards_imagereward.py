@@ -406,3 +406,14 @@ def test_real_size_geometry_is_inferred():
     cfg = vision_config_from_state_dict(sd)
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.image_size, cfg.intermediate_size) == (1024, 24, 16, 224, 4096)
     assert np.isclose(cfg.layer_norm_eps, 1e-6)
+
+
+def test_features_are_the_vision_towers_cls_token(official, reward):
+    x = _images()
+    pixels = reward.transform(x)
+    sd = {k: v.float() for k, v in official["sd"].items()}
+    with torch.no_grad():
+        ref = official_vit(sd, pixels, heads=2)[:, 0]
+    f = reward.features(x)
+    assert reward.feature_space == "imagereward-blip-vit-l" and f.shape == (4, 128)
+    torch.testing.assert_close(f, ref, rtol=1e-4, atol=1e-4)

@@ -159,3 +159,13 @@ def test_offline_without_weights(no_hub, weights):
         assert part in msg
     with pytest.raises(MissingWeightsError, match="openai/clip-vit-large-patch14"):
         get_reward("pickscore", weights=str(weights["folder"]), sdpo_variant=True)
+
+
+def test_features_are_the_normalised_image_embedding(weights, reward):
+    x = _images()
+    model = weights["model"]
+    with torch.no_grad():  # PickScore's projected image embedding of the reward's own preprocessing
+        emb = model.visual_projection(model.vision_model(pixel_values=reward.transform(x)).pooler_output)
+    f = reward.features(x)
+    assert reward.feature_space == "pickscore-clip-vit-h-14" and f.shape == emb.shape
+    torch.testing.assert_close(f, emb / emb.norm(dim=-1, keepdim=True), rtol=1e-5, atol=1e-5)

@@ -4,15 +4,20 @@ Every method is evaluated on the same prompts with the same initial noise: the n
 of prompt p depends only on (seed, prompt set, p, k) and the latent shape, never on the model,
 so per-image differences to the pretrained model are paired (TINYWORLD_NOTES: the paired
 standard error is far smaller than that of two independent means).
+
+Diversity (:func:`pairwise_diversity`) is measured on the same images, once per (prompt set,
+step count), in one feature space per suite (:func:`feature_space`), so collapse shows beside
+the rewards.
 """
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from alignzoo.models.sampling import decode_steps, sample
 
@@ -29,11 +34,18 @@ class EvalResult:
     reward: str
     steps: int
     scores: np.ndarray  # (n_images,) per-image scores, row order of evaluation_noise
+    diversity: np.ndarray | None = None  # (n_prompts,) per-prompt mean pairwise distance; None: < 2 images per prompt
+    diversity_space: str | None = None
 
     def summary(self, baseline: np.ndarray | None = None) -> dict:
         n = len(self.scores)
         out = {"prompt_set": self.prompt_set, "eval_reward": self.reward, "steps": self.steps, "mean": float(self.scores.mean()),
-               "std": float(self.scores.std(ddof=1)) if n > 1 else 0.0, "n": n, "diff_mean": None, "diff_se": None}
+               "std": float(self.scores.std(ddof=1)) if n > 1 else 0.0, "n": n, "diff_mean": None, "diff_se": None,
+               "diversity": None, "diversity_se": None, "diversity_space": self.diversity_space}
+        if self.diversity is not None:
+            d = self.diversity
+            out["diversity"] = float(d.mean())
+            out["diversity_se"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
         if baseline is not None:
             d = self.scores - baseline
             out["diff_mean"] = float(d.mean())
@@ -41,11 +53,56 @@ class EvalResult:
         return out
 
 
+PIXEL_SPACE = "pixels-16x16"
+
+
+def pixel_features(images: torch.Tensor) -> torch.Tensor:
+    """The fallback feature space: images area-averaged to 16×16, in [-1, 1], flattened (N, 768).
+    Centred at 0 so that the cosine compares deviations from mid-grey, not the (always
+    positive) pixel values themselves."""
+    return (F.adaptive_avg_pool2d(images.float(), 16) * 2 - 1).flatten(1)
+
+
+def feature_space(rewards: Mapping[str, torch.nn.Module]) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The suite's diversity space: the first reward (in the suite's order) with a feature
+    backbone (``feature_space`` set), else :func:`pixel_features`. Chosen from the suite's reward
+    list alone, so every cell and the pretrained model are measured in the same space."""
+    for reward in rewards.values():
+        if getattr(reward, "feature_space", None):
+            return reward.feature_space, lambda x, r=reward: r.features(x.to(r.device)).float().cpu()
+    return PIXEL_SPACE, lambda x: pixel_features(x).cpu()
+
+
+def pairwise_diversity(features: torch.Tensor, images_per_prompt: int) -> np.ndarray | None:
+    """Per-prompt diversity: the mean over the K(K-1)/2 pairs of images of one prompt of
+    ``1 - cos(f_i, f_j)`` (cosine of the features, i.e. the dot product after L2 normalisation).
+
+    ``features``: (P·K, D), rows prompt-major (row = p·K + k, the evaluation's order). Returns
+    (P,) values in [0, 2] (0: identical images, also when their features are all zero, where the
+    cosine is undefined); None when K < 2. The reported diversity is
+    their mean over prompts, and its standard error is over prompts.
+    """
+    k = int(images_per_prompt)
+    if k < 2:
+        return None
+    if features.ndim != 2 or features.shape[0] % k:
+        raise ValueError(f"features must be (n_prompts * {k}, D), got shape {tuple(features.shape)}")
+    raw = features.double().reshape(-1, k, features.shape[1])
+    f = F.normalize(raw, dim=-1)
+    dist = 1.0 - f @ f.transpose(1, 2)  # (P, K, K)
+    dist[torch.cdist(raw, raw) == 0] = 0.0  # identical features are at distance 0, zero vectors included
+    return (dist.sum((1, 2)) / (k * (k - 1))).numpy()  # the diagonal is 0: the mean over ordered pairs i != j
+
+
 @torch.no_grad()
 def evaluate(model, rewards: dict, prompt_sets: dict[str, list[str]], steps: Sequence[int], images_per_prompt: int = 2, eta: float = 0.0,
-             seed: int = 1234, batch_size: int = 64, keep_images: int = 0, image_prompt_set: str | None = None):
+             seed: int = 1234, batch_size: int = 64, keep_images: int = 0, image_prompt_set: str | None = None,
+             features: tuple[str, Callable] | None = None):
     """Returns (results, strips): EvalResults for every (prompt set, reward, steps), and for the
-    first ``keep_images`` images of ``image_prompt_set`` the images at each step count (S, K, 3, H, W)."""
+    first ``keep_images`` images of ``image_prompt_set`` the images at each step count (S, K, 3, H, W).
+
+    ``features`` = (space name, images -> (N, D)) adds the per-prompt diversity of each (prompt
+    set, steps) to its results (:func:`pairwise_diversity`; ``feature_space`` picks the suite's)."""
     results: list[EvalResult] = []
     strips = {}
     for set_name, prompts in prompt_sets.items():
@@ -59,9 +116,12 @@ def evaluate(model, rewards: dict, prompt_sets: dict[str, list[str]], steps: Seq
                 traj = sample(model, part, n, eta=eta, generator=gen, init_noise=noise[start:start + batch_size])
                 images.append(decode_steps(model, traj, [-1])[:, 0])
             images = torch.cat(images)
+            diversity, space = None, features[0] if features is not None else None
+            if features is not None and images_per_prompt >= 2:
+                diversity = pairwise_diversity(torch.cat([features[1](images[i:i + batch_size]) for i in range(0, len(expanded), batch_size)]), images_per_prompt)
             for rname, reward in rewards.items():
                 scores = torch.cat([reward(images[i:i + batch_size].to(reward.device), expanded[i:i + batch_size]) for i in range(0, len(expanded), batch_size)])
-                results.append(EvalResult(set_name, rname, int(n), scores.cpu().numpy().astype(np.float64)))
+                results.append(EvalResult(set_name, rname, int(n), scores.cpu().numpy().astype(np.float64), diversity, space))
             if keep_images and set_name == (image_prompt_set or next(iter(prompt_sets))):
                 strips[int(n)] = images[:keep_images].cpu()
     return results, strips

@@ -3,12 +3,21 @@
 Layout of ``runs/<suite>/`` (read by :mod:`alignzoo.reports`)::
 
     suite.toml                     the parsed suite
-    pretrained/eval.jsonl          the pretrained model's evaluation (+ scores.json, images/)
-    <algo>__<reward>__seed<S>/     log.jsonl (trainer), eval.jsonl, checkpoints/, final/, images/, DONE
+    pretrained/eval.jsonl          the pretrained model's evaluation (+ scores.json, diversity.json, images/)
+    <algo>__<reward>__seed<S>/     log.jsonl (trainer), eval.jsonl, checkpoints/, final/, images/,
+                                   scores.json, diversity.json (final evaluation point), DONE
+
+``scores.json`` = ``{"<prompt_set>|<eval_reward>|<steps>": [per-image scores]}`` in evaluation row
+order (row = prompt_index · images_per_prompt + k), for paired bootstraps over seeds and
+prompts × noises; ``diversity.json`` = ``{"<prompt_set>|<steps>": [per-prompt diversity]}``.
+Every cell is evaluated on every reward of the suite (its trained one and the held-out ones), and
+each line carries ``provenance``/``hash``/``setting_hash`` (:mod:`.provenance`) and the diversity
+of its (prompt set, steps) in the suite's one feature space (:func:`.evaluation.feature_space`).
 
 Each evaluation point's lines are appended in one write and fsync'ed, so a kill never leaves a
 half-written line; rerunning skips finished cells (DONE) and resumes an unfinished one from its
-last checkpoint (one per epoch), dropping evaluation lines newer than that checkpoint.
+last checkpoint (one per epoch), dropping evaluation lines newer than that checkpoint. The final
+point writes scores.json before its lines, so a cell whose final lines exist has its scores.
 """
 from __future__ import annotations
 
@@ -20,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignzoo.benchmarks.evaluation import evaluate
+from alignzoo.benchmarks.evaluation import evaluate, feature_space
 from alignzoo.benchmarks.prompts import get_prompts
 from alignzoo.benchmarks.suites import Suite, suite_to_toml
 
@@ -52,6 +61,13 @@ def read_lines(path: Path) -> list[dict]:
 def rewrite_lines(path: Path, records: list[dict]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    """Atomic JSON write (a kill leaves the old file or the new one, never half of one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
 
 
@@ -101,12 +117,33 @@ class BenchmarkRunner:
             return float(algo_cfg.eta if algo_cfg is not None else 1.0)
         return float(eta)
 
-    def run_eval(self, model, eta: float, keep_images: bool):
+    def run_eval(self, model, eta: float, keep_images: bool, fields: dict, baseline: dict | None = None):
+        """Evaluates ``model`` on every prompt set × reward × step count of the suite. Returns
+        (lines, scores, diversity, strips): the eval.jsonl lines (``fields`` first, then the
+        summary, provenance and hashes), scores.json's and diversity.json's contents and the
+        image strips."""
         ev = self.suite.eval
-        for r in self.rewards().values():
+        rewards = self.rewards()
+        for r in rewards.values():
             r.reset_counters()
-        return evaluate(model, self.rewards(), self.prompt_sets, ev.steps, ev.images_per_prompt, eta, ev.seed, ev.batch_size,
-                        keep_images=ev.grid_images if keep_images else 0)
+        from alignzoo.benchmarks.provenance import ProvenanceBuilder
+
+        # before sampling: the LoRA checksum of the weights that make these images
+        prov = ProvenanceBuilder(model, rewards, self.suite.reward_args, self.prompt_sets, ev.images_per_prompt, eta, ev.seed, ev.batch_size)
+        t0 = time.perf_counter()
+        results, strips = evaluate(model, rewards, self.prompt_sets, ev.steps, ev.images_per_prompt, eta, ev.seed, ev.batch_size,
+                                   keep_images=ev.grid_images if keep_images else 0, features=feature_space(rewards))
+        seconds = round(time.perf_counter() - t0, 3)
+        lines, scores, diversity = [], {}, {}
+        for r in results:
+            key = _key(r.prompt_set, r.reward, r.steps)
+            base = (baseline or {}).get(key)
+            lines.append({**fields, **r.summary(np.asarray(base) if base is not None else None), "eval_seconds": seconds,
+                          **prov.line(r.prompt_set, r.reward, r.steps)})
+            scores[key] = r.scores.tolist()
+            if r.diversity is not None:
+                diversity[f"{r.prompt_set}|{r.steps}"] = r.diversity.tolist()
+        return lines, scores, diversity, strips
 
     # ---------------------------------------------------------------------------- the run
     def run(self, only: dict[str, set[str]] | None = None) -> Path:
@@ -143,15 +180,13 @@ class BenchmarkRunner:
             return json.loads(scores_path.read_text())
         d.mkdir(parents=True, exist_ok=True)
         model = self.load_model()
-        t0 = time.perf_counter()
-        results, strips = self.run_eval(model, self.eval_eta(), keep_images=True)
-        seconds = time.perf_counter() - t0
-        scores = {_key(r.prompt_set, r.reward, r.steps): r.scores.tolist() for r in results}
+        fields = {"cell": "pretrained", "algo": "pretrained", "train_reward": None, "seed": None, "samples": 0}
+        lines, scores, diversity, strips = self.run_eval(model, self.eval_eta(), keep_images=True, fields=fields)
         for n, imgs in strips.items():
             save_strip(imgs, d / "images" / f"steps_{n}.png")
-        lines = [{"cell": "pretrained", "algo": "pretrained", "train_reward": None, "seed": None, "samples": 0, **r.summary(), "eval_seconds": round(seconds, 3)} for r in results]
         rewrite_lines(d / "eval.jsonl", lines)
-        scores_path.write_text(json.dumps(scores))
+        write_json(scores_path, scores)
+        write_json(d / "diversity.json", diversity)
         (d / "DONE").write_text("ok")
         return scores
 
@@ -179,18 +214,14 @@ class BenchmarkRunner:
             if samples in evaluated or samples not in points:
                 return
             tr.model.unet.eval()
-            t0 = time.perf_counter()
             final = samples == points[-1]
-            results, strips = self.run_eval(tr.model, eta, keep_images=final)
-            seconds = time.perf_counter() - t0
-            if final:
+            fields = {"cell": d.name, "algo": algo, "train_reward": reward, "seed": seed, "samples": samples, "epoch": tr.epoch}
+            lines, scores, diversity, strips = self.run_eval(tr.model, eta, keep_images=final, fields=fields, baseline=baseline)
+            if final:  # per-image scores before the lines: a cell with final lines always has them
                 for n, imgs in strips.items():
                     save_strip(imgs, d / "images" / f"steps_{n}.png")
-            lines = []
-            for r in results:
-                base = baseline.get(_key(r.prompt_set, r.reward, r.steps))
-                lines.append({"cell": d.name, "algo": algo, "train_reward": reward, "seed": seed, "samples": samples, "epoch": tr.epoch,
-                              **r.summary(np.asarray(base) if base is not None else None), "eval_seconds": round(seconds, 3)})
+                write_json(d / "scores.json", scores)
+                write_json(d / "diversity.json", diversity)
             append_lines(eval_path, lines)
             evaluated.add(samples)
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignzoo.registry import Registry
 
 SUITE_DIR = Path(__file__).resolve().parent / "suites"
+MIN_EVAL_IMAGES = 256  # per (cell, step count, prompt set) for seed-level intervals (issue 12)
 SUITES: Registry = Registry("suite")
 
 TOP_KEYS = {"name", "description", "model", "model_path", "lcm_schedule", "algorithms", "rewards", "seeds", "samples", "eval_interval", "train_prompts", "train", "algo", "algo_reward", "eval", "reward_args"}
@@ -211,7 +213,26 @@ def parse_suite(data: dict, source: str | None = None) -> Suite:
         _check_names("reward", per_reward, suite.rewards, name)
     for a, r, _seed in suite.cells():  # validates every override now, not hours into the run
         suite.algo_config(a, r)
+    _warn_small_eval(suite)
     return suite
+
+
+def _warn_small_eval(suite: Suite) -> None:
+    """A suite with several seeds exists to give intervals over seeds and prompts × noises; a
+    prompt set with fewer than MIN_EVAL_IMAGES evaluation images makes them wide: warn."""
+    from alignzoo.benchmarks.prompts import get_prompts
+
+    if len(suite.seeds) < 2:
+        return
+    ev = suite.eval
+    small = []
+    for p in ev.prompt_sets:
+        n = min(len(get_prompts(p)), ev.prompts_per_set or 10**9) * ev.images_per_prompt
+        if n < MIN_EVAL_IMAGES:
+            small.append(f"{p} ({n})")
+    if small:
+        warnings.warn(f"suite {suite.name!r} runs {len(suite.seeds)} seeds but evaluates fewer than {MIN_EVAL_IMAGES} images per "
+                      f"prompt set: {', '.join(small)}; raise [eval] images_per_prompt or prompts_per_set", UserWarning, stacklevel=3)
 
 
 def load_suite(name_or_path: str) -> Suite:

@@ -134,6 +134,7 @@ class AestheticReward(Reward):
     reads_prompt = False
     weights_source = f"{CLIP_L14_ID} + {MLP_OFFICIAL_FILE} (hub copy: {MLP_REPO}/{MLP_HUB_FILE})"
     supports_grad = True
+    feature_space = "clip-vit-l-14"  # OpenAI CLIP ViT-L/14's projected image embedding
 
     def __init__(
         self,
@@ -163,6 +164,9 @@ class AestheticReward(Reward):
         pixels = self.transform(images.to(self.device)).to(self.dtype)
         emb = self.clip(pixel_values=pixels).image_embeds.float()
         return emb / emb.norm(dim=-1, keepdim=True)
+
+    def embed_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images)
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return self.mlp(self.embed(images)).to(images.device)

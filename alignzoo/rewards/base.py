@@ -81,12 +81,15 @@ class Reward(torch.nn.Module):
       reads_prompt    whether the score depends on the prompt
       weights_source  where its weights come from (hub id, file, "none", "trained by alignzoo")
       supports_grad   whether ``differentiable=True`` can give gradients w.r.t. the images
+      feature_space   name of the space :meth:`features` maps images into (the reward's image
+                      backbone), None for rewards without one; the benchmarks measure diversity there
     """
 
     name: str = "reward"
     reads_prompt: bool = False
     weights_source: str = "none"
     supports_grad: bool = True
+    feature_space: str | None = None
 
     def __init__(self, device: str | torch.device | None = None, differentiable: bool = False):
         super().__init__()
@@ -129,6 +132,18 @@ class Reward(torch.nn.Module):
         self.images_scored += int(images.shape[0])
         self.seconds += time.perf_counter() - start
         return scores
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D) float32 image features of the reward's backbone (no gradients; not counted as
+        reward queries). Rewards without a backbone (``feature_space`` None) raise ValueError."""
+        if not self.feature_space:
+            raise ValueError(f"reward {self.name!r} has no image feature backbone (feature_space is None)")
+        validate_inputs(images, None, needs_prompts=False)
+        with torch.inference_mode():
+            return self.embed_features(images).reshape(images.shape[0], -1).float()
+
+    def embed_features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def reset_counters(self) -> None:
         self.images_scored = 0

@@ -108,6 +108,10 @@ class HPSv2Reward(Reward):
     weights_source = f"{HPS_REPO} ({HPS_FILES['v2.1']} or {HPS_FILES['v2']}) on open_clip {HPS_ARCH}"
     supports_grad = True
 
+    @property
+    def feature_space(self) -> str:  # HPS's fine-tuned open_clip image tower (per version)
+        return f"hps{self.version}-clip-vit-h-14"
+
     def __init__(
         self,
         device=None,
@@ -127,6 +131,10 @@ class HPSv2Reward(Reward):
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.transform = openclip_transform(self.model)
         self.to(self._device)
+
+    def embed_features(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = self.transform(images.to(self.device)).to(self.dtype)
+        return self.model.encode_image(pixels, normalize=True).float()
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         pixels = self.transform(images.to(self.device)).to(self.dtype)

@@ -309,6 +309,7 @@ class ImageRewardReward(Reward):
     reads_prompt = True
     weights_source = f"{IMAGEREWARD_REPO} (ImageReward.pt, med_config.json) + {BERT_REPO} tokenizer"
     supports_grad = True
+    feature_space = "imagereward-blip-vit-l"  # the [CLS] token of ImageReward's BLIP ViT-L vision tower
 
     def __init__(
         self,
@@ -344,6 +345,10 @@ class ImageRewardReward(Reward):
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=MAX_TEXT_LENGTH, return_tensors="pt")
         return t["input_ids"].to(self.device), t["attention_mask"].to(self.device)
+
+    def embed_features(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = self.transform(images.to(self.device)).to(self.dtype)
+        return self.model.vision(pixel_values=pixels).last_hidden_state[:, 0].float()
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         pixels = self.transform(images.to(self.device)).to(self.dtype)

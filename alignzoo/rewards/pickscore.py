@@ -74,6 +74,7 @@ class PickScoreReward(Reward):
     reads_prompt = True
     weights_source = f"{PICKSCORE_ID} + processor {PROCESSOR_ID}"
     supports_grad = True
+    feature_space = "pickscore-clip-vit-h-14"  # PickScore's fine-tuned CLIP-H image embedding
 
     def __init__(
         self,
@@ -104,6 +105,9 @@ class PickScoreReward(Reward):
         pixels = self.transform(images.to(self.device)).to(self.dtype)
         emb = self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output).float()
         return emb / emb.norm(dim=-1, keepdim=True)
+
+    def embed_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_embeds(images)
 
     def text_embeds(self, prompts: Sequence[str]) -> torch.Tensor:
         t = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")

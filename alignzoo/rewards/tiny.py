@@ -86,6 +86,15 @@ class _TinyNetReward(Reward):
         x = _resize(images.to(self.device, torch.float32))
         return self.net(x)
 
+    @property
+    def feature_space(self) -> str:
+        return f"{self.name}.backbone"
+
+    def embed_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The shared trunk's output (conv stack + hidden layer, before the heads): (B, hidden)."""
+        x = _resize(images.to(self.device, torch.float32))
+        return self.net.mlp(self.net.features(x * 2 - 1))
+
 
 @register_reward("tiny_alignment", "tiny world: mean probability of the prompt's colour/shape/count/position")
 class TinyAlignmentReward(_TinyNetReward):
