@@ -1,8 +1,10 @@
 """Cells in parallel: ``--workers 2`` and the Ray executor give a one-thread sequential run's
 numbers, skip finished cells, and a failing cell names itself without stopping the others."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -70,11 +72,29 @@ def sequential(two_cell_suite, tmp_path_factory):
     return numbers
 
 
-def test_two_workers_equal_one(two_cell_suite, sequential, tmp_path):
-    res = _bench(two_cell_suite, tmp_path, "--workers", "2")
+def _pool_workers(pid):
+    """The spawned pool workers among a process's children (not multiprocessing's resource tracker)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        kids = [int(c) for c in f.read().split()]
+    return [k for k in kids if b"spawn_main" in open(f"/proc/{k}/cmdline", "rb").read()]
+
+
+def test_two_workers_equal_one_and_a_killed_worker_resumes(two_cell_suite, sequential, tmp_path):
+    cmd = [sys.executable, "-m", "alignzoo", "bench", str(two_cell_suite), "--runs", str(tmp_path), "--no-progress", "--workers", "2"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cells = [tmp_path / "duo" / c for c in CELLS]
+    deadline = time.time() + 300
+    while not any((c / "checkpoints" / "epoch_00001").exists() for c in cells) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the suite finished before a worker could be killed"
+    os.kill(_pool_workers(proc.pid)[0], signal.SIGKILL)  # as the out-of-memory killer would
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "a worker process died" in err, err
+    assert not all((c / "DONE").exists() for c in cells)
+    res = _bench(two_cell_suite, tmp_path, "--workers", "2")  # the same command resumes the killed cells
     assert res.returncode == 0, res.stderr
-    assert "2 cells on 2 worker processes" in res.stdout
-    assert "[1/2]" in res.stdout and "[2/2]" in res.stdout
+    assert "worker processes, one thread each" in res.stdout and "[1/" in res.stdout
     assert _numbers(tmp_path / "duo") == sequential
 
 

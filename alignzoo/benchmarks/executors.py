@@ -111,15 +111,22 @@ def run_local_pool(suite, root: Path, device: str, cells: list, workers: int, on
     """Pretrained evaluation, then the cells, on ``workers`` spawned one-thread processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    from alignzoo.benchmarks.runner import cell_name
 
     with one_thread_env(), ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                                initializer=pin_one_thread) as pool:
         baseline = pool.submit(pretrained_job, suite, str(root), device).result()
-        futures = [pool.submit(cell_job, suite, str(root), device, c, baseline) for c in cells]
+        futures = {pool.submit(cell_job, suite, str(root), device, c, baseline): c for c in cells}
         try:
             for fut in as_completed(futures):
                 on_result(fut.result())
-        except BaseException:  # Ctrl-C or a dead worker: drop queued cells, leave finished work
+        except BrokenProcessPool:  # a worker was killed (e.g. out of memory): the pool cannot go on
+            left = [cell_name(*c) for f, c in futures.items() if f.cancelled() or not f.done() or f.exception() is not None]
+            raise CellsFailed(f"a worker process died (killed or out of memory); unfinished cells: {', '.join(left)}. "
+                              "Rerun the same command: they resume from their last checkpoints") from None
+        except BaseException:  # Ctrl-C: drop queued cells, keep finished work (killed cells resume later)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
@@ -136,6 +143,8 @@ def run_ray(suite, root: Path, device: str | None, cells: list, address: str | N
     """Each cell a Ray task with one CPU and the suite's ``gpus_per_cell``; the pretrained
     evaluation a task of the same shape, first. Uses a Ray instance already started in this
     process (``ray.init(...)``), else connects to ``address`` or starts a local one."""
+    from alignzoo.benchmarks.runner import cell_name
+
     ray = _import_ray()
     gpus = float(suite.gpus_per_cell)
     # the driver may sit on a CPU-only head node: the device follows what the task is given
@@ -148,13 +157,21 @@ def run_ray(suite, root: Path, device: str | None, cells: list, address: str | N
         opts = dict(num_cpus=1, num_gpus=gpus)
         pre = ray.remote(**opts)(pretrained_job)
         job = ray.remote(**opts)(cell_job)  # Ray retries a task whose worker died; it resumes from its checkpoint
-        baseline = ray.get(pre.remote(suite, str(root), device))
+        try:
+            baseline = ray.get(pre.remote(suite, str(root), device))
+        except ray.exceptions.RayTaskError as err:  # e.g. missing weights: the user's error, not Ray's traceback
+            raise (err.cause if isinstance(err.cause, Exception) else err) from None
         base_ref = ray.put(baseline)
-        pending = [job.remote(suite, str(root), device, c, base_ref) for c in cells]
+        pending = {job.remote(suite, str(root), device, c, base_ref): c for c in cells}
         try:
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                on_result(ray.get(ready[0]))
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                cell = pending.pop(ready[0])
+                try:
+                    res = ray.get(ready[0])
+                except ray.exceptions.RayError as err:  # the worker or its node died more often than Ray retries
+                    res = {"cell": cell_name(*cell), "ok": False, "seconds": 0.0, "error": f"{type(err).__name__}: {err}".splitlines()[0]}
+                on_result(res)
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=True)
