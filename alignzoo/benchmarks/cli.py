@@ -9,9 +9,17 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--estimate", action="store_true", help="print the estimated cost and exit")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--workers", type=int, default=None,
+                   help="run N cells at once on this machine, one process and one thread each (default: one at a time, in this process)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="ray: each cell a Ray task with one CPU and the suite's gpus_per_cell (pip install 'alignzoo[ray]')")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join (e.g. auto, or HOST:6379); default: a local Ray instance")
 
 
 def run_bench(args) -> int:
+    import sys
+
+    from alignzoo.benchmarks.executors import CellsFailed
     from alignzoo.benchmarks.runner import BenchmarkRunner, parse_only
     from alignzoo.benchmarks.suites import load_suite
 
@@ -22,7 +30,11 @@ def run_bench(args) -> int:
             print(f"{k}: {v:,}")
         return 0
     runner = BenchmarkRunner(suite, args.runs, device=args.device, progress=not args.no_progress)
-    out = runner.run(only)
+    try:
+        out = runner.run(only, workers=args.workers, executor=args.executor, ray_address=args.ray_address)
+    except CellsFailed as err:
+        print(f"alignzoo bench: {err}", file=sys.stderr)
+        return 1
     print(f"results: {out}  (report: alignzoo report {out})")
     return 0
 

@@ -89,6 +89,7 @@ class BenchmarkRunner:
         self.suite = suite
         self.dir = Path(root) / suite.name
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device_requested = device  # Ray: None lets each task's GPUs decide
         self.progress = progress
         self.log = log
         ev = suite.eval
@@ -146,7 +147,20 @@ class BenchmarkRunner:
         return lines, scores, diversity, strips
 
     # ---------------------------------------------------------------------------- the run
-    def run(self, only: dict[str, set[str]] | None = None) -> Path:
+    def run(self, only: dict[str, set[str]] | None = None, workers: int | None = None, executor: str = "local",
+            ray_address: str | None = None) -> Path:
+        """Runs the selected cells: in this process (default), on ``workers`` one-thread processes,
+        or as Ray tasks (:mod:`alignzoo.benchmarks.executors`). Finished cells (DONE) are skipped;
+        a failed cell does not stop the others, and :class:`CellsFailed` names it at the end."""
+        from alignzoo.benchmarks.executors import EXECUTORS, CellsFailed, attempt_cell, run_local_pool, run_ray
+
+        if executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {executor!r}; known executors: {', '.join(EXECUTORS)}")
+        if workers is not None and (executor != "local" or workers < 1):
+            raise ValueError("--workers must be >= 1 and applies to the local executor (Ray runs as many cells at once as the cluster's CPUs/GPUs allow)")
+        if ray_address and executor != "ray":
+            raise ValueError("--ray-address needs --executor ray")
+        workers = workers or 1
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "suite.toml").write_text(suite_to_toml(self.suite))
         cost = self.suite.estimated_cost()
@@ -154,21 +168,46 @@ class BenchmarkRunner:
                  f"{cost['unet_evals_training']:,} (training) + {cost['unet_evals_evaluation']:,} (evaluation), reward queries "
                  f"{cost['reward_queries_training']:,} + {cost['reward_queries_evaluation']:,}")
         start = time.perf_counter()
-        baseline = self.pretrained()
         cells = [c for c in self.suite.cells() if _selected(c, only)]
+        todo = [c for c in cells if not (self.dir / cell_name(*c) / "DONE").exists()]
+        if len(todo) < len(cells):
+            self.log(f"{len(cells) - len(todo)} of {len(cells)} cells finished before (DONE): not rerun")
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(cells), desc=f"bench {self.suite.name}", unit="cell", position=0, dynamic_ncols=True)
-        for algo, reward, seed in cells:
-            if bar is not None:
-                bar.set_postfix_str(cell_name(algo, reward, seed))
-            self.run_cell(algo, reward, seed, baseline)
+            bar = tqdm(total=len(todo), desc=f"bench {self.suite.name}", unit="cell", position=0, dynamic_ncols=True)
+        say = bar.write if bar is not None else self.log
+        finished, failed = [], []
+
+        def on_result(res: dict) -> None:
+            finished.append(res)
+            where = f"[{len(finished)}/{len(todo)}] {res['cell']}"
+            if res["ok"]:
+                say(f"{where} done in {res['seconds']:.0f} s")
+            else:
+                failed.append(res)
+                say(f"{where} FAILED after {res['seconds']:.0f} s: {res['error']} (traceback: {self.dir / res['cell'] / 'error.txt'})")
             if bar is not None:
                 bar.update(1)
+
+        if executor == "ray" and todo:
+            run_ray(self.suite, self.dir, self.device_requested, todo, ray_address, on_result)
+        elif workers > 1 and todo:
+            say(f"{len(todo)} cells on {min(workers, len(todo))} worker processes, one thread each")
+            run_local_pool(self.suite, self.dir, self.device, todo, min(workers, len(todo)), on_result)
+        else:
+            baseline = self.pretrained()
+            for cell in todo:
+                if bar is not None:
+                    bar.set_postfix_str(cell_name(*cell))
+                on_result(attempt_cell(self, cell, baseline))
         if bar is not None:
             bar.close()
+        if failed:
+            names = "; ".join(f"{r['cell']} ({r['error']})" for r in failed)
+            raise CellsFailed(f"{len(failed)} of {len(todo)} cells failed: {names}. Tracebacks in <cell>/error.txt; "
+                              f"rerun the same command to retry them (finished cells are kept)")
         self.log(f"suite {self.suite.name} done in {time.perf_counter() - start:.0f} s: {self.dir}")
         return self.dir
 

@@ -9,6 +9,7 @@ user's own file works too. Schema (every key optional except model, algorithms, 
     algorithms = ["ddpo", "sdpo"]     rewards = ["tiny_alignment"]
     seeds = [0]                       samples = 512                     # budget per cell (images)
     eval_interval = 256               train_prompts = "seen"
+    gpus_per_cell = 0                 # GPUs a cell asks for under --executor ray (may be fractional)
     [train]        shared algorithm-config overrides (num_steps, samples_per_epoch, ...)
     [algo.<name>]  per-algorithm overrides, e.g. [algo.sdpo] learning_rate = 1e-3
     [eval]         steps = [1, 2, 4, 8, 16, 50], prompt_sets = ["seen", "unseen"],
@@ -31,7 +32,8 @@ SUITE_DIR = Path(__file__).resolve().parent / "suites"
 MIN_EVAL_IMAGES = 256  # per (cell, step count, prompt set) for seed-level intervals (issue 12)
 SUITES: Registry = Registry("suite")
 
-TOP_KEYS = {"name", "description", "model", "model_path", "lcm_schedule", "algorithms", "rewards", "seeds", "samples", "eval_interval", "train_prompts", "train", "algo", "algo_reward", "eval", "reward_args"}
+TOP_KEYS = {"name", "description", "model", "model_path", "lcm_schedule", "algorithms", "rewards", "seeds", "samples", "eval_interval", "train_prompts",
+            "gpus_per_cell", "train", "algo", "algo_reward", "eval", "reward_args"}
 EVAL_KEYS = {"steps", "prompt_sets", "images_per_prompt", "prompts_per_set", "eta", "seed", "grid_images", "batch_size"}
 
 
@@ -65,6 +67,7 @@ class Suite:
     eval: EvalSpec = field(default_factory=EvalSpec)
     reward_args: dict = field(default_factory=dict)
     source: str | None = None
+    gpus_per_cell: float = 0  # a Ray task's num_gpus (0: CPU cells); the local executor ignores it
 
     def cells(self) -> list[tuple[str, str, int]]:
         return [(a, r, s) for a in self.algorithms for r in self.rewards for s in self.seeds]
@@ -182,8 +185,10 @@ def parse_suite(data: dict, source: str | None = None) -> Suite:
         eval_interval=int(data.get("eval_interval", 0)), train_prompts=data.get("train_prompts", "seen"), train=dict(data.get("train", {})),
         algo={k: dict(v) for k, v in data.get("algo", {}).items()},
         algo_reward={a: {r: dict(v) for r, v in rs.items()} for a, rs in data.get("algo_reward", {}).items()}, eval=EvalSpec(**ev), reward_args={k: dict(v) for k, v in data.get("reward_args", {}).items()},
-        source=source,
+        source=source, gpus_per_cell=data.get("gpus_per_cell", 0),
     )
+    if isinstance(suite.gpus_per_cell, bool) or not isinstance(suite.gpus_per_cell, (int, float)) or suite.gpus_per_cell < 0:
+        raise ValueError(f"suite {name!r}: gpus_per_cell must be a number >= 0 (GPUs per Ray task), got {suite.gpus_per_cell!r}")
     try:
         _check_model(suite.model)
     except ValueError as err:
