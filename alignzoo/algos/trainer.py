@@ -31,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,8 @@ class Trainer:
         self.prompts_per_process = self.algo.prompts_per_epoch(self.world)
         first, per_epoch = self.algo.images_before_training(self.world), self.algo.images_per_epoch(self.world)
         self.num_epochs = max(1, math.ceil((config.samples - first) / per_epoch))  # the budget's epochs, as train() will find them
+        if first + per_epoch > config.samples and acc.is_main_process:
+            print(f"alignzoo: warning: {config.algo} generates {first + per_epoch:,} images in its first epoch, beyond the sample budget {config.samples:,}", file=sys.stderr)
         # generators: shared (same on all processes) and per-process (sampling noise)
         self.shared_rng = np.random.default_rng([config.seed, 0])
         self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 17 + self.rank)
