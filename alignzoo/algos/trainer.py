@@ -169,6 +169,7 @@ class Trainer:
         stats: dict[str, list[float]] = {}
         if self.algo.update_epoch is not None:
             stats = {k: [v] for k, v in self.algo.update_epoch(self, traj, rows, steps, values).items()}
+            self.count(nonfinite_losses=sum(not math.isfinite(v) for v in stats.get("loss", [])))
         else:
             data = self.algo.advantages(traj, rows, steps, values, self.tracker, self.gather)
             data.advantages = data.advantages.to(self.device)
