@@ -99,7 +99,7 @@ def test_rebel_sums_per_trajectory_not_over_the_batch():
 
 
 def test_rebel_plan_items_are_whole_pairs():
-    algo = get_algorithm("rebel")(get_algorithm("rebel").Config(train_batch_size=1))
+    algo = get_algorithm("rebel")(get_algorithm("rebel").Config(train_batch_size=2))  # 2 images = 1 pair per update
     plan = algo.plan(4, 3, np.random.default_rng(0))
     assert len(plan) == 2
     for items in plan:
@@ -218,7 +218,7 @@ def test_sdpo_clipped_max_loss_by_hand():
 
 @pytest.mark.parametrize("order", ["shuffled", "unshuffled", "step_accumulated"])
 def test_sdpo_plan_visits_each_step_of_each_pair_once(order):
-    cfg = get_algorithm("sdpo").Config(train_batch_size=2, gradient_accumulation_steps=1, update_order=order)
+    cfg = get_algorithm("sdpo").Config(train_batch_size=4, gradient_accumulation_steps=1, update_order=order)  # 4 images = 2 pairs
     algo = get_algorithm("sdpo")(cfg)
     b, t = 10, 6  # 5 pairs
     plan = algo.plan(b, t, np.random.default_rng(3))

@@ -112,13 +112,15 @@ def test_gradients_reach_the_generator_lora_not_the_surrogate_and_back(tiny_rand
 def test_resume_is_exact(tiny_random_folders, prompt_file, tmp_path, overrides):
     """Two epochs straight vs one epoch, a new process-like Trainer resuming, one more epoch."""
     folder = tiny_random_folders["lcm"]
-    full = _tiny_trainer(folder, prompt_file, tmp_path / "full", samples=16, **overrides)
+    # every image counts: stage 1 (4 + 2 prompts × N_s 4 = 24), then 8 rollouts + 2 generator steps × 4 per epoch
+    full = _tiny_trainer(folder, prompt_file, tmp_path / "full", samples=56, **overrides)
     full.train()
-    _tiny_trainer(folder, prompt_file, tmp_path / "resumed", samples=8, **overrides).train()
-    resumed = _tiny_trainer(folder, prompt_file, tmp_path / "resumed", samples=16, **overrides)
+    _tiny_trainer(folder, prompt_file, tmp_path / "resumed", samples=40, **overrides).train()
+    resumed = _tiny_trainer(folder, prompt_file, tmp_path / "resumed", samples=56, **overrides)
     assert resumed.resumed_from is not None and resumed.algo.pretrained
     resumed.train()
     drop = lambda r: {k: v for k, v in r.items() if not k.startswith("seconds")}  # noqa: E731
+    assert [r["samples"] for r in read_log(tmp_path / "full")] == [40, 56]
     assert [drop(r) for r in read_log(tmp_path / "full")] == [drop(r) for r in read_log(tmp_path / "resumed")]
     assert all(math.isfinite(r["loss"]) for r in read_log(tmp_path / "full"))  # the generator objective, logged as every algorithm's loss
     a, b = full.algo.state_dict(), resumed.algo.state_dict()
@@ -137,7 +139,9 @@ def test_config_validation():
 
 
 # ----------------------------------------------------------------------------- tiny-lcm (learning)
-BUDGET = 256  # generated images per run: 4 epochs of 8 prompts × N_s 8
+# generated images per run, every one counted: stage 1 (256 + 64 held-out prompts × N_s 8 = 2,560),
+# then 4 epochs of 8 prompts × N_s 8 rollouts + 8 generator steps × 32 = 320 each
+BUDGET = 2560 + 4 * 320
 EVAL_IMAGES_PER_PROMPT = 16  # 64 seen prompts × 16 held-out noises = 1,024 paired images
 
 
@@ -201,7 +205,7 @@ def lcm_runs(tmp_path_factory):
     def pretrain_and_keep(trainer):
         stats = stage1(trainer)
         snap.update(stats=stats, algo=copy.deepcopy(main.algo.state_dict()), shared=copy.deepcopy(trainer.shared_rng.bit_generator.state),
-                    noise=trainer.noise_gen.get_state(), totals=dict(trainer.totals))
+                    noise=trainer.noise_gen.get_state(), totals=dict(trainer.totals), pending=dict(trainer.pending))
         return stats
 
     main.algo.pretrain = pretrain_and_keep
@@ -222,6 +226,7 @@ def lcm_runs(tmp_path_factory):
         trainer.shared_rng.bit_generator.state = snap["shared"]
         trainer.noise_gen.set_state(snap["noise"])
         trainer.totals.update(snap["totals"])
+        trainer.pending = dict(snap["pending"])  # stage 1's images count toward the budget here too
         return dict(snap["stats"])
 
     fixed.algo.pretrain = load_stage1

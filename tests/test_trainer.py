@@ -135,7 +135,9 @@ def test_every_algorithm_uses_the_same_images_per_epoch(algo, tiny_random_folder
     tr = Trainer(TrainConfig(algo=algo, reward="jpeg_compressibility", model=str(tiny_random_folders["sd"]), prompts=str(prompt_file), out=str(tmp_path / algo), samples=8, progress=False), cfg)
     rec = tr.train()[-1]
     assert rec["samples"] == 8
-    assert rec["reward_queries"] == (24 if algo == "sdpo" else 8)  # SDPO: 3 per trajectory
+    # SDPO: 3 per trajectory (the first step among them); DDPO: the sample's, plus its 1-step x̂0 for the log
+    assert (rec["reward_queries"], rec["log_reward_queries"]) == ((24, 0) if algo == "sdpo" else (16, 8))
+    assert rec["vae_decodes"] == rec["reward_queries"] and rec["unet_forward"] == rec["unet_evals_sampling"] + rec["unet_evals_training"]
 
 
 def test_two_processes_agree_and_split_samples(tiny_random_folders, prompt_file, tmp_path):
@@ -165,7 +167,7 @@ def test_two_processes_lasro_agree_on_lora_and_surrogate(tiny_random_folders, pr
             "gen_steps=2", "k_surr=1", "gen_batch_size=2", "groups_per_batch=1", "reg_batch_size=4", "tie_margin=0.0", "learning_rate=0.01"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "alignzoo", "train", "--cpu", "--algo", "lasro", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["lcm"]),
-           "--prompts", str(prompt_file), "--samples", "16", "--out", str(out), "--no-progress"] + [a for kv in sets for a in ("--set", kv)]
+           "--prompts", str(prompt_file), "--samples", "56", "--out", str(out), "--no-progress"] + [a for kv in sets for a in ("--set", kv)]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads((out / "final" / "processes.json").read_text())
@@ -173,4 +175,5 @@ def test_two_processes_lasro_agree_on_lora_and_surrogate(tiny_random_folders, pr
     assert info["lora_checksums"][0] == info["lora_checksums"][1]
     assert info["algo_checksums"][0] == info["algo_checksums"][1] and info["algo_checksums"][0][1] > 0  # the surrogate, non-empty
     log = read_log(out)
-    assert [r["samples"] for r in log] == [8, 16] and log[-1]["generator_steps"] >= 2
+    # every image counts: stage 1 (4 + 2 prompts × N_s 4 = 24), then per epoch 8 rollouts + 2 generator steps × 2 × 2 processes
+    assert [r["samples"] for r in log] == [24 + 16, 24 + 32] and log[-1]["generator_steps"] >= 2

@@ -89,6 +89,11 @@ class AlgoConfig:
     # sampling
     num_steps: int | None = None  # trajectory length T; None: the model's default (50 for sd-turbo)
     eta: float = 1.0  # DDIM η while sampling for training (LCM ignores it)
+    # Batch numbers are global (all processes together) and count images (trajectories), never
+    # pairs: a paired algorithm's update over train_batch_size × gradient_accumulation_steps images
+    # reads half as many pairs, so every algorithm makes the same number of optimiser updates per
+    # epoch, each over the same images (SDPO paper, Appendix A: paired methods halve batch and
+    # accumulation). Each process takes 1/world of them (Algorithm.split_over checks they divide).
     samples_per_epoch: int = 32  # generated images per epoch, the same for every algorithm
     # optimisation
     learning_rate: float = 3e-4
@@ -100,8 +105,8 @@ class AlgoConfig:
     lr_schedule: str = "constant"  # "constant" or "linear" (RLCM: 1 → 0 over lr_schedule_epochs, stepped per epoch)
     lr_schedule_epochs: int = 300
     max_grad_norm: float | None = 1.0
-    train_batch_size: int = 4  # loss items per micro-batch (the trainer may fuse micro-batches of one update)
-    gradient_accumulation_steps: int = 1
+    train_batch_size: int = 4  # images per micro-batch, global (the trainer fuses an update's micro-batches)
+    gradient_accumulation_steps: int = 1  # micro-batches per update: an update covers train_batch_size × this images
     num_inner_epochs: int = 1
     timestep_fraction: float = 1.0  # fraction of each trajectory's steps trained on
     # The sampler renders the last step's x̂0 (what SD-Turbo's and LCM's pipelines output), so the
@@ -180,6 +185,16 @@ class Items:
         return [Items(r, s) for r, s in zip(self.rows.split(size), self.steps.split(size))]
 
 
+@dataclass(frozen=True)
+class ComputeException:
+    """A declared departure from equal compute (the same optimiser updates per epoch, each over
+    the same images, as every other algorithm of a suite): a short ``name`` and the paper's
+    ``reason``. ``tests/test_fairness.py`` accepts an unequal plan only with one."""
+
+    name: str
+    reason: str
+
+
 @dataclass
 class EpochData:
     """What an algorithm keeps between rollout and update for one epoch."""
@@ -199,18 +214,67 @@ class Algorithm:
     needs_reference: ClassVar[bool] = False  # wants log-probs under the pretrained model
     model_kinds: ClassVar[tuple[str, ...]] = ("sd", "lcm")
 
+    world_size: int = 1  # processes that share each update (set by split_over)
+
     def __init__(self, config: AlgoConfig | None = None):
         self.config = config or self.Config()
         if self.config.samples_per_epoch < (2 if self.paired else 1):
             raise ValueError("samples_per_epoch is too small")
 
+    # -- global batch numbers ---------------------------------------------------------------
+    def split_over(self, world_size: int) -> None:
+        """Divides the global numbers over ``world_size`` processes (each holds whole pairs);
+        raises a one-line error naming the numbers and the fix when they do not divide."""
+        self.prompts_per_epoch(world_size)
+        self.world_size = int(world_size)
+        if self.update_epoch is None:
+            self.units_per_update()
+
+    def images_per_update(self) -> int:
+        """Images (trajectories) one optimiser update covers, all processes together."""
+        return self.config.train_batch_size * self.config.gradient_accumulation_steps
+
+    def units_per_update(self) -> int:
+        """Plan units (trajectories, or pairs for paired algorithms) of one update on this process."""
+        c, unit = self.config, (2 if self.paired else 1) * self.world_size
+        n = self.images_per_update()
+        if n < unit or n % unit:
+            what = "pairs" if self.paired else "images"
+            raise ValueError(f"{self.name}: train_batch_size × gradient_accumulation_steps = {c.train_batch_size} × {c.gradient_accumulation_steps} = {n} "
+                             f"images per update (global) do not split into whole {what} over {self.world_size} process(es): make it a multiple of {unit}")
+        return n // unit
+
+    def compute_exception(self) -> ComputeException | None:
+        """Why this algorithm, under this config, does not make the suite's equal number of
+        updates per epoch over the same images per update; None when it does."""
+        return None
+
+    def images_per_epoch(self, world_size: int = 1) -> int:
+        """Every image generated in one epoch (the sample budget counts them all)."""
+        return self.config.samples_per_epoch
+
+    def images_before_training(self, world_size: int = 1) -> int:
+        """Images generated once, before the first epoch's updates (e.g. LaSRO's stage 1)."""
+        return 0
+
+    def update_schedule(self, num_steps: int, world_size: int = 1, seed: int = 0) -> list[int]:
+        """The global images each optimiser update of one epoch reads (its length is the number of
+        updates per epoch), from the plan alone: no model. What the fairness test and the cost
+        estimate compare."""
+        self.split_over(world_size)
+        rng, local = np.random.default_rng(seed), self.config.samples_per_epoch // world_size
+        return [int(items.rows.unique().numel()) * world_size for _ in range(self.config.num_inner_epochs) for items in self.plan(local, num_steps, rng)]
+
     # -- rollouts and rewards ---------------------------------------------------------------
     def prompts_per_epoch(self, world_size: int = 1) -> int:
         """Paired algorithms sample half as many prompts, so every algorithm makes the same
-        number of images per epoch (SDPO paper, Appendix A)."""
-        n = self.config.samples_per_epoch // (2 if self.paired else 1)
-        if n % world_size:
-            raise ValueError(f"samples_per_epoch {self.config.samples_per_epoch} does not split over {world_size} processes")
+        number of images per epoch (SDPO paper, Appendix A). Global, split over processes."""
+        spe = self.config.samples_per_epoch
+        unit = 2 if self.paired else 1
+        n = spe // unit
+        if spe % unit or n % world_size:
+            raise ValueError(f"{self.name}: samples_per_epoch {spe} (global) does not split into whole {'pairs' if self.paired else 'images'} "
+                             f"over {world_size} process(es): make it a multiple of {unit * world_size}")
         return n // world_size
 
     def reward_queries(self, traj, generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,12 +334,12 @@ class Algorithm:
     def all_steps_plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         """DDPO-style updates: shuffle the trajectories (pairs, for paired algorithms), permute each
         one's steps, and put all (sub-sampled) steps of ``train_batch_size × gradient_accumulation_steps``
-        of them into one update. Paired items read (a, b) at the same step."""
+        images (half as many pairs) into one update. Paired items read (a, b) at the same step."""
         units = batch_size // 2 if self.paired else batch_size
         keep = self.trained_steps(num_steps)
         order = generator.permutation(units)
         cols = shuffled_step_columns(units, self.action_steps(num_steps), keep, generator)
-        per_update = self.config.train_batch_size * self.config.gradient_accumulation_steps
+        per_update = self.units_per_update()
         updates = []
         for start in range(0, units, per_update):
             chosen = order[start:start + per_update]

@@ -51,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignzoo.algos.base import AlgoConfig, Algorithm, register_algorithm
+from alignzoo.algos import distributed
+from alignzoo.algos.base import AlgoConfig, Algorithm, ComputeException, register_algorithm
 from alignzoo.models.sampling import Trajectory, previous_timesteps, sample, step_distribution
 
 SURROGATE_MODES = ("online", "fixed")
@@ -321,6 +322,20 @@ class LaSRO(Algorithm):
             raise ValueError(f"samples_per_epoch / samples_per_prompt = {n} prompts do not split over {world_size} processes")
         return n // world_size
 
+    # -- compute: equal in images, not in updates ----------------------------------------------
+    def compute_exception(self):
+        return ComputeException("lasro-surrogate-steps", "gen_steps generator steps per epoch back-propagate a learned surrogate through their own fresh "
+                                "1–2 step rollouts, alternating K_gen:K_surr with surrogate steps (Jia et al., Fig. 3); equal in images (budget), not updates")
+
+    def update_schedule(self, num_steps, world_size=1, seed=0):
+        return [self.config.gen_batch_size * world_size] * self.config.gen_steps  # gen_batch_size is per process
+
+    def images_per_epoch(self, world_size=1):
+        return self.config.samples_per_epoch + self.config.gen_steps * self.config.gen_batch_size * world_size
+
+    def images_before_training(self, world_size=1):  # stage 1: _sample_frozen's pretraining and held-out prompts × N_s
+        return sum(math.ceil(n / world_size) * world_size * self.samples_per_prompt for n in (self.config.pretrain_prompts, self.config.heldout_prompts))
+
     def reward_queries(self, traj, generator):
         """z1 and z2 of every rollout sample (both train the surrogate)."""
         b, t = traj.batch_size, traj.num_steps
@@ -444,8 +459,7 @@ class LaSRO(Algorithm):
         traj = Trajectory.cat(parts)
         rows, steps = self.reward_queries(traj, None)
         values = trainer.score(traj, rows, steps)
-        trainer.totals["reward_queries"] += int(rows.shape[0])
-        trainer.totals["unet_evals_sampling"] += traj.batch_size * traj.num_steps * (2 if model.uses_cfg else 1)
+        trainer.count(samples=traj.batch_size, unet=traj.batch_size * traj.num_steps, phase="sampling")  # stage-1 images count (budget)
         self.counts["pretrain_samples"] += traj.batch_size * world
         return self._gather_scored(trainer, traj, rows, steps, values)
 
@@ -516,15 +530,7 @@ class LaSRO(Algorithm):
         loss = bradley_terry_loss(scores[w.to(scores.device)], scores[l.to(scores.device)]) if w.numel() else scores.sum() * 0
         loss.backward()
         params = [p for p in s.parameters() if p.requires_grad]
-        if trainer.world > 1:
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            flat = trainer.accelerator.reduce(torch.cat([p.grad.reshape(-1) for p in params]), reduction="mean")
-            off = 0
-            for p in params:
-                p.grad.copy_(flat[off:off + p.numel()].view_as(p))
-                off += p.numel()
+        distributed.average_gradients(trainer.accelerator, params)
         if c.surrogate_grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, c.surrogate_grad_clip)
         self.surrogate_optimizer.step()
@@ -535,10 +541,8 @@ class LaSRO(Algorithm):
     def fit_surrogate(self, trainer, steps: int) -> dict:
         groups = self._groups()
         out = [r for r in (self.surrogate_step(trainer, groups) for _ in range(steps)) if r is not None]
-        if not out:
-            return {}
-        return {"surr_loss": float(np.mean([r["loss"] for r in out])), "surr_acc_train": float(np.nanmean([r["acc"] for r in out])),
-                "surr_pairs_per_step": float(np.mean([r["pairs"] for r in out]))}
+        return {} if not out else {"surr_loss": float(np.mean([r["loss"] for r in out])), "surr_acc_train": float(np.nanmean([r["acc"] for r in out])),
+                                   "surr_pairs_per_step": float(np.mean([r["pairs"] for r in out]))}
 
     # -- one generator step -------------------------------------------------------------------
     def _differentiable_sample(self, trainer, prompts) -> Trajectory:
@@ -578,6 +582,7 @@ class LaSRO(Algorithm):
             neg = traj.neg_embeds.repeat_interleave(t, 0) if traj.neg_embeds is not None else None
             with torch.no_grad(), model.reference():
                 _, ref = model.predict_noise(x, ts, emb, neg)
+            trainer.count(unet=x.shape[0])
             return ((traj.pred_x0.flatten(0, 1) - ref.detach()) ** 2).mean()
         if len(self.buffer) == 0:
             return torch.zeros((), device=trainer.device)
@@ -595,7 +600,7 @@ class LaSRO(Algorithm):
         _, f = model.predict_noise(z_tau, tau, emb, neg)
         with torch.no_grad(), model.reference():
             _, f0 = model.predict_noise(z_tau, tau, emb, neg)
-        trainer.totals["unet_evals_training"] += 2 * n * (2 if model.uses_cfg else 1)
+        trainer.count(unet=2 * n, unet_backward=n * (2 if model.uses_cfg else 1))  # f with grad, f_θ0 without
         return ((f - f0.detach()) ** 2).mean()
 
     def generator_step(self, trainer) -> dict:
@@ -612,7 +617,7 @@ class LaSRO(Algorithm):
         try:
             with trainer.accelerator.autocast():
                 traj = self._differentiable_sample(trainer, prompts)
-                trainer.totals["unet_evals_training"] += n * traj.num_steps * (2 if model.uses_cfg else 1)
+                trainer.count(samples=n, unet=n * traj.num_steps, grad=True)  # the generator's own rollouts count as samples
                 enc = self.embeds(model, prompts)
                 terms = {"z2": (traj.pred_x0[:, -1], c.reward_weight_z2)}
                 if c.objective == "z1z2" and traj.num_steps > 1:
@@ -680,28 +685,23 @@ class LaSRO(Algorithm):
             mask = fresh.kinds == k
             if mask.any():
                 stats[f"surr_rollout_{name}"] = [float(scores[mask].mean())]
-                sel = fresh.kinds[w] == k
-                acc = pairwise_accuracy(scores, w[sel], l[sel])
+                acc = pairwise_accuracy(scores, w[fresh.kinds[w] == k], l[fresh.kinds[w] == k])
                 if not math.isnan(acc):
                     stats[f"surr_acc_fresh_{name}"] = [acc]
         if c.surrogate_mode == "online":
             if c.buffer == "on_policy":
                 self.buffer.clear()
             self.buffer.push(lat, vals, prompts, kinds, version)
-        rounds = math.ceil(c.gen_steps / max(1, c.k_gen))
-        done = 0
-        for _ in range(rounds):
+        for done in range(0, c.gen_steps, max(1, c.k_gen)):  # rounds: K_surr surrogate steps, then ≤ K_gen generator steps
             if c.surrogate_mode == "online" and c.k_surr > 0:
                 add(self.fit_surrogate(trainer, c.k_surr))
             for _ in range(min(c.k_gen, c.gen_steps - done)):
                 add(self.generator_step(trainer))
-                done += 1
         acc = self.buffer_accuracy(trainer, self.heldout)
         if not math.isnan(acc):
             stats["surr_acc_heldout"] = [acc]
         stats["buffer_size"] = [float(len(self.buffer))]
-        for k, v in self.counts.items():
-            stats[k] = [float(v)]
+        stats.update({k: [float(v)] for k, v in self.counts.items()})
         for k in ("z1", "z2"):
             if self.norm[k].mean is not None:
                 stats[f"norm_mean_{k}"], stats[f"norm_scale_{k}"] = [self.norm[k].mean], [max(self.norm[k].dev, c.norm_floor)]

@@ -44,11 +44,12 @@ class REBEL(Algorithm):
 
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         """Items are pairs; each reads the action steps of both trajectories (K = 2(T − 1), or 2T
-        with ``train_unrendered_step``)."""
+        with ``train_unrendered_step``). An update covers train_batch_size × accumulation images,
+        i.e. half as many pairs (equal compute with DDPO, SDPO paper Appendix A)."""
         half = batch_size // 2
         order = generator.permutation(half)
         t = torch.arange(self.action_steps(num_steps))
-        per_update = self.config.train_batch_size * self.config.gradient_accumulation_steps
+        per_update = self.units_per_update()
         updates = []
         for start in range(0, half, per_update):
             a = torch.as_tensor(order[start:start + per_update])

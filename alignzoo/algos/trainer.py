@@ -14,6 +14,10 @@ sample, which steps to score, how to form advantages and the loss of a group of 
             loss = mean of the algorithm's per-item losses; backward
             gradients averaged over processes; clip; step
         log a JSONL line; save a checkpoint (LoRA + optimiser + trackers + RNG states)
+    until the sample budget is spent (every generated image counts, LaSRO's own rollouts too)
+
+Batch numbers are global and count images (Algorithm.split_over); log lines carry global counters
+and health fields (alignzoo.algos.runlog, CONTRACT.md); health flags end the run (health.json).
 
 Exact resume: every random draw comes from generators whose states are checkpointed (a numpy
 generator for prompts and plans shared by all processes, a torch CPU generator per process for
@@ -27,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +40,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from alignzoo.algos import distributed, rollouts
 from alignzoo.algos.base import Algorithm, get_algorithm
+from alignzoo.algos.optim import make_optimizer
+from alignzoo.algos.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
+from alignzoo.algos.runlog import atomic_write_text as _atomic_write_text
 from alignzoo.algos.stat_tracking import StatTracker
-from alignzoo.models.sampling import Trajectory, decode_steps, recompute_log_probs, sample, sample_pairs
+from alignzoo.models.sampling import Trajectory, recompute_log_probs
 
 
 @dataclass
@@ -61,12 +70,6 @@ class TrainConfig:
     max_transitions_per_forward: int = 256  # fuse an update's micro-batches into forwards this large
     reward_kwargs: dict = field(default_factory=dict)
     progress: bool = True
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -101,17 +104,7 @@ class Trainer:
             raise ValueError("training needs a stochastic policy: set eta > 0 (DDIM with eta = 0 has no log-probability)")
         if model.lora_config is None:
             model.add_lora(rank=acfg.lora_rank, alpha=acfg.lora_alpha, target_modules=acfg.lora_targets, seed=config.seed)
-        params = model.trainable_parameters()
-        opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}.get(acfg.optimizer)
-        if opt_cls is None:
-            raise ValueError(f"unknown optimizer {acfg.optimizer!r}: choose adamw or adam")
-        self.optimizer = opt_cls(params, lr=acfg.learning_rate, betas=(acfg.adam_beta1, acfg.adam_beta2), weight_decay=acfg.weight_decay, eps=acfg.adam_epsilon)
-        if acfg.lr_schedule == "linear":
-            self.lr_scheduler = torch.optim.lr_scheduler.LinearLR(self.optimizer, 1.0, 0.0, total_iters=acfg.lr_schedule_epochs)
-        elif acfg.lr_schedule == "constant":
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
-        else:
-            raise ValueError(f"unknown lr_schedule {acfg.lr_schedule!r}: choose constant or linear")
+        self.optimizer, self.lr_scheduler = make_optimizer(acfg, model.trainable_parameters())
         if reward is None:
             from alignzoo.rewards import get_reward
 
@@ -122,14 +115,21 @@ class Trainer:
 
         self.prompt_set = get_prompts(config.prompts)
         self.tracker = StatTracker(acfg.normalization, acfg.tracker_buffer, acfg.tracker_min_count)
+        self.algo.split_over(self.world)  # global batch numbers → this process's share (one-line error if they do not divide)
         self.prompts_per_process = self.algo.prompts_per_epoch(self.world)
-        self.num_epochs = math.ceil(config.samples / acfg.samples_per_epoch)
+        first, per_epoch = self.algo.images_before_training(self.world), self.algo.images_per_epoch(self.world)
+        self.num_epochs = max(1, math.ceil((config.samples - first) / per_epoch))  # the budget's epochs, as train() will find them
+        if first + per_epoch > config.samples and acc.is_main_process:
+            print(f"alignzoo: warning: {config.algo} generates {first + per_epoch:,} images in its first epoch, beyond the sample budget {config.samples:,}", file=sys.stderr)
         # generators: shared (same on all processes) and per-process (sampling noise)
         self.shared_rng = np.random.default_rng([config.seed, 0])
         self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 17 + self.rank)
         self.epoch = 0
-        self.totals = {"samples": 0, "reward_queries": 0, "log_reward_queries": 0, "vae_decodes": 0, "unet_evals_sampling": 0, "unet_evals_training": 0,
-                       "seconds_sampling": 0.0, "seconds_decoding": 0.0, "seconds_reward": 0.0, "seconds_update": 0.0, "seconds_total": 0.0}
+        # cumulative and global (all processes); this epoch's per-process counts wait in `pending`
+        # until the epoch's end sums them over processes (count(), _merge_counts())
+        self.totals = dict(FRESH_TOTALS)
+        self.pending: dict[str, int] = {}
+        self._first_ratio: float | None = None
         self.out = Path(config.out)
         self.ckpt_dir = self.out / "checkpoints"
         self.log_path = self.out / "log.jsonl"
@@ -138,93 +138,40 @@ class Trainer:
         acc.wait_for_everyone()
         self.algo.setup(self)
         self.resumed_from = self._resume()
+        for k, v in FRESH_TOTALS.items():  # a checkpoint written before a counter existed
+            self.totals.setdefault(k, v)
         if config.log_with and acc.is_main_process:
             acc.init_trackers(self.out.name, config={"algo": config.algo, "reward": config.reward, **{k: str(v) for k, v in dataclasses.asdict(acfg).items()}})
 
     # ------------------------------------------------------------------------ distributed
     def gather(self, values: torch.Tensor, prompts: list[str]):
         """All processes' values/prompts (concatenated by rank) and this process's slice."""
-        n = values.shape[0]
-        if self.world == 1:
-            return values.detach().cpu(), list(prompts), slice(0, n)
-        from accelerate.utils import gather_object
+        return distributed.gather(self.accelerator, values, prompts)
 
-        all_values = self.accelerator.gather(values.detach().to(self.device).contiguous()).cpu()
-        all_prompts = gather_object(list(prompts))
-        return all_values, all_prompts, slice(self.rank * n, (self.rank + 1) * n)
-
-    def _average_gradients(self) -> None:
-        if self.world == 1:
-            return
-        params = [p for p in self.model.trainable_parameters()]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        flat = self.accelerator.reduce(flat, reduction="mean")
-        offset = 0
-        for p in params:
-            k = p.numel()
-            p.grad.copy_(flat[offset:offset + k].view_as(p))
-            offset += k
+    def count(self, unet: int = 0, grad: bool = False, phase: str = "training", **counts: int) -> None:
+        """Adds this process's counts of the epoch (runlog.add_counts); summed over processes at its end."""
+        add_counts(self.pending, unet, grad, self.model.uses_cfg, phase, **counts)
 
     # ------------------------------------------------------------------------ one epoch
-    def rollout(self) -> Trajectory:
-        n_all = self.prompts_per_process * self.world
-        idx = self.shared_rng.integers(0, len(self.prompt_set), size=n_all)
-        mine = idx[self.rank * self.prompts_per_process:(self.rank + 1) * self.prompts_per_process]
-        prompts = [self.prompt_set[i] for i in mine]
-        repeat = int(getattr(self.algo, "samples_per_prompt", 1))  # e.g. LaSRO's N_s noises per prompt
-        if repeat > 1:
-            prompts = [p for p in prompts for _ in range(repeat)]
-        eta = self.algo.config.eta
-        with torch.no_grad(), self.accelerator.autocast():
-            if self.algo.paired and getattr(self.algo.config, "shared_noise", self.algo.shared_noise):
-                return sample_pairs(self.model, prompts, self.num_steps, eta, self.noise_gen)
-            return sample(self.model, prompts + prompts if self.algo.paired else prompts, self.num_steps, eta, self.noise_gen)
-
-    def score(self, traj: Trajectory, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        """Decodes x̂0 at the requested (row, step) pairs, batched, and scores them."""
-        t0 = time.perf_counter()
-        lat = traj.pred_x0[rows, steps]
-        with torch.no_grad(), self.accelerator.autocast():
-            images = self.model.decode(lat)
-        t1 = time.perf_counter()
-        values = self.reward(images, [traj.prompts[i] for i in rows.tolist()]).detach().float().cpu()
-        self.totals["seconds_decoding"] += t1 - t0
-        self.totals["seconds_reward"] += time.perf_counter() - t1
-        self.totals["vae_decodes"] += int(rows.shape[0])
-        return values
+    rollout = rollouts.rollout
+    score = rollouts.score
 
     def train_epoch(self) -> dict:
         acfg = self.algo.config
         t_start = time.perf_counter()
         self.model.unet.train()
         traj = self.rollout()
-        t_sampled = time.perf_counter()
         b, t = traj.batch_size, traj.num_steps
-        cfg_factor = 2 if self.model.uses_cfg else 1
-        self.totals["seconds_sampling"] += t_sampled - t_start
-        self.totals["unet_evals_sampling"] += b * t * cfg_factor
-        self.totals["samples"] += b * self.world
-
+        self.totals["seconds_sampling"] += time.perf_counter() - t_start
+        self._first_ratio, nonfinite_before = None, self.totals["nonfinite_losses"]
         rows, steps = self.algo.reward_queries(traj, self.shared_rng)
         values = self.score(traj, rows, steps)
-        self.totals["reward_queries"] += int(rows.shape[0])
-        final_mask = steps == t - 1
-        final = torch.full((b,), float("nan"))
-        final[rows[final_mask]] = values[final_mask]
-        first_mask = steps == 0
-        first = torch.full((b,), float("nan"))
-        first[rows[first_mask]] = values[first_mask]
-        if self.config.log_first_step_reward and torch.isnan(first).any():
-            missing = torch.nonzero(torch.isnan(first)).flatten()
-            first[missing] = self.score(traj, missing, torch.zeros_like(missing))
-            self.totals["log_reward_queries"] += int(missing.shape[0])
+        final, first = rollouts.logged_rewards(self, traj, rows, steps, values)
         t_update = time.perf_counter()
         stats: dict[str, list[float]] = {}
         if self.algo.update_epoch is not None:
             stats = {k: [v] for k, v in self.algo.update_epoch(self, traj, rows, steps, values).items()}
+            self.count(nonfinite_losses=sum(not math.isfinite(v) for v in stats.get("loss", [])))
         else:
             data = self.algo.advantages(traj, rows, steps, values, self.tracker, self.gather)
             data.advantages = data.advantages.to(self.device)
@@ -235,10 +182,16 @@ class Trainer:
                     info = self.update(traj, items, data)
                     for k, v in info.items():
                         stats.setdefault(k, []).append(v)
+                    if not math.isfinite(info["loss"]):
+                        self.count(nonfinite_losses=1)
         self.lr_scheduler.step()
         self.totals["seconds_update"] += time.perf_counter() - t_update
         self.epoch += 1
         self.totals["seconds_total"] += time.perf_counter() - t_start
+        for k, v in distributed.sum_counts(self.accelerator, self.pending).items():  # this epoch's counts, all processes
+            self.totals[k] = self.totals.get(k, 0) + v
+        self.pending = {}
+        self.nonfinite_loss = self.totals["nonfinite_losses"] > nonfinite_before  # the same on every process: all stop together
 
         final_all, _, _ = self.gather(final, traj.prompts)
         first_all, _, _ = self.gather(first, traj.prompts)
@@ -252,7 +205,10 @@ class Trainer:
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             **{k: float(np.mean(v)) for k, v in stats.items()},
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.totals.items()},
+            "first_log_ratio_abs": distributed.max_over_processes(self.accelerator, self._first_ratio),
         }
+        if self.nonfinite_loss and math.isfinite(record.get("loss", 0.0)):
+            record["loss"] = float("nan")  # another process's loss was not finite
         return record
 
     def log_probs_all(self, traj: Trajectory, reference: bool = False, num_steps: int | None = None) -> torch.Tensor:
@@ -267,7 +223,7 @@ class Trainer:
         with torch.no_grad(), self.accelerator.autocast(), (self.model.reference() if reference else contextlib.nullcontext()):
             for r, s in zip(rows.split(chunk), steps.split(chunk)):
                 out.append(recompute_log_probs(self.model, traj, s, r).float())
-        self.totals["unet_evals_training"] += b * n * (2 if self.model.uses_cfg else 1)
+        self.count(unet=b * n)
         computed = torch.cat(out).view(b, n)
         full = torch.full((b, t), float("nan"), device=computed.device)
         full[:, :n] = computed
@@ -279,20 +235,23 @@ class Trainer:
         k = items.rows.shape[1]
         per_forward = max(1, self.config.max_transitions_per_forward // k)
         total = len(items)
-        loss_sum, kl_sum = 0.0, 0.0
+        loss_sum, kl_sum, first = 0.0, 0.0, False
         info_sums: dict[str, float] = {}
         for chunk in items.split(per_forward):
             r, s = chunk.rows.reshape(-1), chunk.steps.reshape(-1)
             with self.accelerator.autocast():
                 new = recompute_log_probs(self.model, traj, s, r).float().view(len(chunk), k)
             old = traj.log_probs[r, s].float().view(len(chunk), k)
+            if self._first_ratio is None or first:  # the epoch's first update, before its step (must be ~0)
+                first = True
+                self._first_ratio = max(self._first_ratio or 0.0, float((new.detach() - old).abs().max()))
             loss_items, info = self.algo.loss(chunk, new, old, data)
             (loss_items.sum() / total).backward()
             loss_sum += float(loss_items.detach().sum())
             kl_sum += float((0.5 * (new.detach() - old) ** 2).mean(1).sum())
             for name, v in info.items():
                 info_sums[name] = info_sums.get(name, 0.0) + float(v.detach().float().sum())
-            self.totals["unet_evals_training"] += r.shape[0] * (2 if self.model.uses_cfg else 1)
+            self.count(unet=r.shape[0], grad=True)
         grad_norm = self.optimizer_step()
         out = {"loss": loss_sum / total, "approx_kl": kl_sum / total, **{n: v / total for n, v in info_sums.items()}}
         if grad_norm is not None:
@@ -301,7 +260,8 @@ class Trainer:
 
     def optimizer_step(self) -> float | None:
         """Averages gradients over processes, clips them, steps; returns the pre-clip norm."""
-        self._average_gradients()
+        distributed.average_gradients(self.accelerator, self.model.trainable_parameters())
+        self.totals["updates"] += 1  # collective: the same on every process, so global as it stands
         grad_norm = None
         if self.algo.config.max_grad_norm is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), self.algo.config.max_grad_norm))
@@ -317,50 +277,40 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.num_epochs, initial=self.epoch, desc=f"{self.config.algo}/{self.config.reward}", unit="epoch", dynamic_ncols=True)
-        while self.epoch < self.num_epochs:
+        while self.totals["samples"] < self.config.samples:  # the budget: every generated image counts
             record = self.train_epoch()
             records.append(record)
             if self.accelerator.is_main_process:
-                with open(self.log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                append_record(self.log_path, record)
                 if self.config.log_with:
                     self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["samples"])
-            if self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.num_epochs:
+            if self.nonfinite_loss:
+                self._health()
+                raise RuntimeError(f"{self.config.algo}: non-finite loss ({record.get('loss')}) at epoch {self.epoch} (logged in {self.log_path}); "
+                                   "lower learning_rate or check the reward for NaN/inf values")
+            self.num_epochs = max(self.num_epochs, self.epoch + (self.totals["samples"] < self.config.samples))
+            if self.epoch % self.config.checkpoint_every == 0 or self.totals["samples"] >= self.config.samples:
                 self.save_checkpoint()
             if callback is not None:
                 callback(self, record)
             if bar is not None:
                 bar.update(1)
+                bar.total = self.num_epochs
                 bar.set_postfix(reward=f"{record['reward_mean']:.3f}", loss=f"{record.get('loss', float('nan')):.3g}")
         if bar is not None:
             bar.close()
         if self.accelerator.is_main_process:
             self.model.save_lora(self.out / "final")
-        self._check_processes_agree()
+        distributed.check_processes_agree(self)
         self.accelerator.wait_for_everyone()
         if self.config.log_with:
             self.accelerator.end_training()
+        self._health()
         return records
 
-    def _check_processes_agree(self) -> None:
-        """Every process must end with the same LoRA weights (and the algorithm's other replicated
-        tensors, e.g. LaSRO's surrogate); records what each one did."""
-        def checksums(tensors):
-            flat = torch.cat([p.detach().double().reshape(-1) for p in tensors]) if tensors else torch.zeros(1, dtype=torch.float64)
-            return [float(flat.sum()), float((flat ** 2).sum())]
-
-        mine = torch.tensor(checksums(list(self.model.trainable_parameters())) + checksums(self.algo.replicated_parameters())
-                            + [float(self.prompts_per_process)], dtype=torch.float64, device=self.device)
-        every = self.accelerator.gather(mine[None]).cpu() if self.world > 1 else mine[None].cpu()
-        if self.accelerator.is_main_process:
-            info = {"processes": self.world, "lora_checksums": every[:, :2].tolist(), "algo_checksums": every[:, 2:4].tolist(),
-                    "prompts_per_process_per_epoch": every[:, 4].tolist()}
-            _atomic_write_text(self.out / "final" / "processes.json", json.dumps(info, indent=1))
-        for name, cols in (("LoRA weights", slice(0, 2)), ("algorithm state (replicated_parameters)", slice(2, 4))):
-            if not torch.equal(every[:, cols], every[:1, cols].expand_as(every[:, cols])):
-                raise RuntimeError(f"processes ended with different {name}: {every[:, cols].tolist()}")
+    def _health(self) -> list[dict]:
+        """The health flags of the whole log, printed and written to health.json (main process)."""
+        return report_health(self.out, getattr(self.algo.config, "clip_range", None)) if self.accelerator.is_main_process else []
 
     # ------------------------------------------------------------------------ checkpoints (alignzoo.algos.checkpoints)
     def _state(self) -> dict:
@@ -386,8 +336,3 @@ class Trainer:
         return resume(self)
 
 
-def read_log(out: str | Path) -> list[dict]:
-    path = Path(out) / "log.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -103,29 +103,57 @@ class Suite:
         points = [s for s in ends if (s - samples_per_epoch) // self.eval_interval < s // self.eval_interval]
         return sorted(set(points + [ends[-1]]))
 
-    def estimated_cost(self) -> dict:
-        """UNet evaluations and reward queries, before running (printed by the runner)."""
-        from alignzoo.algos import get_algorithm
-        from alignzoo.benchmarks.prompts import get_prompts
+    def num_steps(self, cfg) -> int:
+        """The trajectory length T a cell trains on: the config's, else the model's default."""
         from alignzoo.models import get_model_spec
 
-        spec = get_model_spec(self.model) if _registered(self.model) else None
-        unet_train = reward_q = 0
-        for algo, reward, _seed in self.cells():
-            cfg = self.algo_config(algo, reward)
-            t = cfg.num_steps or (spec.train_steps if spec else 50)
-            cls = get_algorithm(algo)
-            trained = cls(cfg).trained_steps(t) if t > 1 or cfg.train_unrendered_step else t  # transitions recomputed per trajectory
-            unet_train += self.samples * (t + trained * (2 if cls.needs_reference else 1))
-            per_traj = 3 if algo == "sdpo" else 1
-            reward_q += self.samples * per_traj
+        return int(cfg.num_steps or (get_model_spec(self.model).train_steps if _registered(self.model) else 50))
+
+    def compute_table(self, world_size: int = 1, algorithms=None) -> list[dict]:
+        """Per (algorithm, reward): epochs, images, optimiser updates and images per update under
+        the suite's budget, from the plans alone (alignzoo.algos.fairness), with any declared
+        compute exception. ``algorithms`` defaults to the suite's."""
+        from alignzoo.algos import get_algorithm
+        from alignzoo.algos.fairness import run_compute
+
+        rows = []
+        for algo in algorithms or self.algorithms:
+            for reward in self.rewards:
+                cfg = self.algo_config(algo, reward)
+                rows.append({"algo": algo, "reward": reward, **run_compute(get_algorithm(algo)(cfg), self.num_steps(cfg), self.samples, world_size)})
+        return rows
+
+    def estimated_cost(self) -> dict:
+        """Images, optimiser updates, UNet evaluations and reward queries, before running (printed
+        by the runner); images and updates as the trainer counts them (every generated image)."""
+        from alignzoo.benchmarks.prompts import get_prompts
+
+        unet_train = reward_q = images = updates = 0
+        seeds = len(self.seeds)
+        for row in self.compute_table():
+            cfg = self.algo_config(row["algo"], row["reward"])
+            t = self.num_steps(cfg)
+            algo = _algo(row["algo"], cfg)
+            rollouts = row["epochs"] * cfg.samples_per_epoch  # scored by the reward; the rest (LaSRO's own) are not
+            trained = algo.trained_steps(t) if t > 1 or cfg.train_unrendered_step else t  # transitions recomputed per trajectory
+            per_traj = {"sdpo": min(t, 3), "lasro": min(t, 2)}.get(row["algo"], 1 + (t > 1))  # + the logged 1-step reward
+            images += seeds * row["images"]
+            updates += seeds * row["updates"]
+            unet_train += seeds * (row["images"] * t + (0 if algo.update_epoch is not None else rollouts * trained * (2 if algo.needs_reference else 1)))
+            reward_q += seeds * (rollouts + row["images_before_training"]) * per_traj
         n_images = sum(min(len(get_prompts(p)), self.eval.prompts_per_set or 10**9) for p in self.eval.prompt_sets) * self.eval.images_per_prompt
         evals_per_cell = len(self.eval_interval_points(self.algo_config(self.algorithms[0]).samples_per_epoch))
         n_eval_models = 1 + len(self.cells()) * evals_per_cell
         unet_eval = n_eval_models * n_images * sum(self.eval.steps)
         reward_eval = n_eval_models * n_images * len(self.eval.steps) * len(self.rewards)
-        return {"cells": len(self.cells()), "unet_evals_training": unet_train, "unet_evals_evaluation": unet_eval,
-                "reward_queries_training": reward_q, "reward_queries_evaluation": reward_eval}
+        return {"cells": len(self.cells()), "images_training": images, "updates_training": updates, "unet_evals_training": unet_train,
+                "unet_evals_evaluation": unet_eval, "reward_queries_training": reward_q, "reward_queries_evaluation": reward_eval}
+
+
+def _algo(name: str, cfg):
+    from alignzoo.algos import get_algorithm
+
+    return get_algorithm(name)(cfg)
 
 
 def _model_names():

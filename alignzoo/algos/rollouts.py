@@ -1,0 +1,59 @@
+"""The trainer's rollout and scoring steps (methods of :class:`~alignzoo.algos.trainer.Trainer`).
+
+Every generated image and every decode/reward call is counted here (``trainer.count``), so the
+epoch records' ``samples``, ``vae_decodes`` and ``reward_queries`` cover training and logging alike.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from alignzoo.models.sampling import Trajectory, sample, sample_pairs
+
+
+def rollout(trainer) -> Trajectory:
+    """This process's share of the epoch's trajectories under the current (= old) policy, no grad:
+    prompts from the shared generator (the same draw on every process), split by rank."""
+    n, algo = trainer.prompts_per_process, trainer.algo
+    idx = trainer.shared_rng.integers(0, len(trainer.prompt_set), size=n * trainer.world)
+    prompts = [trainer.prompt_set[i] for i in idx[trainer.rank * n:(trainer.rank + 1) * n]]
+    repeat = int(getattr(algo, "samples_per_prompt", 1))  # e.g. LaSRO's N_s noises per prompt
+    if repeat > 1:
+        prompts = [p for p in prompts for _ in range(repeat)]
+    eta = algo.config.eta
+    with torch.no_grad(), trainer.accelerator.autocast():
+        if algo.paired and getattr(algo.config, "shared_noise", algo.shared_noise):
+            traj = sample_pairs(trainer.model, prompts, trainer.num_steps, eta, trainer.noise_gen)
+        else:
+            traj = sample(trainer.model, prompts + prompts if algo.paired else prompts, trainer.num_steps, eta, trainer.noise_gen)
+    trainer.count(samples=traj.batch_size, unet=traj.batch_size * traj.num_steps, phase="sampling")
+    return traj
+
+
+def score(trainer, traj: Trajectory, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Decodes x̂0 at the requested (row, step) pairs, batched, and scores them."""
+    t0 = time.perf_counter()
+    lat = traj.pred_x0[rows, steps]
+    with torch.no_grad(), trainer.accelerator.autocast():
+        images = trainer.model.decode(lat)
+    t1 = time.perf_counter()
+    values = trainer.reward(images, [traj.prompts[i] for i in rows.tolist()]).detach().float().cpu()
+    trainer.totals["seconds_decoding"] += t1 - t0
+    trainer.totals["seconds_reward"] += time.perf_counter() - t1
+    trainer.count(vae_decodes=rows.shape[0], reward_queries=rows.shape[0])  # training and logging queries alike
+    return values
+
+
+def logged_rewards(trainer, traj: Trajectory, rows, steps, values) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final, first): each trajectory's reward of its last and of its 1-step x̂0 (NaN where not
+    scored), scoring the 1-step x̂0 for the log if the algorithm did not (log_reward_queries)."""
+    b, t = traj.batch_size, traj.num_steps
+    final, first = torch.full((b,), float("nan")), torch.full((b,), float("nan"))
+    final[rows[steps == t - 1]] = values[steps == t - 1]
+    first[rows[steps == 0]] = values[steps == 0]
+    if trainer.config.log_first_step_reward and torch.isnan(first).any():
+        missing = torch.nonzero(torch.isnan(first)).flatten()
+        first[missing] = score(trainer, traj, missing, torch.zeros_like(missing))
+        trainer.count(log_reward_queries=missing.shape[0])
+    return final, first
