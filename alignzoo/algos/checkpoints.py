@@ -30,14 +30,10 @@ from pathlib import Path
 
 import torch
 
+from alignzoo.algos.runlog import atomic_write_text
+
 MANIFEST = "COMPLETE"
 STATE = "trainer_state.pt"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _sha256(path: Path) -> str:
