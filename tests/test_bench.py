@@ -200,3 +200,19 @@ def test_bench_resume_after_kill_equals_uninterrupted(tiny_random_folders, tmp_p
     # rerunning a finished suite does no work and changes nothing
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
     assert strip(read_lines(full_cell / "eval.jsonl")) == a
+
+
+def test_evaluation_due_counts_crossings_and_the_end():
+    """Evaluation points: an epoch that crosses a multiple of eval_interval, and the one that spends
+    the budget; epochs of uneven size (LaSRO's stage 1 and rollouts count) are evaluated too."""
+    from alignzoo.benchmarks.suites import load_suite
+
+    suite = load_suite("quick")  # samples 1024, eval_interval 256
+    steps = [(0, 64), (192, 256), (256, 320), (448, 512), (960, 1024)]
+    assert [suite.evaluation_due(a, b) for a, b in steps] == [(False, False), (False, True), (False, False), (False, True), (True, True)]
+    # uneven epochs: 0 -> 2880 crosses 256 and spends the budget; 100 -> 300 crosses 256
+    assert suite.evaluation_due(0, 2880) == (True, True) and suite.evaluation_due(100, 300) == (False, True)
+    # the old exact-multiple points are the crossings when samples_per_epoch divides the interval
+    ends = list(range(64, 1025, 64))
+    due = [b for a, b in zip([0] + ends, ends) if suite.evaluation_due(a, b)[1]]
+    assert due == suite.eval_interval_points(64)

@@ -254,3 +254,13 @@ def test_one_seed_diversity_uses_the_evaluation_se():
     assert d == pytest.approx(-0.2) and np.isnan(se)  # no SE recorded: nothing to flag with
     three = pd.DataFrame([{"cell": f"a__r__seed{s}", "diversity": v} for s, v in enumerate([0.3, 0.32, 0.34])])
     assert _diversity_diff(three, pre) == pytest.approx((-0.18, 0.02 / math.sqrt(3)))
+
+
+def test_images_note_names_algorithms_with_other_budgets():
+    """Equal images is the default: an algorithm that generated more (LaSRO's stage 1 counts) is named."""
+    from alignzoo.reports.compute import images_note
+
+    frame = pd.DataFrame({"method": ["ddpo", "rebel", "lasro", "ddpo"], "samples": [512.0, 512.0, 2880.0, 512.0]})
+    note = images_note(frame)
+    assert "most generated 512, while lasro (2,880)" in note and "rebel" not in note
+    assert images_note(frame[frame["method"] != "lasro"]) is None

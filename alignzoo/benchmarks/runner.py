@@ -236,7 +236,6 @@ class BenchmarkRunner:
         if (d / "DONE").exists():
             return d
         algo_cfg = self.suite.algo_config(algo, reward)
-        points = self.suite.eval_interval_points(algo_cfg.samples_per_epoch)
         cfg = TrainConfig(algo=algo, reward=reward, model=self.suite.model, model_path=self.suite.model_path, out=str(d), samples=self.suite.samples,
                           seed=seed, prompts=self.suite.train_prompts, reward_kwargs=self.suite.reward_args.get(reward, {}), progress=self.progress,
                           cpu=self.device == "cpu")
@@ -249,11 +248,11 @@ class BenchmarkRunner:
         evaluated = {r["samples"] for r in kept}
         eta = self.eval_eta(algo_cfg)
 
-        def evaluate_now(tr, samples):
-            if samples in evaluated or samples not in points:
+        def evaluate_now(tr, prev, samples):
+            final, due = self.suite.evaluation_due(prev, samples)
+            if samples in evaluated or not due:
                 return
             tr.model.unet.eval()
-            final = samples == points[-1]
             fields = {"cell": d.name, "algo": algo, "train_reward": reward, "seed": seed, "samples": samples, "epoch": tr.epoch}
             lines, scores, diversity, strips = self.run_eval(tr.model, eta, keep_images=final, fields=fields, baseline=baseline)
             if final:  # per-image scores before the lines: a cell with final lines always has them
@@ -264,8 +263,18 @@ class BenchmarkRunner:
             append_lines(eval_path, lines)
             evaluated.add(samples)
 
-        evaluate_now(trainer, done_samples)  # a kill between checkpoint and evaluation
-        trainer.train(callback=lambda tr, rec: evaluate_now(tr, rec["samples"]))
+        from alignzoo.algos.runlog import read_log
+
+        done = [r["samples"] for r in read_log(d)]
+        if done:  # a kill between the checkpoint and its evaluation
+            evaluate_now(trainer, done[-2] if len(done) > 1 else 0, done[-1])
+        previous = {"samples": done_samples}
+
+        def after_epoch(tr, rec):
+            evaluate_now(tr, previous["samples"], rec["samples"])
+            previous["samples"] = rec["samples"]
+
+        trainer.train(callback=after_epoch)
         (d / "DONE").write_text("ok")
         return d
 

@@ -103,6 +103,15 @@ class Suite:
         points = [s for s in ends if (s - samples_per_epoch) // self.eval_interval < s // self.eval_interval]
         return sorted(set(points + [ends[-1]]))
 
+    def evaluation_due(self, previous: int, samples: int) -> tuple[bool, bool]:
+        """(final, due) for an epoch that took a cell's image count from ``previous`` to ``samples``:
+        due when it crossed a multiple of eval_interval or spent the budget (final). Counting
+        crossings, not exact multiples, also serves algorithms whose epochs generate images beyond
+        samples_per_epoch (LaSRO's stage 1 and generator rollouts count towards the budget)."""
+        final = samples >= self.samples
+        crossed = bool(self.eval_interval) and previous // self.eval_interval < samples // self.eval_interval
+        return final, final or crossed
+
     def num_steps(self, cfg) -> int:
         """The trajectory length T a cell trains on: the config's, else the model's default."""
         from alignzoo.models import get_model_spec

@@ -92,6 +92,20 @@ def updates_note(frame: pd.DataFrame) -> str | None:
             + " (a deliberate exception such as SDPO's one update per shuffled step column shows here as more updates).")
 
 
+def images_note(frame: pd.DataFrame) -> str | None:
+    """Names the algorithms that generated more or fewer training images than the most common
+    count: equal images is the default, so a difference is stated where a reader sees the table
+    (e.g. LaSRO's stage-1 samples and generator rollouts, which count, can exceed a small budget)."""
+    per = frame.dropna(subset=["samples"]).groupby("method", sort=False)["samples"].mean()
+    if per.nunique() < 2:
+        return None
+    common = per.round(6).mode().iloc[0]
+    odd = [f"{m} ({v:,.0f})" for m, v in per.items() if not np.isclose(v, common)]
+    return (f"Training images differ between algorithms: most generated {common:,.0f}, while " + ", ".join(odd)
+            + ": compare their rewards with that in mind (every generated image counts towards a run's budget; an epoch that "
+            "alone exceeds the budget still runs once).")
+
+
 COMPUTE_NOTE = ("Each run's last training-log record (cumulative, all processes together), mean over seeds: images generated for "
                 "training, reward-model calls, UNet forward evaluations (sampling, recomputation and reference; guidance counts 2), "
                 "UNet evaluations whose graph was backpropagated, VAE decodes, optimiser updates and training wall time. "

@@ -62,8 +62,8 @@ def heldout_sections(results: Results, out: Path, algos: list[str], rewards: lis
 def compute_section(results: Results, out: Path, algos: list[str], rewards: list[str]) -> list[str]:
     frame = compute.compute_frame(results.logs, algos, rewards)
     text = compute.compute_markdown(frame)
-    note = compute.updates_note(frame) if not frame.empty else None
-    body = text + ("\n\n" + note if note else "") + "\n\n" + compute.COMPUTE_NOTE
+    notes = [n for n in (compute.updates_note(frame), compute.images_note(frame)) if n] if not frame.empty else []
+    body = text + "".join("\n\n" + n for n in notes) + "\n\n" + compute.COMPUTE_NOTE
     (out / "compute.md").write_text(body + "\n")
     frame.to_csv(out / "compute.csv", index=False)
     return ["## Compute", "", body, ""]
