@@ -38,15 +38,17 @@ def judge(request):
 
 def test_registered_with_metadata():
     assert set(JUDGES + ["tiny_geneval_strict"]) <= set(list_rewards())
-    _require("tiny_geneval_judge2")
-    a, s, b = get_reward("tiny_geneval"), get_reward("tiny_geneval_strict"), get_reward("tiny_geneval_judge2")
+    a, s = get_reward("tiny_geneval"), get_reward("tiny_geneval_strict")
     assert isinstance(a, TinyGenevalReward) and isinstance(s, TinyGenevalStrictReward)
-    assert isinstance(b, TinyGenevalJudge2Reward)
     assert a.reads_prompt and a.supports_grad and not s.supports_grad
     assert "alignzoo tinyworld train --stage geneval" in a.weights_source
-    assert a.config["width"] != b.config["width"] and a.config["seed"] != b.config["seed"]
+    assert 0 < a.config["threshold"] < 1 and (a.weights_path.stat().st_size < 500_000)
     with pytest.raises(ValueError):
         get_reward("tiny_geneval_strict", differentiable=True)
+    _require("tiny_geneval_judge2")
+    b = get_reward("tiny_geneval_judge2")
+    assert isinstance(b, TinyGenevalJudge2Reward)
+    assert a.config["width"] != b.config["width"] and a.config["seed"] != b.config["seed"]
 
 
 def test_strict_accuracy_on_a_sample(judge, sample):
