@@ -8,7 +8,7 @@ criteria (near misses: a missing object, a count off by one, a wrong or swapped 
 wrong side). Every batch draws from the pool with a horizontal flip (the world is mirror
 symmetric) and blur / noise / colour-shift degradations (65% of images, severity
 U(0, MAX_SEVERITY)), so the judges hold on generated images. ``tiny_geneval``: width 16, seed ``seed``;
-``tiny_geneval_judge2``: width 12, seed ``seed + 1``, its own pool.
+``tiny_geneval_judge2``: width 20, seed ``seed + 1``, its own pool.
 Evaluation: :func:`evaluate_judges` on fresh renders of every prompt (seen and unseen).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from alignzoo.tinyworld.compose.sampling import random_scene
 TRAIN_CMD = "alignzoo tinyworld train --stage geneval"
 JUDGES = {  # name -> (width, seed offset)
     "tiny_geneval": (16, 0),
-    "tiny_geneval_judge2": (12, 1),
+    "tiny_geneval_judge2": (20, 1),
 }
 POOL, STEPS, BATCH, LR = 16000, 900, 128, 3e-3
 MAX_SEVERITY = 0.6  # augmentation: blur sigma <= 1.3 px (more erases small shapes' corners)
