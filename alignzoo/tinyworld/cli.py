@@ -1,6 +1,6 @@
 """``alignzoo tinyworld``: train the tiny world's models, render a prompt, or run the quality check.
 
-    alignzoo tinyworld train [--stage rewards|vae|sd|lcm|all] [--out DIR] [--seed N] [--threads N]
+    alignzoo tinyworld train [--stage rewards|vae|sd|lcm|all|preference] [--out DIR] [--seed N] [--threads N]
     alignzoo tinyworld render --prompt "two red circles on the left" --out x.png [--seed N] [--zoom 8]
     alignzoo tinyworld eval [--weights DIR]
     alignzoo tinyworld prompts [--unseen [CATEGORY]]
@@ -15,8 +15,9 @@ import os
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="tinyworld_command", metavar="ACTION")
     t = sub.add_parser("train", help="train the tiny reward models, VAE, tiny-sd and tiny-lcm")
-    t.add_argument("--stage", default="all", choices=["rewards", "vae", "sd", "lcm", "all"],
-                   help="which stage to train (default all, in the order rewards, vae, sd, lcm)")
+    t.add_argument("--stage", default="all", choices=["rewards", "vae", "sd", "lcm", "all", "preference"],
+                   help="which stage to train (default all, in the order rewards, vae, sd, lcm; "
+                        "preference: the compositional world's tiny_preference, not part of all)")
     t.add_argument("--out", default=None, help="output folder (default: the package's alignzoo/tinyworld/weights/)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -38,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cmd = getattr(args, "tinyworld_command", None)
     if cmd == "train":
+        if args.stage == "preference":
+            from alignzoo.tinyworld.compose.train_preference import run_stage
+
+            return run_stage(args)
         from alignzoo.tinyworld.train import train
 
         results = train(stage=args.stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
