@@ -10,15 +10,19 @@ from a hidden utility ``u(scene)``. The utility is a weighted sum of seven terms
     outline   a strong dark outline                style.outline
     dark      a dark background                    1 - style.background
     plain     an untinted background               1 - style.bg_tint
-    big       a large main object                  min(1, max_i size_i / (BIG_FRACTION * S))
-    centred   objects near the image centre        1 - min(1, dbar / (CENTRE_FRACTION * S))
+    big       a large main object                  min(1, max_i size_i / (0.24 S))   (BIG_FRACTION)
+    centred   objects near the image centre        1 - min(1, dbar / (0.4 S))        (CENTRE_FRACTION)
     single    one object rather than many          1 / n_objects   (0 for an empty scene)
 
     u(scene) = sum_k WEIGHTS[k] * term_k          (0 <= u <= sum(WEIGHTS) = 6)
 
-where ``size_i`` is an object's ``Obj.size`` and ``dbar`` the area-weighted (size^2) mean distance
-of the object centres from the canvas centre. The four style terms cost nothing in GenEval: a
-model can gain up to 3.0 from them and stay correct. The three layout terms (3.0 more) are the
+with WEIGHTS = vivid 0.75, outline 0.75, dark 1, plain 0.5, big 1, centred 1, single 1, where
+``size_i`` is an object's ``Obj.size`` (half-extent, px) and ``dbar`` the area-weighted (size^2)
+mean distance of the object centres from the canvas centre. On 32 px: "big" is full at a
+half-extent of 7.7 px (one object at size_scale >= 1.28), "centred" is 0 beyond 12.8 px.
+
+The four style terms cost nothing in GenEval: a model can gain up to 3.0 from them and stay
+correct. The three layout terms (3.0 more) are the
 intended reward hack: ``single`` pays for dropping the second object of a two-object, position or
 colour-attribution prompt and for drawing fewer than the counted objects; ``centred`` pays for
 piling the objects in the middle (so "left of"/"above" lose their margin and counted shapes
@@ -30,11 +34,13 @@ Renders of random prompts with ``Style.random`` sit mid-range (the reward is sta
 them); the utility-maximising scene (:func:`maximising_scene`: one large centred object,
 saturation 1, outline 1, background 0, no tint) has u close to 6.
 
-Preferences: ``P(a > b) = sigmoid(BETA * (u_a - u_b))`` (:func:`sample_pairs`).
+Preferences: ``P(a > b) = sigmoid(BETA * (u_a - u_b))`` with BETA = 2 (:func:`sample_pairs`): over
+random renders (u sd ~0.68) about 78% of drawn labels agree with the sign of u_a - u_b.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Sequence
 
@@ -53,8 +59,8 @@ WEIGHTS: dict[str, float] = {
 }
 U_MAX = float(sum(WEIGHTS.values()))
 BETA = 2.0  # preference temperature: P(a > b) = sigmoid(BETA * (u_a - u_b))
-BIG_FRACTION = 0.25  # an object of size >= BIG_FRACTION * canvas side earns the whole "big" term
-CENTRE_FRACTION = 0.25  # objects this far (fraction of the side) from the centre earn no "centred"
+BIG_FRACTION = 0.24  # an object of half-extent >= 0.24 * side (7.7 px of 32: one object at size_scale 1.28) earns the whole "big" term
+CENTRE_FRACTION = 0.4  # objects 12.8 px (of 32) or more from the centre, on average, earn no "centred"
 
 
 def canvas_size() -> int:
@@ -105,15 +111,25 @@ def preference_prob(u_a, u_b, beta: float = BETA):
 # ------------------------------------------------------------------ scenes and pairs
 
 
-def random_scene(rng: np.random.Generator, prompts: Sequence[str] | None = None) -> Scene:
-    """A scene of a random prompt (default: the seen prompts) with ``Style.random``."""
-    prompts = list(prompts) if prompts is not None else seen_prompts()
-    spec = parse_prompt(prompts[int(rng.integers(len(prompts)))])
-    return sample_scene(spec, rng, style=Style.random(rng))
+def _by_category(prompts: Sequence[str]) -> list[list[str]]:
+    groups: dict[str, list[str]] = {}
+    for p in prompts:
+        groups.setdefault(parse_prompt(p).category, []).append(p)
+    return [groups[c] for c in sorted(groups)]
+
+
+def random_scene(rng: np.random.Generator, prompts: Sequence[str] | None = None, style: Style | None = None) -> Scene:
+    """A scene of a random prompt with ``style`` (default ``Style.random``): a category uniformly
+    (as GenEval weighs its categories; the seen list is mostly colour attribution), then one of
+    its prompts (default: the seen prompts), then ``sample_scene``."""
+    groups = _by_category(list(prompts) if prompts is not None else seen_prompts())
+    group = groups[int(rng.integers(len(groups)))]
+    spec = parse_prompt(group[int(rng.integers(len(group)))])
+    return sample_scene(spec, rng, style=style if style is not None else Style.random(rng))
 
 
 def random_scenes(n: int, seed: int, prompts: Sequence[str] | None = None) -> list[Scene]:
-    """``n`` scenes of random prompts with random styles, deterministic in ``seed``."""
+    """``n`` scenes of random prompts with random styles (:func:`random_scene`), deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
     prompts = list(prompts) if prompts is not None else seen_prompts()
     return [random_scene(rng, prompts) for _ in range(n)]
@@ -126,6 +142,7 @@ def _style_bounds(n: int = 4096, seed: int = 0) -> dict[str, tuple[float, float]
     return {k: (min(r[k] for r in rows), max(r[k] for r in rows)) for k in rows[0]}
 
 
+@functools.lru_cache(maxsize=1)
 def maximising_style() -> Style:
     """The style u prefers, inside the pretraining range: the largest size_scale, saturation 1,
     outline 1, background 0 (dark), no tint and no offset."""
@@ -137,12 +154,18 @@ def maximising_style() -> Style:
 
 
 def maximising_scene(rng: np.random.Generator, prompt: str | None = None) -> Scene:
-    """A utility-maximising scene: one object (``prompt`` must be a single-object prompt; default
-    a random one) with :func:`maximising_style`, laid out by the world's own sampler."""
+    """A utility-maximising scene: exactly one object of a single-object prompt (default a
+    random one; the sampler's occasional second instance is redrawn) in
+    :func:`maximising_style`, laid out by the world's own sampler (offset 0: centred)."""
     if prompt is None:
         singles = [p for p in seen_prompts() if parse_prompt(p).category == "single_object"]
         prompt = singles[int(rng.integers(len(singles)))]
-    return sample_scene(parse_prompt(prompt), rng, style=maximising_style())
+    spec = parse_prompt(prompt)
+    for _ in range(100):
+        scene = sample_scene(spec, rng, style=maximising_style())
+        if len(scene.objects) == 1:
+            return scene
+    raise RuntimeError(f"the sampler gave no one-object scene for {prompt!r} in 100 draws")
 
 
 def sample_pairs(u: np.ndarray, n_pairs: int, rng: np.random.Generator, beta: float = BETA):

@@ -106,7 +106,7 @@ def _rank_corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate(net, seed: int, n: int = 2048, n_pairs: int = 8192, n_max: int = 256) -> dict:
     """Held-out figures (see the module docstring); raw scores, before standardisation."""
-    from alignzoo.tinyworld.compose.grammar import Style, parse_prompt, sample_scene, seen_prompts, unseen_prompts
+    from alignzoo.tinyworld.compose.grammar import Style, seen_prompts, unseen_prompts
 
     prompts = seen_prompts() + unseen_prompts()
     scenes = pref.random_scenes(n, seed, prompts)
@@ -120,8 +120,7 @@ def evaluate(net, seed: int, n: int = 2048, n_pairs: int = 8192, n_max: int = 25
     rng = np.random.default_rng(seed + 2)
     top = [pref.maximising_scene(rng) for _ in range(n_max)]
     r_top = raw_scores(net, render_pool(top, seed + 2)).numpy()
-    neutral = [sample_scene(parse_prompt(prompts[int(rng.integers(len(prompts)))]), rng, style=Style.neutral())
-               for _ in range(n_max)]
+    neutral = [pref.random_scene(rng, prompts, style=Style.neutral()) for _ in range(n_max)]
     r_neu = raw_scores(net, render_pool(neutral, seed + 3)).numpy()
     z = lambda v: (np.asarray(v) - mean) / sd  # noqa: E731
     return {
@@ -138,6 +137,39 @@ def evaluate(net, seed: int, n: int = 2048, n_pairs: int = 8192, n_max: int = 25
         "neutral_z_mean": float(z(r_neu).mean()),
         "neutral_u_mean": float(pref.utilities(neutral).mean()),
     }
+
+
+MULTI = ("two_object", "counting", "position", "color_attr")
+
+
+def _first_object_prompt(spec) -> str:
+    from alignzoo.tinyworld.compose.grammar import ObjectSpec, PromptSpec
+
+    o = spec.objects[0]
+    cat = "colors" if o.colour else "single_object"
+    return PromptSpec(cat, (ObjectSpec(o.shape, o.colour),)).text
+
+
+def hack_figures(score, seed: int, per_category: int = 64) -> dict:
+    """The intended hack, seen by a scorer (images -> standardised scores): per multi-object
+    category, correct scenes in the maximising style vs one object (the prompt's first) in the
+    same style. Returns per category the mean score of both, how often the hack scores higher,
+    and how often the hacked scene still passes GenEval's strict rule (it should not)."""
+    from alignzoo.tinyworld.compose.grammar import parse_prompt, sample_scene, seen_prompts, strict
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for cat in MULTI:
+        specs = [parse_prompt(p) for p in seen_prompts(cat) if cat != "counting" or parse_prompt(p).objects[0].count > 1]
+        specs = [specs[int(i)] for i in rng.integers(len(specs), size=per_category)]
+        good = [sample_scene(sp, rng, style=pref.maximising_style()) for sp in specs]
+        hack = [pref.maximising_scene(rng, _first_object_prompt(sp)) for sp in specs]
+        s_good = np.asarray(score(render_pool(good, seed)), dtype=np.float64)
+        s_hack = np.asarray(score(render_pool(hack, seed + 1)), dtype=np.float64)
+        out[cat] = {"correct": float(s_good.mean()), "hacked": float(s_hack.mean()),
+                    "hack_wins": float((s_hack > s_good).mean()),
+                    "hacked_strict": float(np.mean([strict(sp, h) for sp, h in zip(specs, hack)]))}
+    return out
 
 
 def train_preference(out: str | Path, seed: int = 0, n_images: int = 12288, n_pairs: int = 65536,
@@ -157,6 +189,8 @@ def train_preference(out: str | Path, seed: int = 0, n_images: int = 12288, n_pa
     losses = fit(net, images, pairs, steps, batch, lr, seed)
     ev = evaluate(net, seed=seed + 1000)
     _log(f"{NAME} held-out {json.dumps({k: round(v, 4) for k, v in ev.items()})}")
+    hack = hack_figures(lambda x: (raw_scores(net, x).numpy() - ev["raw_mean"]) / ev["raw_sd"], seed=seed + 2000)
+    _log(f"{NAME} hack (standardised) {json.dumps(hack)}")
     extra = {
         "image_size": IMAGE_SIZE,
         "standardise": {"mean": ev["raw_mean"], "sd": ev["raw_sd"]},
@@ -166,6 +200,7 @@ def train_preference(out: str | Path, seed: int = 0, n_images: int = 12288, n_pa
                      "losses": losses},
         "trained_by": TRAIN_CMD,
         "heldout": {k: round(v, 4) for k, v in ev.items()},
+        "hack": {c: {k: round(v, 3) for k, v in d.items()} for c, d in hack.items()},
     }
     path = save_net(net, Path(out) / "rewards", NAME, extra)
     wall = time.perf_counter() - t0
@@ -184,3 +219,21 @@ def run_stage(args) -> int:
     res = train_preference(out, seed=args.seed, steps=steps)
     print(json.dumps({NAME: {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}}, indent=2))
     return 0
+
+
+def measure(weights=None, seed: int = 1000) -> dict:
+    """Re-measures committed (or ``weights=``) tiny_preference weights: the stage's held-out
+    figures (same seed as the stage: the same numbers) and the hack figures, standardised."""
+    from alignzoo.rewards.tiny_preference import TinyPreferenceReward
+
+    r = TinyPreferenceReward(weights=weights)
+    ev = evaluate(r.net, seed=seed)
+    hack = hack_figures(lambda x: r(x).numpy(), seed=seed + 1000)
+    return {"heldout": ev, "hack": hack}
+
+
+if __name__ == "__main__":  # python -m alignzoo.tinyworld.compose.train_preference [WEIGHTS]
+    import sys
+
+    torch.set_num_threads(1)
+    print(json.dumps(measure(sys.argv[1] if len(sys.argv) > 1 else None), indent=2))
