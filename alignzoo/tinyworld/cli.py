@@ -1,9 +1,10 @@
 """``alignzoo tinyworld``: train the tiny world's models, render a prompt, or run the quality check.
 
-    alignzoo tinyworld train [--stage rewards|vae|sd|lcm|all|preference] [--out DIR] [--seed N] [--threads N]
+    alignzoo tinyworld train [--stage rewards|vae|sd|lcm|all|geneval|preference] [--out DIR] [--seed N] [--threads N]
     alignzoo tinyworld render --prompt "two red circles on the left" --out x.png [--seed N] [--zoom 8]
     alignzoo tinyworld eval [--weights DIR]
     alignzoo tinyworld prompts [--unseen [CATEGORY]]
+    alignzoo tinyworld geneval [--per-prompt 4] [--degraded] [--split all|seen|unseen]   (compositional world)
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import os
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="tinyworld_command", metavar="ACTION")
     t = sub.add_parser("train", help="train the tiny reward models, VAE, tiny-sd and tiny-lcm")
-    t.add_argument("--stage", default="all", choices=["rewards", "vae", "sd", "lcm", "all", "preference"],
+    from alignzoo.tinyworld.compose.stages import COMPOSE_STAGES
+
+    t.add_argument("--stage", default="all", choices=["rewards", "vae", "sd", "lcm", "all", *COMPOSE_STAGES, "preference"],
                    help="which stage to train (default all, in the order rewards, vae, sd, lcm; "
-                        "preference: the compositional world's tiny_preference, not part of all)")
+                   f"the compositional world's {', '.join([*COMPOSE_STAGES, 'preference'])} run only by name)")
     t.add_argument("--out", default=None, help="output folder (default: the package's alignzoo/tinyworld/weights/)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -33,16 +36,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--threads", type=int, default=2)
     p = sub.add_parser("prompts", help="print the seen (default) or unseen prompt list")
     p.add_argument("--unseen", nargs="?", const="all", default=None, metavar="CATEGORY")
+    ge = sub.add_parser("geneval", help="compositional world: per-category strict GenEval scores of renders")
+    ge.add_argument("--per-prompt", type=int, default=4)
+    ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument("--split", default="all", choices=["all", "seen", "unseen"])
+    ge.add_argument("--degraded", action="store_true", help="one random blur/noise/colour shift per render")
+    ge.add_argument("--judges", default="tiny_geneval,tiny_geneval_judge2")
+    ge.add_argument("--threads", type=int, default=1)
+
+
+def _compose_stages() -> dict:
+    from alignzoo.tinyworld.compose.stages import COMPOSE_STAGES
+
+    return COMPOSE_STAGES
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cmd = getattr(args, "tinyworld_command", None)
-    if cmd == "train":
-        if args.stage == "preference":
-            from alignzoo.tinyworld.compose.train_preference import run_stage
+    if cmd == "train" and args.stage == "preference":  # tiny_preference (compose/train_preference.py)
+        from alignzoo.tinyworld.compose.train_preference import run_stage as run_preference
 
-            return run_stage(args)
+        return run_preference(args)
+    if cmd == "train" and args.stage in _compose_stages():
+        from alignzoo.tinyworld.compose.stages import run_stage
+
+        res = run_stage(args.stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
+        print(json.dumps(res, indent=2, default=str))
+        return 0
+    if cmd == "train":
         from alignzoo.tinyworld.train import train
 
         results = train(stage=args.stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
@@ -86,5 +108,13 @@ def run(args: argparse.Namespace) -> int:
             prompts = unseen_prompts(None if args.unseen == "all" else args.unseen)
         print("\n".join(prompts))
         return 0
-    print("usage: alignzoo tinyworld {train,render,eval,prompts} ... (see --help)")
+    if cmd == "geneval":
+        import torch
+
+        from alignzoo.tinyworld.compose.evaluate import main
+
+        torch.set_num_threads(args.threads)
+        main(args.per_prompt, args.seed, args.degraded, args.split, args.judges.split(","))
+        return 0
+    print("usage: alignzoo tinyworld {train,render,eval,prompts,geneval} ... (see --help)")
     return 1

@@ -208,15 +208,22 @@ def train_preference(out: str | Path, seed: int = 0, n_images: int = 12288, n_pa
     return {"seconds": wall, **ev}
 
 
+STEPS = 1200
+
+
+def stage(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict:
+    """The stage in ``compose.stages``' signature: ``(out, seed, scale) -> figures``; ``scale``
+    multiplies the step count (quick trials)."""
+    return train_preference(out, seed=seed, steps=max(1, int(round(STEPS * scale))))
+
+
 def run_stage(args) -> int:
     """The CLI entry (``alignzoo tinyworld train --stage preference [--out DIR] [--seed N]
-    [--threads N] [--scale X]``); ``--scale`` multiplies the step count (quick trials)."""
+    [--threads N] [--scale X]``)."""
     from alignzoo.tinyworld.train import default_out
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out is not None else default_out()
-    steps = max(1, int(round(1200 * args.scale)))
-    res = train_preference(out, seed=args.seed, steps=steps)
+    res = stage(Path(args.out) if args.out is not None else default_out(), seed=args.seed, scale=args.scale)
     print(json.dumps({NAME: {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}}, indent=2))
     return 0
 

@@ -1,0 +1,29 @@
+"""Training stages of the compositional tiny world, run by ``alignzoo tinyworld train --stage NAME``.
+
+Each entry maps a stage name to ``"module:function"``; the function takes
+``(out: Path, seed: int, scale: float)`` (``out`` = the weights folder, default
+``alignzoo/tinyworld/weights``) and returns a dict of figures (``wall_seconds`` is added).
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+COMPOSE_STAGES: dict[str, str] = {
+    "geneval": "alignzoo.tinyworld.compose.train_geneval:train_geneval",
+}
+
+
+def run_stage(stage: str, out: str | Path | None = None, seed: int = 0, threads: int = 1, scale: float = 1.0) -> dict:
+    import torch
+
+    if stage not in COMPOSE_STAGES:
+        raise ValueError(f"unknown compose stage {stage!r}; known: {', '.join(COMPOSE_STAGES)}")
+    torch.set_num_threads(threads)
+    mod, fn = COMPOSE_STAGES[stage].split(":")
+    out = Path(out) if out is not None else Path(__file__).resolve().parent.parent / "weights"
+    t0 = time.perf_counter()
+    res = getattr(importlib.import_module(mod), fn)(out, seed=seed, scale=scale)
+    res["wall_seconds"] = time.perf_counter() - t0
+    return res
