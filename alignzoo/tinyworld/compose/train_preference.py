@@ -228,6 +228,31 @@ def run_stage(args) -> int:
     return 0
 
 
+def breakdown(score, seed: int, n: int = 64) -> dict:
+    """Per category: the mean standardised score of random-style renders; per style field: the
+    mean score change when only that field moves from its worst to its best value (same
+    prompts, same layout seed: u's style terms seen through the network)."""
+    from alignzoo.tinyworld.compose.grammar import CATEGORIES, Style, sample_scene, seen_prompts
+
+    out: dict = {"category_mean": {}, "style_effect": {}}
+    for cat in CATEGORIES:
+        out["category_mean"][cat] = float(np.mean(score(render_pool(pref.random_scenes(n, seed, seen_prompts(cat)), seed))))
+    swings = {"saturation": (0.0, 1.0), "outline": (0.0, 1.0), "background": (1.0, 0.0), "bg_tint": (1.0, 0.0),
+              "size_scale": (0.7, 1.3), "offset": (7.0, 0.0)}
+    rng = np.random.default_rng(seed)
+    base = [Style.random(rng) for _ in range(n)]
+    prompts = seen_prompts("single_object")
+    for field, (lo, hi) in swings.items():
+        sc = {}
+        for v in (lo, hi):
+            r = np.random.default_rng(seed + 1)
+            scenes = [sample_scene(prompts[i % len(prompts)], r, style=dataclasses.replace(st, **{field: v}))
+                      for i, st in enumerate(base)]
+            sc[v] = np.asarray(score(render_pool(scenes, seed)), dtype=np.float64)
+        out["style_effect"][field] = float((sc[hi] - sc[lo]).mean())
+    return out
+
+
 def measure(weights=None, seed: int = 1000) -> dict:
     """Re-measures committed (or ``weights=``) tiny_preference weights: the stage's held-out
     figures (same seed as the stage: the same numbers) and the hack figures, standardised."""
@@ -236,7 +261,7 @@ def measure(weights=None, seed: int = 1000) -> dict:
     r = TinyPreferenceReward(weights=weights)
     ev = evaluate(r.net, seed=seed)
     hack = hack_figures(lambda x: r(x).numpy(), seed=seed + 1000)
-    return {"heldout": ev, "hack": hack}
+    return {"heldout": ev, "hack": hack, **breakdown(lambda x: r(x).numpy(), seed=seed + 3000)}
 
 
 if __name__ == "__main__":  # python -m alignzoo.tinyworld.compose.train_preference [WEIGHTS]
