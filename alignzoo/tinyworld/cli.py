@@ -51,13 +51,18 @@ def _compose_stages() -> dict:
     return COMPOSE_STAGES
 
 
+def _train_preference(args: argparse.Namespace) -> int:
+    """tiny_preference (compose/train_preference.py), outside compose.stages' registry."""
+    from alignzoo.tinyworld.compose.train_preference import run_stage
+
+    return run_stage(args)
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cmd = getattr(args, "tinyworld_command", None)
-    if cmd == "train" and args.stage == "preference":  # tiny_preference (compose/train_preference.py)
-        from alignzoo.tinyworld.compose.train_preference import run_stage as run_preference
-
-        return run_preference(args)
+    if cmd == "train" and args.stage == "preference":
+        return _train_preference(args)
     if cmd == "train" and args.stage in _compose_stages():
         from alignzoo.tinyworld.compose.stages import run_stage
 
