@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from alignzoo.hub import MissingWeightsError
-from alignzoo.rewards.base import Reward, register_reward
+from alignzoo.rewards.base import Reward, register_reward, validate_inputs
 from alignzoo.rewards.tiny import _resize, default_weights_dir
 
 NAME = "tiny_preference"
@@ -80,6 +80,7 @@ class TinyPreferenceReward(Reward):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features (B, hidden) of the images (the diversity column's embedding)."""
-        ctx = torch.enable_grad() if self.differentiable else torch.inference_mode()
+        validate_inputs(images, None, needs_prompts=False)
+        ctx = torch.enable_grad() if self.differentiable else torch.no_grad()
         with ctx:
             return self._hidden(images)
