@@ -253,6 +253,22 @@ def breakdown(score, seed: int, n: int = 64) -> dict:
     return out
 
 
+def degraded_effects(score, seed: int, n: int = 256) -> dict:
+    """Mean score change and correlation with the clean scores under each of the compose
+    renderer's degradations at severity 0.3 and 0.7 (random-style renders)."""
+    from alignzoo.tinyworld.compose.render import degrade
+
+    x = render_pool(pref.random_scenes(n, seed), seed)
+    clean = np.asarray(score(x), dtype=np.float64)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for kind in ("blur", "noise", "colour_shift"):
+        for sev in (0.3, 0.7):
+            d = np.asarray(score(degrade(x, kind, sev, gen)), dtype=np.float64)
+            out[f"{kind}@{sev}"] = {"shift": float((d - clean).mean()), "corr": float(np.corrcoef(d, clean)[0, 1])}
+    return out
+
+
 def measure(weights=None, seed: int = 1000) -> dict:
     """Re-measures committed (or ``weights=``) tiny_preference weights: the stage's held-out
     figures (same seed as the stage: the same numbers) and the hack figures, standardised."""
@@ -260,8 +276,10 @@ def measure(weights=None, seed: int = 1000) -> dict:
 
     r = TinyPreferenceReward(weights=weights)
     ev = evaluate(r.net, seed=seed)
-    hack = hack_figures(lambda x: r(x).numpy(), seed=seed + 1000)
-    return {"heldout": ev, "hack": hack, **breakdown(lambda x: r(x).numpy(), seed=seed + 3000)}
+    score = lambda x: r(x).numpy()  # noqa: E731
+    hack = hack_figures(score, seed=seed + 1000)
+    return {"heldout": ev, "hack": hack, **breakdown(score, seed=seed + 3000),
+            "degraded": degraded_effects(score, seed=seed + 4000)}
 
 
 if __name__ == "__main__":  # python -m alignzoo.tinyworld.compose.train_preference [WEIGHTS]
