@@ -75,7 +75,7 @@ class TinyGenevalReward(Reward):
     def _outputs(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         from alignzoo.tinyworld.compose.judge import judge_outputs
 
-        return judge_outputs(self.net(_resize(images.to(self.device, torch.float32))), prompts)
+        return judge_outputs(self.net(_resize(images.to(self.device, torch.float32))), prompts, self.net.threshold)
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return self._outputs(images, prompts)["strict" if self.strict else "soft"]
@@ -93,7 +93,7 @@ class TinyGenevalReward(Reward):
         return out
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The judge's backbone embedding (B, hidden) of each image (for the diversity column)."""
+        """The judge's backbone embedding (B, 4 x width: mean and max of its last map) of each image (for the diversity column)."""
         validate_inputs(images, None, needs_prompts=False)
         ctx = torch.enable_grad() if self.differentiable else torch.no_grad()
         with ctx:

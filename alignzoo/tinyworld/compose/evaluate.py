@@ -15,6 +15,7 @@ import torch
 
 from alignzoo.tinyworld.compose import grammar as g
 from alignzoo.tinyworld.compose.render import DEGRADATIONS, degrade, render_batch
+from alignzoo.tinyworld.compose.train_geneval import DEGRADED_SEVERITY
 
 
 def category_table(images: torch.Tensor, prompts: Sequence[str], judges: Sequence[str], batch: int = 500) -> dict:
@@ -41,7 +42,7 @@ def category_table(images: torch.Tensor, prompts: Sequence[str], judges: Sequenc
 
 def render_prompts(per_prompt: int, seed: int, split: str = "all", degraded: bool = False) -> tuple[torch.Tensor, list[str]]:
     """``per_prompt`` satisfying renders (random Style) of every prompt of ``split``
-    (seen | unseen | all); ``degraded``: one random degradation each, severity U(0.25, 0.75)."""
+    (seen | unseen | all); ``degraded``: one random degradation each, severity U(DEGRADED_SEVERITY) as in the judges' evaluation."""
     prompts = {"seen": g.seen_prompts, "unseen": g.unseen_prompts,
                "all": lambda: g.seen_prompts() + g.unseen_prompts()}[split]()
     prompts = [p for p in prompts for _ in range(per_prompt)]
@@ -50,7 +51,7 @@ def render_prompts(per_prompt: int, seed: int, split: str = "all", degraded: boo
     if degraded:
         gen = torch.Generator().manual_seed(seed)
         kind = rng.integers(0, len(DEGRADATIONS), size=len(prompts))
-        sev = rng.uniform(0.25, 0.75, size=len(prompts))
+        sev = rng.uniform(*DEGRADED_SEVERITY, size=len(prompts))
         for k, name in enumerate(DEGRADATIONS):
             images = degrade(images, name, torch.tensor(np.where(kind == k, sev, 0.0), dtype=torch.float32), gen)
     return images, prompts

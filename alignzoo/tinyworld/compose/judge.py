@@ -1,24 +1,30 @@
-"""The GenEval judge of the compositional tiny world: a small CNN "detector" and GenEval's rules
-on its outputs.
+"""The GenEval judge of the compositional tiny world: a small fully convolutional detector and
+GenEval's rules on its detections.
 
-Per shape class s the net predicts ``count:s`` (softmax over 0..MAX_COUNT), ``colour:s``
-(softmax over COLOURS: the colour of the shape's instances) and the centre of mass of its
-instances as two softmax distributions over the pixel columns ``x:s`` and rows ``y:s``.
-GenEval's rules on these outputs, per criterion of ``grammar.criteria``:
+The net maps a 32x32 image to a 16x16 grid of 2-px cells (CenterNet in miniature): per cell a
+centre heatmap per shape class (sigmoid: "an instance of this shape is centred here") and
+colour logits (the colour of the object centred here). Detections are the heatmap's 3x3 local
+maxima (objects' centres are >= 3 cells apart). Per shape class s, from its top-K peaks
+p_1..p_K (K = 6): the count distribution is Poisson-binomial(p_1..p_K), the colour
+distribution is the peaks' colour softmax weighted by p_k, and the centre distribution puts
+weight p_k / sum p on each peak's cell. GenEval's rules on these, per criterion of
+``grammar.criteria``:
 
-===============  =========================================  ================================
-criterion        probability (soft)                         decision (strict)
-===============  =========================================  ================================
-present:s        P(count_s >= 1)                            P > 0.5
-count:s          P(count_s = N)                             argmax count = N
-colour           prod over prompted shapes of P(colour)     argmax colour = prompted, each
-relation         P(sign (x_a - x_b) > MARGIN) (independent   P > 0.5
-                 column / row distributions of a and b)
-===============  =========================================  ================================
+===============  ==========================================  ==============================
+criterion        probability (soft)                          decision (strict)
+===============  ==========================================  ==============================
+present:s        P(count_s >= 1) = 1 - prod(1 - p_k)          some peak > t
+count:s          P(count_s = N)                              N peaks > t
+colour           prod over prompted shapes of P(colour)      argmax colour = prompted, each
+relation         P(sign (x_a - x_b) > MARGIN) over the two    P > 0.5
+                 centre distributions (cell centres, px)
+===============  ==========================================  ==============================
 
 The soft score (the training reward) is the product of the criteria's probabilities: 1 only
 when every criterion is surely met, near 0 when any is surely broken (GenEval's "all right",
-made smooth). The strict score is 1 iff every decision is right.
+made smooth). The strict score is 1 iff every decision is right. The detection threshold t
+is calibrated per judge on validation renders by the training stage (``threshold`` in its
+.json; 0.5 when absent).
 """
 from __future__ import annotations
 
@@ -29,43 +35,44 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from alignzoo.tinyworld.compose import grammar as g
 
 SIZE = g.IMAGE_SIZE
-
-
-def head_sizes() -> dict[str, int]:
-    out = {}
-    for s in g.SHAPES:
-        out.update({f"count:{s}": g.MAX_COUNT + 1, f"colour:{s}": len(g.COLOURS), f"x:{s}": SIZE, f"y:{s}": SIZE})
-    return out
+CELL = 2  # px per heatmap cell
+GRID = SIZE // CELL
+TOP_K = 6
+N_SHAPES, N_COLOURS = len(g.SHAPES), len(g.COLOURS)
 
 
 class JudgeNet(nn.Module):
-    """Five 3x3 conv blocks (GroupNorm, SiLU; 32 -> 16 -> 8 -> 4 px), an MLP on the flattened
-    4x4 map (keeps where things are) and one linear head per output group."""
+    """two 3x3 convs at 32 px, a stride-2 conv to 16x16, three 3x3 convs (dilation 1, 2, 4:
+    receptive field ~ 35 px) and a 1x1 head: (B, shapes + colours, 16, 16) logits."""
 
-    def __init__(self, width: int = 24, hidden: int = 128):
+    def __init__(self, width: int = 16):
         super().__init__()
         w = width
 
-        def block(cin, cout, stride):
-            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
+        def block(cin, cout, stride=1, dil=1):
+            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=dil, dilation=dil), nn.GroupNorm(4, cout), nn.SiLU()]
 
-        self.features = nn.Sequential(*block(3, w, 1), *block(w, w, 2), *block(w, 2 * w, 1),
-                                      *block(2 * w, 2 * w, 2), *block(2 * w, 2 * w, 2))
-        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(2 * w * 16, hidden), nn.SiLU())
-        self.heads = nn.ModuleDict({k.replace(":", "_"): nn.Linear(hidden, n) for k, n in head_sizes().items()})
-        self.config = {"arch": "JudgeNet", "width": width, "hidden": hidden}
+        self.features = nn.Sequential(*block(3, w), *block(w, w), *block(w, 2 * w, stride=2), *block(2 * w, 2 * w),
+                                      *block(2 * w, 2 * w, dil=2), *block(2 * w, 2 * w, dil=4))
+        self.head = nn.Conv2d(2 * w, N_SHAPES + N_COLOURS, 1)
+        with torch.no_grad():  # start from "nothing here" (p = 0.01), as CenterNet does
+            self.head.bias[:N_SHAPES].fill_(-4.6)
+        self.feature_dim = 4 * w
+        self.config = {"arch": "JudgeNet-heatmap", "width": width, "grid": GRID, "top_k": TOP_K}
+        self.threshold = 0.5  # detection threshold on peaks (calibrated after training)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone features (B, hidden): the judge's view of an image (diversity column)."""
-        return self.mlp(self.features(images * 2 - 1))
+        """Backbone features (B, 4 width): mean and max over the last map (diversity column)."""
+        h = self.features(images * 2 - 1)
+        return torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.embed(images)
-        return {k: self.heads[k.replace(":", "_")](h) for k in head_sizes()}
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images * 2 - 1))
 
 
 def save_judge(net: JudgeNet, path: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -84,59 +91,104 @@ def load_judge(path: str | os.PathLike) -> tuple[JudgeNet, dict]:
 
     path = Path(path)
     cfg = json.loads(path.with_suffix(".json").read_text())
-    net = JudgeNet(width=cfg["width"], hidden=cfg["hidden"])
+    net = JudgeNet(width=cfg["width"])
     net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    net.threshold = float(cfg.get("threshold", 0.5))
     net.eval()
     return net, cfg
 
 
 # ------------------------------------------------------------------------------ targets
 
-def scene_targets(scenes: Sequence[g.Scene]) -> dict[str, torch.Tensor]:
-    """Per head the class index (long); -1 where it is undefined (colour / centre of an absent
-    shape). Centres: the pixel column / row holding the instances' mean centre."""
-    out = {k: torch.full((len(scenes),), -1, dtype=torch.long) for k in head_sizes()}
+def scene_targets(scenes: Sequence[g.Scene]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(heat (B, shapes, 16, 16) 0/1 at each object's centre cell, colour (B, 16, 16) long:
+    the object's colour index on the 3x3 cells around its centre, -1 elsewhere)."""
+    heat = torch.zeros(len(scenes), N_SHAPES, GRID, GRID)
+    colour = torch.full((len(scenes), GRID, GRID), -1, dtype=torch.long)
     for i, sc in enumerate(scenes):
-        for s in g.SHAPES:
-            obs = [o for o in sc.objects if o.shape == s]
-            out[f"count:{s}"][i] = len(obs)
-            if obs:
-                out[f"colour:{s}"][i] = g.COLOURS.index(obs[0].colour)
-                cx = sum(o.cx for o in obs) / len(obs)
-                cy = sum(o.cy for o in obs) / len(obs)
-                out[f"x:{s}"][i] = min(SIZE - 1, max(0, int(cx)))
-                out[f"y:{s}"][i] = min(SIZE - 1, max(0, int(cy)))
-    return out
+        for o in sc.objects:
+            cx, cy = min(GRID - 1, int(o.cx // CELL)), min(GRID - 1, int(o.cy // CELL))
+            heat[i, g.SHAPES.index(o.shape), cy, cx] = 1
+            colour[i, max(0, cy - 1): cy + 2, max(0, cx - 1): cx + 2] = g.COLOURS.index(o.colour)
+    return heat, colour
+
+
+def detector_loss(logits: torch.Tensor, heat: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """Heatmap BCE summed over cells and divided by the number of objects (CenterNet's
+    normalisation: each object weighs the same however empty the image) + colour CE on the
+    cells around objects' centres."""
+    n_obj = heat.sum().clamp_min(1.0)
+    h = F.binary_cross_entropy_with_logits(logits[:, :N_SHAPES], heat, reduction="sum") / n_obj
+    c = F.cross_entropy(logits[:, N_SHAPES:], colour, ignore_index=-1) if (colour >= 0).any() else 0.0
+    return h + c
+
+
+# ------------------------------------------------------------------------------ detections
+
+def detections(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per shape class the top-K heatmap peaks: ``p`` (B, S, K), cell ``x`` / ``y`` centres in
+    px (B, S, K) and colour probabilities ``colour`` (B, S, K, C)."""
+    b = logits.shape[0]
+    heat = torch.sigmoid(logits[:, :N_SHAPES].float())
+    peak = heat * (heat == F.max_pool2d(heat, 3, stride=1, padding=1)).float()
+    p, idx = peak.flatten(2).topk(TOP_K, dim=-1)  # (B, S, K)
+    col = logits[:, N_SHAPES:].float().softmax(1).flatten(2)  # (B, C, G*G)
+    colour = torch.gather(col[:, None].expand(b, N_SHAPES, N_COLOURS, GRID * GRID), 3,
+                          idx[:, :, None, :].expand(b, N_SHAPES, N_COLOURS, TOP_K)).permute(0, 1, 3, 2)
+    x = (idx % GRID).float() * CELL + CELL / 2
+    y = torch.div(idx, GRID, rounding_mode="floor").float() * CELL + CELL / 2
+    return {"p": p, "x": x, "y": y, "colour": colour}
+
+
+def count_distribution(p: torch.Tensor) -> torch.Tensor:
+    """Poisson-binomial distribution of the number of detections: (..., K) -> (..., K + 1)."""
+    dist = torch.zeros(*p.shape[:-1], p.shape[-1] + 1, device=p.device)
+    dist[..., 0] = 1
+    for k in range(p.shape[-1]):
+        q = p[..., k : k + 1]
+        dist = torch.cat([dist[..., :1] * (1 - q), dist[..., 1:] * (1 - q) + dist[..., :-1] * q], -1)
+    return dist
 
 
 # ------------------------------------------------------------------------------ GenEval's rules
 
-def _relation_prob(px_a: torch.Tensor, px_b: torch.Tensor, relation: str) -> torch.Tensor:
-    """P(sign (a - b) > MARGIN) for independent distributions over pixel bins (B, SIZE)."""
-    _, sign = g.RELATION_AXIS[relation]
-    idx = torch.arange(SIZE, device=px_a.device, dtype=torch.float32)
-    diff = sign * (idx[:, None] - idx[None, :])  # a's bin i, b's bin j
-    mask = (diff > g.MARGIN).float()
-    return torch.einsum("bi,ij,bj->b", px_a, mask, px_b)
+def rule_tables(logits: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
+    """Every quantity GenEval's rules read, for all shapes at once: ``present_p`` / ``present_ok``
+    (B, S), ``count_p`` (B, S, K + 1), ``n_det`` (B, S), ``colour_p`` (B, S, C), ``colour_arg``
+    (B, S) and ``relation_p`` (B, R, S, S): P(first shape's centre on relation r's side of the
+    second's by > MARGIN)."""
+    det = detections(logits)
+    p = det["p"]
+    hit = p > threshold
+    w = p / p.sum(-1, keepdim=True).clamp_min(1e-6)
+    colour_p = (w[..., None] * det["colour"]).sum(2)
+    rel = []
+    for r in g.RELATIONS:
+        axis, sign = g.RELATION_AXIS[r]
+        c = det[axis]
+        mask = (sign * (c[:, :, None, :, None] - c[:, None, :, None, :]) > g.MARGIN).float()
+        rel.append(torch.einsum("bik,bijkl,bjl->bij", w, mask, w))
+    return {"present_p": 1 - (1 - p).prod(-1), "present_ok": hit.any(-1), "count_p": count_distribution(p),
+            "n_det": hit.sum(-1), "colour_p": colour_p, "colour_arg": colour_p.argmax(-1),
+            "relation_p": torch.stack(rel, 1)}
 
 
-def _criterion(spec: g.PromptSpec, key: str, probs: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probability, decision) of one criterion for image ``i``."""
+def _criterion(spec: g.PromptSpec, key: str, t: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probability, decision) of one criterion for image ``i`` from :func:`rule_tables`."""
     o = spec.objects
     if key.startswith("present:"):
-        p = 1 - probs[f"count:{key[8:]}"][i, 0]
-        return p, p > 0.5
+        s = g.SHAPES.index(key[8:])
+        return t["present_p"][i, s], t["present_ok"][i, s]
     if key.startswith("count:"):
-        pc = probs[key][i]
-        return pc[o[0].count], pc.argmax() == o[0].count
+        s = g.SHAPES.index(key[6:])
+        return t["count_p"][i, s, o[0].count], t["n_det"][i, s] == o[0].count
     if key == "colour":
-        ps = [probs[f"colour:{x.shape}"][i] for x in o]
-        cols = [g.COLOURS.index(x.colour) for x in o]
-        p = torch.stack([q[c] for q, c in zip(ps, cols)]).prod()
-        return p, torch.stack([q.argmax() == c for q, c in zip(ps, cols)]).all()
-    axis = "x" if g.RELATION_AXIS[spec.relation][0] == "x" else "y"
-    pa, pb = probs[f"{axis}:{o[0].shape}"][i : i + 1], probs[f"{axis}:{o[1].shape}"][i : i + 1]
-    p = _relation_prob(pa, pb, spec.relation)[0]
+        s = [g.SHAPES.index(x.shape) for x in o]
+        c = [g.COLOURS.index(x.colour) for x in o]
+        p = t["colour_p"][i, s, c]
+        return p.prod(), (t["colour_arg"][i, s] == torch.tensor(c, device=p.device)).all()
+    a, b = g.SHAPES.index(o[0].shape), g.SHAPES.index(o[1].shape)
+    p = t["relation_p"][i, g.RELATIONS.index(spec.relation), a, b]
     return p, p > 0.5
 
 
@@ -151,19 +203,20 @@ def spec_and_keys(prompt: str) -> tuple[g.PromptSpec, tuple[str, ...]]:
     return _KEYS_CACHE[prompt]
 
 
-def judge_outputs(logits: dict[str, torch.Tensor], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+def judge_outputs(logits: torch.Tensor, prompts: Sequence[str], threshold: float = 0.5) -> dict[str, torch.Tensor]:
     """GenEval's rules on the net's logits: ``soft`` (B,), ``strict`` (B,) 0/1 and per criterion
-    ``p:<key>`` / ``ok:<key>`` (NaN where the prompt has no such criterion)."""
-    probs = {k: v.float().softmax(-1) for k, v in logits.items()}
+    ``p:<key>`` / ``ok:<key>`` (NaN where the prompt has no such criterion). ``threshold``: the
+    peak height that counts as a detection (each judge's is calibrated by its training stage)."""
+    tables = rule_tables(logits, threshold)
     b = len(prompts)
-    dev = next(iter(probs.values())).device
+    dev = logits.device
     soft, strict_ = [], []
     per: dict[str, list] = {}
     for i, prompt in enumerate(prompts):
         spec, keys = spec_and_keys(prompt)
         ps, oks = [], []
         for key in keys:
-            p, ok = _criterion(spec, key, probs, i)
+            p, ok = _criterion(spec, key, tables, i)
             ps.append(p)
             oks.append(ok)
             per.setdefault(key, [None] * b)[i] = (p, ok)
