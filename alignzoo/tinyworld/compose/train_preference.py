@@ -150,11 +150,12 @@ def _first_object_prompt(spec) -> str:
     return PromptSpec(cat, (ObjectSpec(o.shape, o.colour),)).text
 
 
-def hack_figures(score, seed: int, per_category: int = 64) -> dict:
+def hack_figures(score, seed: int, per_category: int = 64, judge=None) -> dict:
     """The intended hack, seen by a scorer (images -> standardised scores): per multi-object
     category, correct scenes in the maximising style vs one object (the prompt's first) in the
     same style. Returns per category the mean score of both, how often the hack scores higher,
-    and how often the hacked scene still passes GenEval's strict rule (it should not)."""
+    and how often the hacked scene still passes GenEval's strict rule (it should not); with a
+    ``judge`` (images, prompts -> scores, e.g. tiny_geneval_strict) also its mean on both."""
     from alignzoo.tinyworld.compose.grammar import parse_prompt, sample_scene, seen_prompts, strict
 
     rng = np.random.default_rng(seed)
@@ -169,6 +170,10 @@ def hack_figures(score, seed: int, per_category: int = 64) -> dict:
         out[cat] = {"correct": float(s_good.mean()), "hacked": float(s_hack.mean()),
                     "hack_wins": float((s_hack > s_good).mean()),
                     "hacked_strict": float(np.mean([strict(sp, h) for sp, h in zip(specs, hack)]))}
+        if judge is not None:
+            texts = [sp.text for sp in specs]
+            out[cat]["judge_correct"] = float(np.mean(judge(render_pool(good, seed), texts)))
+            out[cat]["judge_hacked"] = float(np.mean(judge(render_pool(hack, seed + 1), texts)))
     return out
 
 
@@ -269,6 +274,18 @@ def degraded_effects(score, seed: int, n: int = 256) -> dict:
     return out
 
 
+def _strict_judge():
+    """tiny_geneval_strict as (images, prompts) -> numpy scores, or None without its weights."""
+    from alignzoo.hub import MissingWeightsError
+    from alignzoo.rewards import get_reward
+
+    try:
+        j = get_reward("tiny_geneval_strict")
+    except MissingWeightsError:
+        return None
+    return lambda x, prompts: j(x, prompts).numpy()
+
+
 def measure(weights=None, seed: int = 1000) -> dict:
     """Re-measures committed (or ``weights=``) tiny_preference weights: the stage's held-out
     figures (same seed as the stage: the same numbers) and the hack figures, standardised."""
@@ -277,7 +294,7 @@ def measure(weights=None, seed: int = 1000) -> dict:
     r = TinyPreferenceReward(weights=weights)
     ev = evaluate(r.net, seed=seed)
     score = lambda x: r(x).numpy()  # noqa: E731
-    hack = hack_figures(score, seed=seed + 1000)
+    hack = hack_figures(score, seed=seed + 1000, judge=_strict_judge())
     return {"heldout": ev, "hack": hack, **breakdown(score, seed=seed + 3000),
             "degraded": degraded_effects(score, seed=seed + 4000)}
 
