@@ -94,6 +94,7 @@ def load_judge(path: str | os.PathLike) -> tuple[JudgeNet, dict]:
     net = JudgeNet(width=cfg["width"])
     net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     net.threshold = float(cfg.get("threshold", 0.5))
+    net.config["threshold"] = net.threshold
     net.eval()
     return net, cfg
 
