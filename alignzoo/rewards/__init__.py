@@ -13,3 +13,4 @@ from alignzoo.rewards.base import (  # noqa: F401
 from alignzoo.rewards import aesthetic, control, hpsv2, imagereward, jpeg, pickscore  # noqa: F401,E402
 from alignzoo.rewards import tiny  # noqa: F401
 from alignzoo.rewards import tiny_compose  # noqa: F401,E402
+from alignzoo.rewards import tiny_preference  # noqa: F401,E402

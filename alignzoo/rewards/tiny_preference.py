@@ -1,0 +1,86 @@
+"""``tiny_preference``: the compositional tiny world's preference reward (an ImageReward analogue).
+
+Prompt-independent, like the aesthetic predictor: a small CNN trained with the Bradley–Terry loss
+on synthetic pairwise preferences of a hidden utility over style and layout (saturation, outline,
+dark plain background, one large centred object; :mod:`alignzoo.tinyworld.compose.preference`).
+Scores are standardised: mean ~0, sd ~1 over renders of random prompts with ``Style.random``
+(higher = preferred); utility-maximising renders score near the top (figures in
+docs/tinyworld-preference.md and the weights' json). Pushed far, it pays for dropping counted and
+positioned objects: the reward hack it exists to make visible next to ``tiny_geneval``.
+
+Weights: ``alignzoo/tinyworld/weights/rewards/tiny_preference.safetensors`` (+ ``.json``), written
+by ``alignzoo tinyworld train --stage preference``; ``weights=`` points elsewhere (the file or its
+folder). Images of any size are resized to 32x32 (area averaging when shrinking).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from alignzoo.hub import MissingWeightsError
+from alignzoo.rewards.base import Reward, register_reward, validate_inputs
+from alignzoo.rewards.tiny import _resize, default_weights_dir
+
+NAME = "tiny_preference"
+TRAIN_CMD = "alignzoo tinyworld train --stage preference"
+
+
+def preference_weights_file(weights: str | os.PathLike | None = None) -> Path:
+    """The safetensors file (its .json next to it); a clear MissingWeightsError otherwise."""
+    path = Path(weights) if weights is not None else default_weights_dir()
+    if path.is_dir():
+        path = path / f"{NAME}.safetensors"
+    if not path.is_file() or not path.with_suffix(".json").is_file():
+        raise MissingWeightsError(
+            f"tiny reward {NAME!r}: weights {str(path)!r} (and its .json config) not found. "
+            f"They are committed with the package; rebuild them with `{TRAIN_CMD}` "
+            f"or pass weights=/path/to/{NAME}.safetensors"
+        )
+    return path
+
+
+@register_reward(NAME, "compositional tiny world: Bradley-Terry preference of a hidden style/layout utility, ~N(0,1) on random renders")
+class TinyPreferenceReward(Reward):
+    """Standardised Bradley–Terry score of each image (prompt-independent; higher = preferred)."""
+
+    reads_prompt = False
+    weights_source = f"trained by `{TRAIN_CMD}`"
+    supports_grad = True
+
+    def __init__(self, device=None, differentiable: bool = False, weights: str | os.PathLike | None = None):
+        super().__init__(device=device, differentiable=differentiable)
+        from alignzoo.tinyworld.nets import load_net
+
+        self.weights_path = preference_weights_file(weights)
+        net, cfg = load_net(self.weights_path)
+        self.config = cfg
+        std = cfg["standardise"]
+        self.mean, self.sd = float(std["mean"]), float(std["sd"])
+        self.net = net.to(self.device)
+        self.net.requires_grad_(False)  # gradients flow to the images, not the reward
+        self.eval()
+
+    def train(self, mode: bool = True):  # the reward network always runs in eval mode
+        super().train(False)
+        return self
+
+    def _hidden(self, images: torch.Tensor) -> torch.Tensor:
+        x = _resize(images.to(self.device, torch.float32))
+        return self.net.mlp(self.net.features(x * 2 - 1))
+
+    def raw(self, images: torch.Tensor) -> torch.Tensor:
+        """The Bradley–Terry logit before standardisation."""
+        return self.net.heads["score"](self._hidden(images))[:, 0]
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return (self.raw(images) - self.mean) / self.sd
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features (B, hidden) of the images (the diversity column's embedding)."""
+        validate_inputs(images, None, needs_prompts=False)
+        ctx = torch.enable_grad() if self.differentiable else torch.no_grad()
+        with ctx:
+            return self._hidden(images)
