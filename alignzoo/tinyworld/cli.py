@@ -18,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", help="train the tiny reward models, VAE, tiny-sd and tiny-lcm")
     from alignzoo.tinyworld.compose.stages import COMPOSE_STAGES
 
-    t.add_argument("--stage", default="all", choices=["rewards", "vae", "sd", "lcm", "all", *COMPOSE_STAGES, "preference"],
+    t.add_argument("--stage", default="all", choices=["rewards", "vae", "sd", "lcm", "all", *COMPOSE_STAGES],
                    help="which stage to train (default all, in the order rewards, vae, sd, lcm; "
-                   f"the compositional world's {', '.join([*COMPOSE_STAGES, 'preference'])} run only by name)")
+                   f"the compositional world's {', '.join(COMPOSE_STAGES)} run only by name)")
     t.add_argument("--out", default=None, help="output folder (default: the package's alignzoo/tinyworld/weights/)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -51,18 +51,9 @@ def _compose_stages() -> dict:
     return COMPOSE_STAGES
 
 
-def _train_preference(args: argparse.Namespace) -> int:
-    """tiny_preference (compose/train_preference.py), outside compose.stages' registry."""
-    from alignzoo.tinyworld.compose.train_preference import run_stage
-
-    return run_stage(args)
-
-
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cmd = getattr(args, "tinyworld_command", None)
-    if cmd == "train" and args.stage == "preference":
-        return _train_preference(args)
     if cmd == "train" and args.stage in _compose_stages():
         from alignzoo.tinyworld.compose.stages import run_stage
 

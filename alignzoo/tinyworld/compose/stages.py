@@ -12,6 +12,7 @@ from pathlib import Path
 
 COMPOSE_STAGES: dict[str, str] = {
     "geneval": "alignzoo.tinyworld.compose.train_geneval:train_geneval",
+    "preference": "alignzoo.tinyworld.compose.train_preference:stage",
 }
 
 

@@ -221,18 +221,6 @@ def stage(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict:
     multiplies the step count (quick trials)."""
     return train_preference(out, seed=seed, steps=max(1, int(round(STEPS * scale))))
 
-
-def run_stage(args) -> int:
-    """The CLI entry (``alignzoo tinyworld train --stage preference [--out DIR] [--seed N]
-    [--threads N] [--scale X]``)."""
-    from alignzoo.tinyworld.train import default_out
-
-    torch.set_num_threads(args.threads)
-    res = stage(Path(args.out) if args.out is not None else default_out(), seed=args.seed, scale=args.scale)
-    print(json.dumps({NAME: {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}}, indent=2))
-    return 0
-
-
 def breakdown(score, seed: int, n: int = 64) -> dict:
     """Per category: the mean standardised score of random-style renders; per style field: the
     mean score change when only that field moves from its worst to its best value (same
