@@ -32,14 +32,16 @@ def default_weights_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "tinyworld" / "weights" / "rewards"
 
 
-def _weights_file(name: str, weights: str | os.PathLike | None) -> Path:
+def _weights_file(name: str, weights: str | os.PathLike | None, train_cmd: str = _TRAIN_CMD) -> Path:
+    """The ``.safetensors`` file of a tiny reward (its ``.json`` beside it), or a MissingWeightsError
+    naming the command that rebuilds it (every tiny reward, old and compositional world)."""
     path = Path(weights) if weights is not None else default_weights_dir()
     if path.is_dir():
         path = path / f"{name}.safetensors"
     if not path.is_file() or not path.with_suffix(".json").is_file():
         raise MissingWeightsError(
             f"tiny reward {name!r}: weights {str(path)!r} (and its .json config) not found. "
-            f"They are committed with the package; rebuild them with `{_TRAIN_CMD}` "
+            f"They are committed with the package; rebuild them with `{train_cmd}` "
             f"or pass weights=/path/to/{name}.safetensors"
         )
     return path

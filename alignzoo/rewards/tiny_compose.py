@@ -24,24 +24,14 @@ from typing import Sequence
 
 import torch
 
-from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards.base import Reward, register_reward, validate_inputs
-from alignzoo.rewards.tiny import _resize, default_weights_dir
+from alignzoo.rewards.tiny import _resize, _weights_file
 
 TRAIN_CMD = "alignzoo tinyworld train --stage geneval"
 
 
 def judge_weights_file(name: str, weights: str | os.PathLike | None) -> Path:
-    path = Path(weights) if weights is not None else default_weights_dir()
-    if path.is_dir():
-        path = path / f"{name}.safetensors"
-    if not path.is_file() or not path.with_suffix(".json").is_file():
-        raise MissingWeightsError(
-            f"tiny reward {name!r}: weights {str(path)!r} (and its .json config) not found. "
-            f"They are committed with the package; rebuild them with `{TRAIN_CMD}` "
-            f"or pass weights=/path/to/{name}.safetensors"
-        )
-    return path
+    return _weights_file(name, weights, TRAIN_CMD)
 
 
 @register_reward("tiny_geneval", "compositional tiny world: GenEval-style judge, soft score (strict=True: 0/1)")

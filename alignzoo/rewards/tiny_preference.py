@@ -20,9 +20,8 @@ from typing import Sequence
 
 import torch
 
-from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards.base import Reward, register_reward, validate_inputs
-from alignzoo.rewards.tiny import _resize, default_weights_dir
+from alignzoo.rewards.tiny import _resize, _weights_file
 
 NAME = "tiny_preference"
 TRAIN_CMD = "alignzoo tinyworld train --stage preference"
@@ -30,16 +29,7 @@ TRAIN_CMD = "alignzoo tinyworld train --stage preference"
 
 def preference_weights_file(weights: str | os.PathLike | None = None) -> Path:
     """The safetensors file (its .json next to it); a clear MissingWeightsError otherwise."""
-    path = Path(weights) if weights is not None else default_weights_dir()
-    if path.is_dir():
-        path = path / f"{NAME}.safetensors"
-    if not path.is_file() or not path.with_suffix(".json").is_file():
-        raise MissingWeightsError(
-            f"tiny reward {NAME!r}: weights {str(path)!r} (and its .json config) not found. "
-            f"They are committed with the package; rebuild them with `{TRAIN_CMD}` "
-            f"or pass weights=/path/to/{NAME}.safetensors"
-        )
-    return path
+    return _weights_file(NAME, weights, TRAIN_CMD)
 
 
 @register_reward(NAME, "compositional tiny world: Bradley-Terry preference of a hidden style/layout utility, ~N(0,1) on random renders")
