@@ -66,14 +66,17 @@ def _labels(prompt: str) -> tuple[int, int, int, int]:
 
 
 class _TinyNetReward(Reward):
+    """A tiny CNN reward loaded from committed weights (``train_cmd`` rebuilds them), always in eval mode."""
+
     weights_source = f"trained by `{_TRAIN_CMD}`"
+    train_cmd = _TRAIN_CMD
     supports_grad = True
 
     def __init__(self, device=None, differentiable: bool = False, weights: str | os.PathLike | None = None):
         super().__init__(device=device, differentiable=differentiable)
         from alignzoo.tinyworld.nets import load_net
 
-        self.weights_path = _weights_file(self.name, weights)
+        self.weights_path = _weights_file(self.name, weights, self.train_cmd)
         net, cfg = load_net(self.weights_path)
         self.config = cfg
         self.net = net.to(self.device)

@@ -20,8 +20,8 @@ from typing import Sequence
 
 import torch
 
-from alignzoo.rewards.base import Reward, register_reward, validate_inputs
-from alignzoo.rewards.tiny import _resize, _weights_file
+from alignzoo.rewards.base import register_reward, validate_inputs
+from alignzoo.rewards.tiny import _TinyNetReward, _weights_file
 
 NAME = "tiny_preference"
 TRAIN_CMD = "alignzoo tinyworld train --stage preference"
@@ -33,37 +33,21 @@ def preference_weights_file(weights: str | os.PathLike | None = None) -> Path:
 
 
 @register_reward(NAME, "compositional tiny world: Bradley-Terry preference of a hidden style/layout utility, ~N(0,1) on random renders")
-class TinyPreferenceReward(Reward):
+class TinyPreferenceReward(_TinyNetReward):
     """Standardised Bradley–Terry score of each image (prompt-independent; higher = preferred)."""
 
     reads_prompt = False
     weights_source = f"trained by `{TRAIN_CMD}`"
-    supports_grad = True
+    train_cmd = TRAIN_CMD
 
     def __init__(self, device=None, differentiable: bool = False, weights: str | os.PathLike | None = None):
-        super().__init__(device=device, differentiable=differentiable)
-        from alignzoo.tinyworld.nets import load_net
-
-        self.weights_path = preference_weights_file(weights)
-        net, cfg = load_net(self.weights_path)
-        self.config = cfg
-        std = cfg["standardise"]
+        super().__init__(device=device, differentiable=differentiable, weights=weights)
+        std = self.config["standardise"]
         self.mean, self.sd = float(std["mean"]), float(std["sd"])
-        self.net = net.to(self.device)
-        self.net.requires_grad_(False)  # gradients flow to the images, not the reward
-        self.eval()
-
-    def train(self, mode: bool = True):  # the reward network always runs in eval mode
-        super().train(False)
-        return self
-
-    def _hidden(self, images: torch.Tensor) -> torch.Tensor:
-        x = _resize(images.to(self.device, torch.float32))
-        return self.net.mlp(self.net.features(x * 2 - 1))
 
     def raw(self, images: torch.Tensor) -> torch.Tensor:
         """The Bradley–Terry logit before standardisation."""
-        return self.net.heads["score"](self._hidden(images))[:, 0]
+        return self.net.heads["score"](self.embed_features(images))[:, 0]
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return (self.raw(images) - self.mean) / self.sd
@@ -73,4 +57,4 @@ class TinyPreferenceReward(Reward):
         validate_inputs(images, None, needs_prompts=False)
         ctx = torch.enable_grad() if self.differentiable else torch.no_grad()
         with ctx:
-            return self._hidden(images)
+            return self.embed_features(images)

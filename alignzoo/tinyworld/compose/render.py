@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from alignzoo.tinyworld.compose.grammar import IMAGE_SIZE, Scene
-from alignzoo.tinyworld.render import _as_severity, _blur, _noise
+from alignzoo.tinyworld.render import SIZE as _FIRST_WORLD_SIZE, _as_severity, _blur, _noise, _sdf
 
 SIZE = IMAGE_SIZE  # 32: four counted shapes fit (BASE_SIZE[4] = 3.8 px half-extent)
 
@@ -38,22 +38,12 @@ OUTLINE_WIDTH = 1.0
 DARK = 0.05
 
 _YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
-_TRI_NORMALS = np.array([[0.0, 1.0], [0.8660254, -0.5], [-0.8660254, -0.5]], dtype=np.float32)
+assert SIZE == _FIRST_WORLD_SIZE, "sdf() draws on the first world's grid"
 
 
 def sdf(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
-    """Signed distance (px, negative inside) of a shape; extents as sampling.extent."""
-    dx, dy = _XX - cx, _YY - cy
-    if shape == "circle":
-        return np.sqrt(dx * dx + dy * dy) - r
-    if shape == "square":
-        s = 0.88 * r
-        qx, qy = np.abs(dx) - s, np.abs(dy) - s
-        outside = np.sqrt(np.maximum(qx, 0) ** 2 + np.maximum(qy, 0) ** 2)
-        return outside + np.minimum(np.maximum(qx, qy), 0)
-    big = 1.2 * r  # centroid at (cx, cy), apex up (image y grows downwards)
-    d = np.stack([_TRI_NORMALS[i, 0] * dx + _TRI_NORMALS[i, 1] * dy for i in range(3)])
-    return d.max(0) - big / 2
+    """Signed distance (px, negative inside) of a shape: the first world's shapes, on the same 32-px grid."""
+    return _sdf(shape, cx, cy, r)
 
 
 def object_rgb(colour: str, saturation: float) -> np.ndarray:
