@@ -162,26 +162,45 @@ def _eval_latents(model, prompts, steps, seed=4321):
         return sample(model, expanded, steps, eta=0.0, init_noise=noise).pred_x0[:, -1], expanded
 
 
-def _standardised_gains(tr, reward):
-    """On the evaluation's paired images at 2 steps: gains of the true reward and of the run's
-    surrogate, each in units of the pretrained model's per-image standard deviation."""
-    from alignzoo.benchmarks.prompts import get_prompts
+class _PairedEval:
+    """Paired evaluation of the runs on the seen prompts' held-out noises: the pretrained model's
+    latents (LoRA disabled; the same for every run) are sampled once per step count."""
 
-    prompts = get_prompts("seen")
-    out = {}
-    for name, ctx in (("base", tr.model.reference), ("tuned", None)):
-        if ctx is None:
-            lat, expanded = _eval_latents(tr.model, prompts, 2)
-        else:
-            with ctx():
-                lat, expanded = _eval_latents(tr.model, prompts, 2)
+    def __init__(self, reward):
+        from alignzoo.benchmarks.prompts import get_prompts
+
+        self.reward, self.prompts, self.base = reward, get_prompts("seen"), {}
+
+    def _scored(self, tr, steps):
+        lat, expanded = _eval_latents(tr.model, self.prompts, steps)
         with torch.no_grad():
-            true = reward(tr.model.decode(lat), expanded).numpy()
-        surr = tr.algo.surrogate_scores(tr, lat, expanded).numpy()
-        out[name] = (true, surr)
-    (t0, s0), (t1, s1) = out["base"], out["tuned"]
-    return {"true_gain_sd": float((t1 - t0).mean() / t0.std()), "surrogate_gain_sd": float((s1 - s0).mean() / s0.std()),
-            "true_gain": float((t1 - t0).mean()), "surrogate_gain": float((s1 - s0).mean())}
+            return lat, expanded, self.reward(tr.model.decode(lat), expanded).numpy().astype(np.float64)
+
+    def latents(self, tr, steps):
+        """((base latents, base true scores), (tuned latents, tuned true scores), prompts)."""
+        if steps not in self.base:
+            with tr.model.reference():
+                self.base[steps] = self._scored(tr, steps)
+        base_lat, expanded, base_true = self.base[steps]
+        lat, _, true = self._scored(tr, steps)
+        return (base_lat, base_true), (lat, true), expanded
+
+    def gain(self, tr, steps):
+        """The true reward's paired gain: mean and standard error of per-image differences."""
+        (_, t0), (_, t1), _ = self.latents(tr, steps)
+        d = t1 - t0
+        return {"before": float(t0.mean()), "after": float(t1.mean()), "gain": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))), "n": len(d)}
+
+    def hacking(self, tr):
+        """At 2 steps: gains of the true reward and of the run's surrogate, each in units of the
+        pretrained model's per-image standard deviation."""
+        (l0, t0), (l1, t1), expanded = self.latents(tr, 2)
+        s0, s1 = (tr.algo.surrogate_scores(tr, lat, expanded).numpy() for lat in (l0, l1))
+        return {"true_gain_sd": float((t1 - t0).mean() / t0.std()), "surrogate_gain_sd": float((s1 - s0).mean() / s0.std()),
+                "true_gain": float((t1 - t0).mean()), "surrogate_gain": float((s1 - s0).mean())}
+
+
+_LCM_RUNS: dict = {}  # per worker process: xdist may interleave other modules, which recreates module fixtures
 
 
 @pytest.fixture(scope="module")
@@ -189,13 +208,16 @@ def lcm_runs(tmp_path_factory):
     """The online run and the random-reward control (each with its own stage 1), and the fixed-
     surrogate ablation, which starts from the online run's stage-1 state: stage 1 does not depend
     on surrogate_mode and runs at the same point of the same seed, so this equals running it."""
-    from alignzoo.benchmarks.evaluation import paired_gain
-    from alignzoo.benchmarks.prompts import get_prompts
+    if not _LCM_RUNS:
+        _LCM_RUNS.update(_train_lcm_runs(tmp_path_factory.mktemp("lasro_lcm")))
+    return _LCM_RUNS
+
+
+def _train_lcm_runs(root):
     from alignzoo.rewards import get_reward
 
-    root = tmp_path_factory.mktemp("lasro_lcm")
     ta = get_reward("tiny_alignment")
-    prompts = get_prompts("seen")
+    ev = _PairedEval(ta)
     res = {}
 
     main = _run("tiny_alignment", root / "online", ta)
@@ -211,13 +233,13 @@ def lcm_runs(tmp_path_factory):
     main.algo.pretrain = pretrain_and_keep
     res["online_log"] = main.train()
     res["stage1"] = snap["stats"]
-    res["online"] = paired_gain(main.model, ta, prompts, 2, images_per_prompt=EVAL_IMAGES_PER_PROMPT)
-    res["online_1step"] = paired_gain(main.model, ta, prompts, 1, images_per_prompt=EVAL_IMAGES_PER_PROMPT)
-    res["online_hacking"] = _standardised_gains(main, ta)
+    res["online"] = ev.gain(main, 2)
+    res["online_1step"] = ev.gain(main, 1)
+    res["online_hacking"] = ev.hacking(main)
 
     control = _run("random", root / "control", get_reward("random"))
     res["control_log"] = control.train()
-    res["control"] = paired_gain(control.model, ta, prompts, 2, images_per_prompt=EVAL_IMAGES_PER_PROMPT)
+    res["control"] = ev.gain(control, 2)
 
     fixed = _run("tiny_alignment", root / "fixed", ta, surrogate_mode="fixed")
 
@@ -231,8 +253,8 @@ def lcm_runs(tmp_path_factory):
 
     fixed.algo.pretrain = load_stage1
     res["fixed_log"] = fixed.train()
-    res["fixed"] = paired_gain(fixed.model, ta, prompts, 2, images_per_prompt=EVAL_IMAGES_PER_PROMPT)
-    res["fixed_hacking"] = _standardised_gains(fixed, ta)
+    res["fixed"] = ev.gain(fixed, 2)
+    res["fixed_hacking"] = ev.hacking(fixed)
     summary = {k: v for k, v in res.items() if not k.endswith("_log")}
     summary["online_curve"] = [(r["reward_mean"], r.get("surr_rollout_z2")) for r in res["online_log"]]
     summary["fixed_curve"] = [(r["reward_mean"], r.get("surr_rollout_z2")) for r in res["fixed_log"]]

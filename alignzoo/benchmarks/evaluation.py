@@ -127,14 +127,33 @@ def evaluate(model, rewards: dict, prompt_sets: dict[str, list[str]], steps: Seq
     return results, strips
 
 
+def pretrained_scores(model, rewards: Mapping[str, torch.nn.Module], prompts: list[str], steps: int, images_per_prompt: int = 2,
+                      seed: int = 4321, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Per-image scores of the pretrained model (the same UNet, LoRA disabled) for each reward:
+    the paired baseline of :func:`paired_gains`, which runs that share it can compute once."""
+    with model.reference():
+        results, _ = evaluate(model, dict(rewards), {"eval": list(prompts)}, [steps], images_per_prompt, 0.0, seed, batch_size)
+    return {r.reward: r.scores for r in results}
+
+
+def paired_gains(model, rewards: Mapping[str, torch.nn.Module], prompts: list[str], steps: int, images_per_prompt: int = 2, seed: int = 4321,
+                 batch_size: int = 64, base: Mapping[str, np.ndarray] | None = None) -> dict[str, dict]:
+    """Reward gains of the fine-tuned model over the pretrained one, on the same prompts and
+    held-out noise (images sampled once, scored by every reward): per reward, the mean and
+    standard error of per-image differences. ``base``: :func:`pretrained_scores` computed before."""
+    if base is None:
+        base = pretrained_scores(model, rewards, prompts, steps, images_per_prompt, seed, batch_size)
+    tuned, _ = evaluate(model, dict(rewards), {"eval": list(prompts)}, [steps], images_per_prompt, 0.0, seed, batch_size)
+    out = {}
+    for r in tuned:
+        b = base[r.reward]
+        d = r.scores - b
+        out[r.reward] = {"before": float(b.mean()), "after": float(r.scores.mean()), "gain": float(d.mean()),
+                         "se": float(d.std(ddof=1) / np.sqrt(len(d))), "n": int(len(d))}
+    return out
+
+
 def paired_gain(model, reward, prompts: list[str], steps: int, images_per_prompt: int = 2, seed: int = 4321, batch_size: int = 64) -> dict:
     """Reward gain of the fine-tuned model over the pretrained one (same UNet, LoRA disabled),
     on the same prompts and held-out noise: mean and standard error of per-image differences."""
-    sets = {"eval": list(prompts)}
-    rewards = {"r": reward}
-    with model.reference():
-        (base,), _ = evaluate(model, rewards, sets, [steps], images_per_prompt, 0.0, seed, batch_size)
-    (tuned,), _ = evaluate(model, rewards, sets, [steps], images_per_prompt, 0.0, seed, batch_size)
-    d = tuned.scores - base.scores
-    return {"before": float(base.scores.mean()), "after": float(tuned.scores.mean()), "gain": float(d.mean()),
-            "se": float(d.std(ddof=1) / np.sqrt(len(d))), "n": int(len(d))}
+    return paired_gains(model, {"r": reward}, prompts, steps, images_per_prompt, seed, batch_size)["r"]
