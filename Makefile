@@ -11,7 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	# torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject: pip takes them from the
 	# wheels on disk here; see README "Installation" for GPU machines.
-	$(VPY) -m pip install -q -e '.[test]'
+	# --no-compile: byte-compiling every installed module (torch, ray, transformers) cost more of
+	# `make test`'s 15 minutes than compiling, on first import, the few the tests use.
+	$(VPY) -m pip install -q --no-compile -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from alignzoo.benchmarks import evaluation
-from alignzoo.benchmarks.runner import read_lines
+from alignzoo.benchmarks.runner import BenchmarkRunner, read_lines
 from alignzoo.benchmarks.suites import list_suites, load_suite, parse_suite
 
 
@@ -154,9 +154,13 @@ def _bench(suite_file, root):
 
 def test_bench_resume_after_kill_equals_uninterrupted(tiny_random_folders, tmp_path):
     suite = _suite_file(tmp_path, tiny_random_folders["sd"])
-    cmd, env = _bench(suite, tmp_path / "full")
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
-    cmd2, _ = _bench(suite, tmp_path / "killed")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the uninterrupted run in this process, on one thread like the subprocesses
+    try:
+        BenchmarkRunner(load_suite(str(suite)), tmp_path / "full", device="cpu", progress=False, log=lambda *_: None).run()
+    finally:
+        torch.set_num_threads(threads)
+    cmd2, env = _bench(suite, tmp_path / "killed")
     proc = subprocess.Popen(cmd2, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cell = tmp_path / "killed" / "mini" / "sdpo__jpeg_compressibility__seed0"
     deadline = time.time() + 300
@@ -198,7 +202,9 @@ def test_bench_resume_after_kill_equals_uninterrupted(tiny_random_folders, tmp_p
     evals = load_results(tmp_path / "full" / "mini").evals
     assert evals["diversity"].notna().all() and evals["setting_hash"].nunique() == 2
     # rerunning a finished suite does no work and changes nothing
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
+    logs = []
+    BenchmarkRunner(load_suite(str(suite)), tmp_path / "full", device="cpu", progress=False, log=logs.append).run()
+    assert "1 of 1 cells finished before (DONE): not rerun" in logs
     assert strip(read_lines(full_cell / "eval.jsonl")) == a
 
 

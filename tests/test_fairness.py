@@ -151,23 +151,30 @@ def _env():
 
 
 def test_two_processes_make_the_global_update_count_of_one(tiny_random_folders, prompt_file, tmp_path):
-    """DDPO, 8 images per epoch, 2 per update: 4 updates per epoch on 1 process and on 2 (each
-    process 1 image per update); per-process batches gave 2 on two processes. The other global
-    counters agree too."""
-    sets = ["num_steps=3", "samples_per_epoch=8", "train_batch_size=2", "gradient_accumulation_steps=1", "learning_rate=0.01"]
-    common = ["--algo", "ddpo", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]), "--prompts", str(prompt_file),
+    """SDPO (paired, shared noise; step-accumulated updates, no compute exception), 8 images per
+    epoch, 4 per update: 2 updates per epoch on 1 process and on 2 (each process one pair per
+    update); per-process batches gave 1 on two processes. The other global counters agree too;
+    the two processes end with the same LoRA and split each epoch's pairs in two. (One
+    accelerate launch serves the trainer's two-process checks as well: each costs ~30 s.)"""
+    sets = ["num_steps=3", "samples_per_epoch=8", "train_batch_size=4", "gradient_accumulation_steps=1", "learning_rate=0.01",
+            "update_order=step_accumulated"]
+    common = ["--algo", "sdpo", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]), "--prompts", str(prompt_file),
               "--samples", "16", "--no-progress"] + [a for kv in sets for a in ("--set", kv)]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "alignzoo", "train", "--cpu", "--out", str(tmp_path / "two")] + common
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads((tmp_path / "two" / "final" / "processes.json").read_text())["prompts_per_process_per_epoch"] == [4.0, 4.0]
-    cfg = get_algorithm("ddpo").Config(num_steps=3, samples_per_epoch=8, train_batch_size=2, gradient_accumulation_steps=1, learning_rate=0.01)
-    Trainer(TrainConfig(algo="ddpo", reward="jpeg_compressibility", model=str(tiny_random_folders["sd"]), prompts=str(prompt_file),
+    info = json.loads((tmp_path / "two" / "final" / "processes.json").read_text())
+    assert info["processes"] == 2 and info["lora_checksums"][0] == info["lora_checksums"][1]
+    assert info["prompts_per_process_per_epoch"] == [2.0, 2.0]  # 8 images = 4 prompts x 2 (pairs), split in two
+    ckpt = sorted((tmp_path / "two" / "checkpoints").glob("epoch_*"))[-1]
+    assert (ckpt / "rng_rank0.pt").exists() and (ckpt / "rng_rank1.pt").exists() and (ckpt / "COMPLETE").exists()
+    cfg = get_algorithm("sdpo").Config(num_steps=3, samples_per_epoch=8, train_batch_size=4, gradient_accumulation_steps=1, learning_rate=0.01,
+                                       update_order="step_accumulated")
+    Trainer(TrainConfig(algo="sdpo", reward="jpeg_compressibility", model=str(tiny_random_folders["sd"]), prompts=str(prompt_file),
                         out=str(tmp_path / "one"), samples=16, progress=False, cpu=True), cfg).train()
     two, one = read_log(tmp_path / "two"), read_log(tmp_path / "one")
     keys = ("epoch", "samples", "updates", "reward_queries", "log_reward_queries", "vae_decodes", "unet_forward", "unet_backward")
     assert [[r[k] for k in keys] for r in two] == [[r[k] for k in keys] for r in one]
-    assert [r["updates"] for r in one] == [4, 8] and [r["samples"] for r in one] == [8, 16]
-    assert one[-1]["unet_forward"] == 16 * 3 + 16 * 2 and one[-1]["unet_backward"] == 16 * 2  # sampling T = 3; recompute the 2 rendered steps
+    assert [r["updates"] for r in one] == [2, 4] and [r["samples"] for r in one] == [8, 16]
     assert all(r["first_log_ratio_abs"] < 1e-4 for r in one + two)
