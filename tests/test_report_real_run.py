@@ -28,7 +28,7 @@ model = "{tiny_random_folders['sd']}"
 algorithms = {list(ALGOS)}
 rewards = {list(REWARDS)}
 seeds = {list(SEEDS)}
-samples = 16
+samples = 8
 eval_interval = 8
 train_prompts = "{prompt_file}"
 [train]
