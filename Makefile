@@ -24,7 +24,7 @@ test: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests
 
 # Two one-thread worker processes (one per core): the same numbers as a one-thread sequential run
-# (the committed docs/quick report's), 1.84x faster (1,492 s -> 810 s measured; docs/cluster.md).
+# (the committed docs/quick report's), on both cores (speed-up: docs/cluster.md).
 bench: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(VENV)/bin/alignzoo bench quick --workers 2
 	OMP_NUM_THREADS=1 $(VENV)/bin/alignzoo report runs/quick

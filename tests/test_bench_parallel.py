@@ -157,30 +157,3 @@ def test_bad_executor_options_are_one_line_errors(tmp_path, monkeypatch):
         parse_suite({"name": "g", "model": "tiny-sd", "algorithms": ["ddpo"], "rewards": ["jpeg_compressibility"], "gpus_per_cell": -1})
     assert parse_suite({"name": "g", "model": "tiny-sd", "algorithms": ["ddpo"], "rewards": ["jpeg_compressibility"], "gpus_per_cell": 0.5}).gpus_per_cell == 0.5
 
-
-def test_cells_wait_for_the_pretrained_scores_and_stop_when_they_failed(tmp_path):
-    """Cells start before the pretrained evaluation ends; they read its scores when they
-    evaluate: waiting for DONE, or raising with the pretrained job's error once FAILED exists."""
-    import json
-    import threading
-
-    from alignzoo.benchmarks.executors import PretrainedScores
-
-    folder = tmp_path / "pretrained"
-    folder.mkdir()
-    scores = PretrainedScores(tmp_path, poll_seconds=0.01)
-
-    def finish():
-        (folder / "scores.json").write_text(json.dumps({"seen|r|1": [0.25, 0.5]}))
-        (folder / "DONE").write_text("ok")
-
-    timer = threading.Timer(0.2, finish)
-    t0 = time.perf_counter()
-    timer.start()
-    assert scores.get("seen|r|1") == [0.25, 0.5] and time.perf_counter() - t0 >= 0.2  # it waited
-    assert scores.get("seen|r|2") is None
-    other = tmp_path / "other"
-    (other / "pretrained").mkdir(parents=True)
-    (other / "pretrained" / "FAILED").write_text("MissingWeightsError: no tiny-sd weights\n")
-    with pytest.raises(RuntimeError, match=r"pretrained evaluation failed \(MissingWeightsError: no tiny-sd weights\)"):
-        PretrainedScores(other, poll_seconds=0.01).get("seen|r|1")

@@ -1,10 +1,8 @@
 """Running a suite's cells in parallel: one machine (a process pool) or a Ray cluster.
 
 Each cell is independent given the pretrained model's per-image scores (its paired baseline),
-so the runner evaluates the pretrained model once and hands cells to an existing engine rather
-than a scheduler of our own. A cell needs those scores only when it evaluates, so on a local
-pool cells start training while one worker evaluates the pretrained model
-(:class:`PretrainedScores` waits for its file): no worker idles through that serial part.
+so the runner evaluates the pretrained model once, then hands cells to an existing engine
+rather than a scheduler of our own:
 
 - ``local`` with ``workers > 1``: :class:`concurrent.futures.ProcessPoolExecutor` over the
   ``spawn`` context (no fork of a process that holds torch's thread pools);
@@ -79,44 +77,9 @@ def _runner(suite, root: str, device: str):
 
 
 def pretrained_job(suite, root: str, device: str) -> dict:
-    """The pretrained evaluation in a worker (one thread, like the cells); returns its scores.
-    A failure is also written to ``pretrained/FAILED``, so cells waiting for the scores stop."""
+    """The pretrained evaluation in a worker (one thread, like the cells); returns its scores."""
     pin_one_thread()
-    failed = Path(root) / "pretrained" / "FAILED"
-    failed.unlink(missing_ok=True)
-    try:
-        return _runner(suite, root, device).pretrained()
-    except BaseException as err:
-        failed.parent.mkdir(parents=True, exist_ok=True)
-        failed.write_text((f"{type(err).__name__}: {err}".splitlines() or [type(err).__name__])[0])
-        raise
-
-
-class PretrainedScores:
-    """The pretrained model's per-image scores, read from ``<root>/pretrained/scores.json`` on
-    first use, waiting until that evaluation has written DONE (or FAILED: then it raises).
-    Picklable (a path), so a cell can be handed to a worker before the scores exist."""
-
-    def __init__(self, root: str | Path, poll_seconds: float = 0.5):
-        self.folder = Path(root) / "pretrained"
-        self.poll_seconds = poll_seconds
-        self._scores: dict | None = None
-
-    def _load(self) -> dict:
-        import json
-
-        while self._scores is None:
-            if (self.folder / "DONE").exists():
-                self._scores = json.loads((self.folder / "scores.json").read_text())
-            elif (self.folder / "FAILED").exists():
-                raise RuntimeError(f"the pretrained evaluation failed ({(self.folder / 'FAILED').read_text().strip()}), "
-                                   "so no paired gain can be computed; fix it and rerun the same command")
-            else:
-                time.sleep(self.poll_seconds)
-        return self._scores
-
-    def get(self, key: str, default=None):
-        return self._load().get(key, default)
+    return _runner(suite, root, device).pretrained()
 
 
 def attempt_cell(runner, cell: tuple[str, str, int], baseline: dict) -> dict:
@@ -145,8 +108,7 @@ def cell_job(suite, root: str, device: str, cell: tuple[str, str, int], baseline
 
 
 def run_local_pool(suite, root: Path, device: str, cells: list, workers: int, on_result) -> None:
-    """The pretrained evaluation and the cells on ``workers`` spawned one-thread processes; the
-    pretrained job is queued first and cells wait for its scores only when they evaluate."""
+    """Pretrained evaluation, then the cells, on ``workers`` spawned one-thread processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -155,21 +117,16 @@ def run_local_pool(suite, root: Path, device: str, cells: list, workers: int, on
 
     with one_thread_env(), ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                                initializer=pin_one_thread) as pool:
-        (root / "pretrained" / "FAILED").unlink(missing_ok=True)  # a previous run's; the job rewrites it
-        pre = pool.submit(pretrained_job, suite, str(root), device)
-        baseline = PretrainedScores(root)
+        baseline = pool.submit(pretrained_job, suite, str(root), device).result()
         futures = {pool.submit(cell_job, suite, str(root), device, c, baseline): c for c in cells}
         try:
-            for fut in as_completed([pre, *futures]):
-                if fut is pre:
-                    fut.result()  # its error (e.g. missing weights) is the user's: raised as is
-                    continue
+            for fut in as_completed(futures):
                 on_result(fut.result())
         except BrokenProcessPool:  # a worker was killed (e.g. out of memory): the pool cannot go on
             left = [cell_name(*c) for f, c in futures.items() if f.cancelled() or not f.done() or f.exception() is not None]
             raise CellsFailed(f"a worker process died (killed or out of memory); unfinished cells: {', '.join(left)}. "
                               "Rerun the same command: they resume from their last checkpoints") from None
-        except BaseException:  # Ctrl-C or a failed pretrained job: drop queued cells, keep finished work
+        except BaseException:  # Ctrl-C: drop queued cells, keep finished work (killed cells resume later)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
