@@ -7,7 +7,7 @@ standard errors AND the gain of a control run trained with the same budget on th
 reward with the same settings (drift alone moves rewards: TINYWORLD_NOTES).
 
 Every algorithm is tested on one reward: the task reward tiny_alignment, except rlcm-ddpo, which
-needs twice the budget there (see BUDGET_OF's comment) and is tested on jpeg_compressibility;
+needs twice the budget there (the comment under BUDGET) and is tested on jpeg_compressibility;
 ddpo and rebel, whose two rewards share one control run, on both. (Until 2026-12-02 every case ran
 on both rewards: 28 runs' worth of training, 25 minutes of `make test`, against 16 now.)
 """
