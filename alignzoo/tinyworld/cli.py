@@ -1,8 +1,10 @@
 """``alignzoo tinyworld``: train the tiny world's models, render a prompt, or run the quality check.
 
-    alignzoo tinyworld train [--stage rewards|vae|sd|lcm|all|geneval|preference] [--out DIR] [--seed N] [--threads N]
+    alignzoo tinyworld train [--stage rewards|vae|sd|lcm|all|geneval|preference|compose-models|vae2|sd2|turbo|lcm2]
+                             [--out DIR] [--seed N] [--threads N]
     alignzoo tinyworld render --prompt "two red circles on the left" --out x.png [--seed N] [--zoom 8]
-    alignzoo tinyworld eval [--weights DIR]
+    alignzoo tinyworld eval [--weights DIR] [--models tiny-sd-v2,tiny-turbo,tiny-lcm-v2] [--steps 1,2,4,8,16]
+                            [--per-prompt 8]      (compositional world's models; --world first: tiny-sd/-lcm)
     alignzoo tinyworld prompts [--unseen [CATEGORY]]
     alignzoo tinyworld geneval [--per-prompt 4] [--degraded] [--split all|seen|unseen]   (compositional world)
 """
@@ -18,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", help="train the tiny reward models, VAE, tiny-sd and tiny-lcm")
     from alignzoo.tinyworld.compose.stages import COMPOSE_STAGES
 
-    t.add_argument("--stage", default="all", choices=["rewards", "vae", "sd", "lcm", "all", *COMPOSE_STAGES],
+    t.add_argument("--stage", default="all", choices=["rewards", "vae", "sd", "lcm", "all", "compose-models", *COMPOSE_STAGES],
                    help="which stage to train (default all, in the order rewards, vae, sd, lcm; "
                    f"the compositional world's {', '.join(COMPOSE_STAGES)} run only by name)")
     t.add_argument("--out", default=None, help="output folder (default: the package's alignzoo/tinyworld/weights/)")
@@ -30,8 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--out", required=True, help="PNG path")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--zoom", type=int, default=1, help="nearest-neighbour upscaling factor (default 1: 32x32)")
-    e = sub.add_parser("eval", help="quality check of tiny-sd (16/1 DDIM steps) and tiny-lcm (4 steps) on seen prompts")
+    e = sub.add_parser("eval", help="per-category strict GenEval scores of the compositional world's models "
+                       "(--world first: the first world's tiny-sd/tiny-lcm check)")
     e.add_argument("--weights", default=None, help="weights folder (default: the package's)")
+    e.add_argument("--world", default="compose", choices=["compose", "first"])
+    e.add_argument("--models", default="tiny-sd-v2,tiny-turbo,tiny-lcm-v2")
+    e.add_argument("--steps", default="1,2,4,8,16")
+    e.add_argument("--per-prompt", type=int, default=8)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--threads", type=int, default=2)
     p = sub.add_parser("prompts", help="print the seen (default) or unseen prompt list")
@@ -54,11 +61,13 @@ def _compose_stages() -> dict:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cmd = getattr(args, "tinyworld_command", None)
-    if cmd == "train" and args.stage in _compose_stages():
-        from alignzoo.tinyworld.compose.stages import run_stage
+    if cmd == "train" and (args.stage in _compose_stages() or args.stage == "compose-models"):
+        from alignzoo.tinyworld.compose.stages import MODEL_STAGES, run_stage
 
-        res = run_stage(args.stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
-        print(json.dumps(res, indent=2, default=str))
+        stages = MODEL_STAGES if args.stage == "compose-models" else (args.stage,)
+        for stage in stages:
+            res = run_stage(stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
+            print(json.dumps({stage: res}, indent=2, default=str), flush=True)
         return 0
     if cmd == "train":
         from alignzoo.tinyworld.train import train
@@ -89,6 +98,15 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
         quiet()
         w = Path(args.weights) if args.weights else default_out()
+        if args.world == "compose":
+            from alignzoo.tinyworld.compose.model_eval import MODELS, main
+
+            models = [m.strip() for m in args.models.split(",") if m.strip()]
+            unknown = [m for m in models if m not in MODELS]
+            if unknown:
+                raise SystemExit(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+            main(w, models, [int(s) for s in args.steps.split(",")], args.per_prompt, args.seed)
+            return 0
         for sub in ("tiny-sd", "tiny-lcm", "rewards"):
             if not (w / sub).is_dir():
                 raise FileNotFoundError(f"{w / sub} does not exist; train it with `alignzoo tinyworld train`")

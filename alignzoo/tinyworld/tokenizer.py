@@ -86,18 +86,19 @@ def build_vocab_and_merges(words: list[str] | None = None) -> tuple[dict[str, in
     return vocab, merges
 
 
-def write_tokenizer_files(folder: str | os.PathLike) -> Path:
-    """Writes vocab.json and merges.txt into ``folder``; returns the folder."""
+def write_tokenizer_files(folder: str | os.PathLike, words: list[str] | None = None) -> Path:
+    """Writes vocab.json and merges.txt (merges for ``words``, default the first world's
+    vocabulary) into ``folder``; returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = build_vocab_and_merges()
+    vocab, merges = build_vocab_and_merges(words)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     lines = ["#version: 0.2 tiny-world CLIP BPE"] + [f"{a} {b}" for a, b in merges]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
 
 
-def build_tokenizer(folder: str | os.PathLike | None = None):
+def build_tokenizer(folder: str | os.PathLike | None = None, words: list[str] | None = None):
     """The tiny world's ``CLIPTokenizer`` (model_max_length 16, pad = eos as in SD 1.x).
 
     With ``folder`` the vocab/merges files are written there first (and the tokenizer is loaded
@@ -106,7 +107,7 @@ def build_tokenizer(folder: str | os.PathLike | None = None):
     from transformers import CLIPTokenizer
 
     if folder is not None:
-        folder = write_tokenizer_files(folder)
+        folder = write_tokenizer_files(folder, words)
         tok = CLIPTokenizer.from_pretrained(str(folder), model_max_length=MODEL_MAX_LENGTH)
     else:
         vocab, merges = build_vocab_and_merges()

@@ -262,6 +262,20 @@ def _load_alignment(out: Path):
     return TinyAlignmentReward(weights=path) if path.exists() else TinyAlignmentReward()
 
 
+def vae_update(vae, x: torch.Tensor, opt, sched, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One VAE update on images ``x`` in [-1, 1]: MSE + 0.5 x edge L1 + ``kl_weight`` x KL."""
+    post = vae.encode(x).latent_dist
+    rec = vae.decode(post.sample()).sample
+    (ex, ey), (rx, ry) = _edges(x), _edges(rec)
+    mse = F.mse_loss(rec, x)
+    loss = mse + 0.5 * ((rx - ex).abs().mean() + (ry - ey).abs().mean()) + kl_weight * post.kl().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss, mse
+
+
 def train_vae(out: Path, seed: int = 0, steps: int = 1000, batch: int = 64, kl_weight: float = 1e-6) -> dict:
     from alignzoo.rewards.tiny import evaluate_attribute_accuracy
 
@@ -274,16 +288,7 @@ def train_vae(out: Path, seed: int = 0, steps: int = 1000, batch: int = 64, kl_w
     vae.train()
     for step in range(steps):
         x = render_scenes(_random_scenes(rng, batch), rng) * 2 - 1
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        ex, ey = _edges(x)
-        rx, ry = _edges(rec)
-        mse = F.mse_loss(rec, x)
-        loss = mse + 0.5 * ((rx - ex).abs().mean() + (ry - ey).abs().mean()) + kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss, mse = vae_update(vae, x, opt, sched, kl_weight)
         if (step + 1) % _every(steps) == 0:
             _log(f"vae step {step + 1}/{steps} loss {loss.item():.4f} mse {mse.item():.5f}")
     vae.eval()
@@ -326,13 +331,13 @@ def build_text_encoder(tokenizer):
     return CLIPTextModel(cfg)
 
 
-def build_unet(time_cond_proj_dim: int | None = None):
+def build_unet(time_cond_proj_dim: int | None = None, latent_channels: int = 4):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=8,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         block_out_channels=(32, 64),
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -427,6 +432,28 @@ def _save_tokenizer_sources(folder: Path) -> None:
     write_tokenizer_files(folder / "tokenizer")
 
 
+def denoising_update(unet, text_encoder, z0: torch.Tensor, tokens: torch.Tensor, ac: torch.Tensor, opt, sched,
+                     step: int, emas: tuple) -> torch.Tensor:
+    """One joint UNet + text-encoder update of the epsilon loss (min-SNR-5 weights, grad-norm
+    clip 1) at uniform timesteps, then the EMAs (decay warmed up as (1 + step) / (10 + step))."""
+    t = torch.randint(0, TRAIN_TIMESTEPS, (len(z0),))
+    noise = torch.randn_like(z0)
+    a = ac[t].view(-1, 1, 1, 1)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    pred = unet(zt, t, text_encoder(tokens).last_hidden_state).sample
+    snr = a / (1 - a)
+    loss = ((snr.clamp(max=5.0) / snr) * (pred - noise) ** 2).mean()  # min-SNR-5 for epsilon prediction
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], 1.0)
+    opt.step()
+    sched.step()
+    warm = min(0.999, (1 + step) / (10 + step))
+    emas[0].update(unet, warm)
+    emas[1].update(text_encoder, warm)
+    return loss
+
+
 def train_sd(out: Path, seed: int = 0, steps: int = 2000, batch: int = 128, lr: float = 1e-3, per_scene: int = 96) -> dict:
     import tempfile
 
@@ -448,7 +475,6 @@ def train_sd(out: Path, seed: int = 0, steps: int = 2000, batch: int = 128, lr: 
     ids = _tokenize(tokenizer, prompts)
     empty = _tokenize(tokenizer, [""])[0]
     ac = _alphas_cumprod()
-    snr = ac / (1 - ac)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(200, steps, 0.1))
@@ -462,22 +488,7 @@ def train_sd(out: Path, seed: int = 0, steps: int = 2000, batch: int = 128, lr: 
         tok = ids[idx].clone()
         drop = torch.from_numpy(rng.random(batch) < 0.1)
         tok[drop] = empty
-        t = torch.randint(0, TRAIN_TIMESTEPS, (batch,))
-        noise = torch.randn_like(z0)
-        a = ac[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        cond = text_encoder(tok).last_hidden_state
-        pred = unet(zt, t, cond).sample
-        w = (snr[t].clamp(max=5.0) / snr[t]).view(-1, 1, 1, 1)  # min-SNR-5 for epsilon prediction
-        loss = (w * (pred - noise) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        warm = min(0.999, (1 + step) / (10 + step))
-        ema_unet.update(unet, warm)
-        ema_te.update(text_encoder, warm)
+        loss = denoising_update(unet, text_encoder, z0, tok, ac, opt, sched, step, (ema_unet, ema_te))
         if (step + 1) % _every(steps) == 0:
             _log(f"sd step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)")
     pipe = StableDiffusionPipeline(
@@ -526,40 +537,30 @@ def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return c_skip.view(-1, 1, 1, 1), c_out.view(-1, 1, 1, 1)
 
 
-def train_lcm(out: Path, seed: int = 0, steps: int = LCM_STEPS, batch: int = 64, lr: float = 2e-4, ema: float = 0.95, per_scene: int = 48) -> dict:
-    from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
-
-    rng = _seed(seed + 4)
-    teacher_pipe = StableDiffusionPipeline.from_pretrained(out / "tiny-sd", safety_checker=None, requires_safety_checker=False)
-    teacher = teacher_pipe.unet.eval().requires_grad_(False)
-    text_encoder = teacher_pipe.text_encoder.eval().requires_grad_(False)
-    tokenizer, vae = teacher_pipe.tokenizer, teacher_pipe.vae.eval()
-    student = build_unet(time_cond_proj_dim=LCM_W_EMBED_DIM)
+def lcm_distill(teacher, text_encoder, uncond: torch.Tensor, batch_fn: Callable, steps: int, batch: int = 64,
+                lr: float = 2e-4, ema: float = 0.95, latent_channels: int = 4, tag: str = "lcm"):
+    """Latent consistency distillation (LCM paper, Alg. 1) of ``teacher``; returns the EMA
+    (target) network. ``batch_fn(batch)`` gives (z0 scaled latents, token ids) of real data."""
+    student = build_unet(time_cond_proj_dim=LCM_W_EMBED_DIM, latent_channels=latent_channels)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     assert not unexpected and all("cond_proj" in k for k in missing), (missing, unexpected)
     torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)  # starts as the teacher
     target = _EMA(student, ema)
-    t0 = time.perf_counter()
-    means, stds, prompts = _encode_dataset(vae, rng, per_scene)
-    ids = _tokenize(tokenizer, prompts)
-    with torch.no_grad():
-        uncond = text_encoder(_tokenize(tokenizer, [""])).last_hidden_state
     ac = _alphas_cumprod()
     k = TRAIN_TIMESTEPS // LCM_ORIGINAL_STEPS  # skip 20
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, steps, 0.1))
     huber_c = 1e-3
     student.train()
-    n = len(prompts)
+    t0 = time.perf_counter()
 
     def x0_from_eps(x, eps, a):
         return (x - (1 - a).sqrt() * eps) / a.sqrt()
 
     for step in range(steps):
-        idx = torch.from_numpy(rng.integers(0, n, size=batch))
-        z0 = means[idx] + stds[idx] * torch.randn_like(means[idx])
+        z0, ids = batch_fn(batch)
         with torch.no_grad():
-            cond = text_encoder(ids[idx]).last_hidden_state
+            cond = text_encoder(ids).last_hidden_state
         j = torch.randint(0, LCM_ORIGINAL_STEPS, (batch,))
         t = (j + 1) * k - 1  # 19, 39, ..., 999: the LCMScheduler's 50-step grid
         s = (t - k).clamp(min=0)
@@ -592,12 +593,34 @@ def train_lcm(out: Path, seed: int = 0, steps: int = LCM_STEPS, batch: int = 64,
         sched.step()
         target.update(student)
         if (step + 1) % _every(steps) == 0:
-            _log(f"lcm step {step + 1}/{steps} loss {loss.item():.5f} ({time.perf_counter() - t0:.0f}s)")
+            _log(f"{tag} step {step + 1}/{steps} loss {loss.item():.5f} ({time.perf_counter() - t0:.0f}s)")
+    return target.shadow
+
+
+def train_lcm(out: Path, seed: int = 0, steps: int = LCM_STEPS, batch: int = 64, lr: float = 2e-4, ema: float = 0.95, per_scene: int = 48) -> dict:
+    from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
+
+    rng = _seed(seed + 4)
+    teacher_pipe = StableDiffusionPipeline.from_pretrained(out / "tiny-sd", safety_checker=None, requires_safety_checker=False)
+    teacher = teacher_pipe.unet.eval().requires_grad_(False)
+    text_encoder = teacher_pipe.text_encoder.eval().requires_grad_(False)
+    tokenizer, vae = teacher_pipe.tokenizer, teacher_pipe.vae.eval()
+    t0 = time.perf_counter()
+    means, stds, prompts = _encode_dataset(vae, rng, per_scene)
+    ids = _tokenize(tokenizer, prompts)
+    with torch.no_grad():
+        uncond = text_encoder(_tokenize(tokenizer, [""])).last_hidden_state
+
+    def batch_fn(b: int):
+        idx = torch.from_numpy(rng.integers(0, len(prompts), size=b))
+        return means[idx] + stds[idx] * torch.randn_like(means[idx]), ids[idx]
+
+    target_unet = lcm_distill(teacher, text_encoder, uncond, batch_fn, steps, batch, lr, ema)
     pipe = LatentConsistencyModelPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=target.shadow,  # the EMA (target) network, as in LCM
+        unet=target_unet,  # the EMA (target) network, as in LCM
         scheduler=lcm_scheduler(),
         safety_checker=None,
         feature_extractor=None,

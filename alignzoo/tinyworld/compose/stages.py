@@ -13,12 +13,21 @@ from pathlib import Path
 COMPOSE_STAGES: dict[str, str] = {
     "geneval": "alignzoo.tinyworld.compose.train_geneval:train_geneval",
     "preference": "alignzoo.tinyworld.compose.train_preference:stage",
+    "vae2": "alignzoo.tinyworld.compose.base_models:train_vae2",
+    "sd2": "alignzoo.tinyworld.compose.base_models:train_sd2",
+    "turbo": "alignzoo.tinyworld.compose.distill:train_turbo",
+    "lcm2": "alignzoo.tinyworld.compose.distill:train_lcm2",
 }
+# ``--stage compose-models`` runs these in order (each reads what the one before wrote)
+MODEL_STAGES = ("vae2", "sd2", "turbo", "lcm2")
 
 
 def run_stage(stage: str, out: str | Path | None = None, seed: int = 0, threads: int = 1, scale: float = 1.0) -> dict:
     import torch
 
+    from alignzoo.tinyworld.train import quiet
+
+    quiet()
     if stage not in COMPOSE_STAGES:
         raise ValueError(f"unknown compose stage {stage!r}; known: {', '.join(COMPOSE_STAGES)}")
     torch.set_num_threads(threads)

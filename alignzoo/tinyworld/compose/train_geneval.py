@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from alignzoo.tinyworld.compose import grammar as g
 from alignzoo.tinyworld.compose.judge import GRID, JudgeNet, detector_loss, judge_outputs, save_judge, scene_targets
