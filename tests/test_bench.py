@@ -27,6 +27,7 @@ def _base(**kw):
     ({"model": "sd-trubo"}, "unknown model 'sd-trubo'"),
     ({"eval": {"prompt_sets": ["unsen"]}}, "unknown prompt set 'unsen'"),
     ({"eval": {"stepz": [1]}}, "[eval]: unknown key(s) stepz"),
+    ({"eval": {"rewards": ["tiny_genevl"]}}, "unknown reward 'tiny_genevl'"),
     ({"algo": {"sdpo": {"lamda": 0.9}}}, "unknown config key 'lamda'"),
 ])
 def test_suite_errors_name_the_problem(change, needle):
@@ -80,6 +81,14 @@ def test_small_evaluation_with_several_seeds_warns(recwarn):
     assert not [w for w in recwarn if "fewer than 256" in str(w.message)]
     with pytest.warns(UserWarning, match=r"2 seeds but evaluates fewer than 256 images per prompt set: seen \(128\), unseen \(80\)"):
         parse_suite(_base(seeds=[0, 1], eval={"prompt_sets": ["seen", "unseen"], "images_per_prompt": 2}))
+
+
+def test_evaluation_only_rewards_score_every_cell_without_cells_of_their_own(tmp_path):
+    s = parse_suite(_base(rewards=["jpeg_compressibility", "random"],
+                          eval={"rewards": ["jpeg_incompressibility", "jpeg_compressibility"]}))
+    assert [c[1] for c in s.cells()] == ["jpeg_compressibility", "random"]  # no cells for evaluation-only rewards
+    runner = BenchmarkRunner(s, tmp_path, device="cpu", progress=False, log=lambda *_: None)
+    assert list(runner.rewards()) == ["jpeg_compressibility", "random", "jpeg_incompressibility"]
 
 
 def test_eval_points():

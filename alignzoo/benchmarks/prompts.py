@@ -16,17 +16,29 @@ SIMPLE_ANIMALS = (
 UNSEEN_ANIMALS = ["A green colored rabbit", "Four wolves in the park", "A cat and a dog", "A dog on the moon"]
 
 
-def _tiny(which: str):
+def _grammar_prompts(module: str, which: str):
+    """Loads ``seen_prompts`` / ``unseen_prompts`` of a tiny-world grammar module on first use."""
     def load():
-        from alignzoo.tinyworld import grammar
+        import importlib
 
+        grammar = importlib.import_module(module)
         return list(grammar.seen_prompts() if which == "seen" else grammar.unseen_prompts())
 
     return load
 
 
+def _tiny(which: str):
+    return _grammar_prompts("alignzoo.tinyworld.grammar", which)
+
+
 PROMPT_SETS.register("seen", "the tiny world's training prompts")(_tiny("seen"))
 PROMPT_SETS.register("unseen", "the tiny world's held-out combinations (colour, count, composition, location)")(_tiny("unseen"))
+def _compose(which: str):
+    return _grammar_prompts("alignzoo.tinyworld.compose.grammar", which)
+
+
+PROMPT_SETS.register("geneval_seen", "the compositional tiny world's training prompts (GenEval's six categories)")(_compose("seen"))
+PROMPT_SETS.register("geneval_unseen", "the compositional tiny world's held-out combinations (one per prompt)")(_compose("unseen"))
 PROMPT_SETS.register("simple_animals", "the 45 animal names of DDPO/SDPO training")(lambda: list(SIMPLE_ANIMALS))
 PROMPT_SETS.register("unseen_animals", "SDPO's 4 unseen prompts (DPOK): colour, count, composition, location")(lambda: list(UNSEEN_ANIMALS))
 

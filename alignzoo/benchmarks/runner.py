@@ -104,7 +104,8 @@ class BenchmarkRunner:
         if self._rewards is None:
             from alignzoo.rewards import get_reward
 
-            self._rewards = {r: get_reward(r, device=self.device, **self.suite.reward_args.get(r, {})).to(self.device) for r in self.suite.rewards}
+            names = list(dict.fromkeys(self.suite.rewards + self.suite.eval.rewards))  # trained, then evaluation-only
+            self._rewards = {r: get_reward(r, device=self.device, **self.suite.reward_args.get(r, {})).to(self.device) for r in names}
         return self._rewards
 
     def load_model(self):

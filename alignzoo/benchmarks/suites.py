@@ -34,7 +34,7 @@ SUITES: Registry = Registry("suite")
 
 TOP_KEYS = {"name", "description", "model", "model_path", "lcm_schedule", "algorithms", "rewards", "seeds", "samples", "eval_interval", "train_prompts",
             "gpus_per_cell", "train", "algo", "algo_reward", "eval", "reward_args"}
-EVAL_KEYS = {"steps", "prompt_sets", "images_per_prompt", "prompts_per_set", "eta", "seed", "grid_images", "batch_size"}
+EVAL_KEYS = {"rewards", "steps", "prompt_sets", "images_per_prompt", "prompts_per_set", "eta", "seed", "grid_images", "batch_size"}
 
 
 @dataclass
@@ -47,6 +47,9 @@ class EvalSpec:
     seed: int = 1234
     grid_images: int = 4
     batch_size: int = 64
+    # evaluation-only rewards: every cell is also scored by these (no cells train on them), e.g.
+    # a strict 0/1 judge beside the soft training reward, or a second, held-out judge
+    rewards: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -232,8 +235,9 @@ def parse_suite(data: dict, source: str | None = None) -> Suite:
         raise ValueError(f"suite {name!r}: {err}") from None
     _check_names("algorithm", suite.algorithms, list_algorithms(), name)
     _check_names("reward", suite.rewards, list_rewards(), name)
+    _check_names("reward", suite.eval.rewards, list_rewards(), name)
     _check_names("algorithm", suite.algo, suite.algorithms, name)
-    _check_names("reward", suite.reward_args, suite.rewards, name)
+    _check_names("reward", suite.reward_args, suite.rewards + suite.eval.rewards, name)
     for r, kwargs in suite.reward_args.items():  # a typo fails now, not as a TypeError when the reward is built
         try:
             check_reward_kwargs(r, kwargs)

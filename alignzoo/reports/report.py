@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alignzoo.reports import compute, pairwise, plots, sections, tables
+from alignzoo.reports import categories, compute, pairwise, plots, sections, tables
 from alignzoo.reports.results import PRETRAINED, Results, load_results, slug
 
 
@@ -260,7 +260,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_im
     _cell_flags, flags_md = sections.flags_section(results, out, algos, rewards, heldout_flags)
     md += ["## Observations", "", "Computed from the tables and logs below.", ""]
     md += observations(results, table_frames, gain_frames, cost, pairwise_frames) + [""]
-    md += body + pairwise_md + heldout_md + flags_md
+    md += body + categories.category_sections(results, out) + pairwise_md + heldout_md + flags_md
     md += _figure_sections(results, out, x) + _grid_section(results, out, grid_images)
     md += sections.compute_section(results, out, algos, rewards)
     md += ["## Cost", "", cost_md, "", tables.COST_NOTE, ""] + prov_md

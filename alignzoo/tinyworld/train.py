@@ -262,13 +262,15 @@ def _load_alignment(out: Path):
     return TinyAlignmentReward(weights=path) if path.exists() else TinyAlignmentReward()
 
 
-def vae_update(vae, x: torch.Tensor, opt, sched, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One VAE update on images ``x`` in [-1, 1]: MSE + 0.5 x edge L1 + ``kl_weight`` x KL."""
+def vae_update(vae, x: torch.Tensor, opt, sched, kl_weight: float, pixel_l1: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One VAE update on images ``x`` in [-1, 1]: MSE (or L1) + 0.5 x edge L1 + ``kl_weight`` x KL;
+    returns (loss, MSE)."""
     post = vae.encode(x).latent_dist
     rec = vae.decode(post.sample()).sample
     (ex, ey), (rx, ry) = _edges(x), _edges(rec)
     mse = F.mse_loss(rec, x)
-    loss = mse + 0.5 * ((rx - ex).abs().mean() + (ry - ey).abs().mean()) + kl_weight * post.kl().mean()
+    pixel = (rec - x).abs().mean() if pixel_l1 else mse
+    loss = pixel + 0.5 * ((rx - ex).abs().mean() + (ry - ey).abs().mean()) + kl_weight * post.kl().mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

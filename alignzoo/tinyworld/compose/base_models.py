@@ -34,7 +34,8 @@ from alignzoo.tinyworld.train import (
 
 LATENT_CHANNELS = 8
 SD_DIR, TURBO_DIR, LCM_DIR = "compose-sd", "compose-turbo", "compose-lcm"
-VAE_STEPS, SD_STEPS = 1000, 1600
+VAE_STEPS, SD_STEPS = 2400, 1600
+VAE_PIXEL_LOSS = "mse"  # or "l1" (ALIGNZOO_VAE2_PIXEL)
 
 
 def build_vae2():
@@ -75,17 +76,18 @@ def reconstruction_check(vae, seed: int = 777, per_prompt: int = 2) -> dict:
 
 def train_vae2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, kl_weight: float = 1e-6) -> dict:
     steps = max(1, round(VAE_STEPS * scale))
+    pixel_l1 = os.environ.get("ALIGNZOO_VAE2_PIXEL", VAE_PIXEL_LOSS) == "l1"
     rng = np.random.default_rng(seed + 20)
     torch.manual_seed(seed + 20)
     vae = build_vae2()
     _log(f"vae2: {sum(p.numel() for p in vae.parameters()) / 1e6:.3f}M parameters, latents {LATENT_CHANNELS}x8x8")
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, steps, 0.05))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, steps, 0.2))
     t0 = time.perf_counter()
     vae.train()
     for step in range(steps):
         x = _vae_batch(rng, batch) * 2 - 1
-        loss, mse = vae_update(vae, x, opt, sched, kl_weight)
+        loss, mse = vae_update(vae, x, opt, sched, kl_weight, pixel_l1)
         if (step + 1) % _every(steps) == 0:
             _log(f"vae2 step {step + 1}/{steps} loss {loss.item():.4f} mse {mse.item():.5f} ({time.perf_counter() - t0:.0f}s)")
     vae.eval()
