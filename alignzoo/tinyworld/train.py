@@ -333,14 +333,14 @@ def build_text_encoder(tokenizer):
     return CLIPTextModel(cfg)
 
 
-def build_unet(time_cond_proj_dim: int | None = None, latent_channels: int = 4):
+def build_unet(time_cond_proj_dim: int | None = None, latent_channels: int = 4, block_out_channels: tuple = (32, 64)):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=8,
         in_channels=latent_channels,
         out_channels=latent_channels,
-        block_out_channels=(32, 64),
+        block_out_channels=tuple(block_out_channels),
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),

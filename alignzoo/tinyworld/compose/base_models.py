@@ -145,7 +145,18 @@ def train_sd2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 128, lr
     vae = AutoencoderKL.from_pretrained(out / SD_DIR / "vae").eval().requires_grad_(False)
     tokenizer = compose_tokenizer()
     text_encoder = build_text_encoder(tokenizer)
-    unet = build_unet(latent_channels=LATENT_CHANNELS)
+    # experiment knobs (recorded in alignzoo.json): UNet widths, cosine decay from the start
+    channels = tuple(int(c) for c in os.environ.get("ALIGNZOO_SD2_CHANNELS", "32,64").split(","))
+    cosine = os.environ.get("ALIGNZOO_SD2_COSINE", "") == "1"
+    unet = build_unet(latent_channels=LATENT_CHANNELS, block_out_channels=channels)
+    init = os.environ.get("ALIGNZOO_SD2_INIT")  # continue from a saved pipeline (cosine lr decay to 0.1x)
+    if init:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet = UNet2DConditionModel.from_pretrained(Path(init) / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(Path(init) / "text_encoder")
+        _log(f"sd2: continuing from {init}")
     _log(f"sd2: unet {sum(p.numel() for p in unet.parameters()) / 1e6:.3f}M, text encoder "
          f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.3f}M parameters")
     t0 = time.perf_counter()
@@ -154,7 +165,11 @@ def train_sd2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 128, lr
     ac = _alphas_cumprod()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+    if init or cosine:
+        schedule = _lr_lambda(0 if init else 200, steps, 0.1)
+    else:
+        schedule = lambda s: min(1.0, (s + 1) / 200)  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     ema_unet, ema_te = _EMA(unet, 0.999), _EMA(text_encoder, 0.999)
     unet.train()
     text_encoder.train()
@@ -177,6 +192,7 @@ def train_sd2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 128, lr
     seconds = time.perf_counter() - t0
     write_alignzoo_json(folder, {
         "guidance_scale": 1.0, "pretraining_steps": steps, "batch": batch, "scenes": len(specs),
+        "continued_from": init or None, "lr_schedule": "cosine to 0.1x" if (init or cosine) else "constant after 200 warm-up steps",
         "note": "compositional tiny world's multi-step teacher (web-captioned pretraining, see compose/pretrain_data.py); "
                 "DDIM trailing, sampled without guidance",
         "trained_by": "alignzoo tinyworld train --stage sd2",
