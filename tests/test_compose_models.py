@@ -126,3 +126,21 @@ def test_committed_compose_model_samples_through_diffusers(name):
     imgs = sample(pipe, ["a red circle", "two squares"], 2, 1.0, seed=0)
     assert imgs.shape == (2, 3, 32, 32) and 0.0 <= imgs.min() and imgs.max() <= 1.0
     assert imgs.std() > 0.05  # not a flat image
+
+
+def test_balanced_prompt_sets_weigh_categories_equally_and_cover_the_split():
+    from collections import Counter
+
+    from alignzoo.benchmarks.prompts import get_prompts
+
+    train = get_prompts("geneval_train")
+    assert Counter(g.category_of(p) for p in train) == {c: 78 for c in g.CATEGORIES}
+    assert set(train) == set(g.seen_prompts())  # every seen prompt at least once
+    unseen = g.balanced_prompts("unseen", 12)
+    assert set(unseen) <= set(g.unseen_prompts()) and len(unseen) == 72
+    # fewer prompts than slots: repeated in turn (single_object has one unseen prompt, "a triangle")
+    assert unseen[:12] == ["a triangle"] * 12
+    # more prompts than slots: an evenly spaced subset, first and last included
+    ca = g.seen_prompts("color_attr")
+    sub = g.balanced_prompts("seen", 24)[-24:]
+    assert sub[0] == ca[0] and sub[-1] == ca[-1] and len(set(sub)) == 24

@@ -33,12 +33,20 @@ def _tiny(which: str):
 
 PROMPT_SETS.register("seen", "the tiny world's training prompts")(_tiny("seen"))
 PROMPT_SETS.register("unseen", "the tiny world's held-out combinations (colour, count, composition, location)")(_tiny("unseen"))
-def _compose(which: str):
-    return _grammar_prompts("alignzoo.tinyworld.compose.grammar", which)
+def _compose(which: str, per_category: int):
+    def load():
+        from alignzoo.tinyworld.compose.grammar import balanced_prompts
+
+        return balanced_prompts(which, per_category)
+
+    return load
 
 
-PROMPT_SETS.register("geneval_seen", "the compositional tiny world's training prompts (GenEval's six categories)")(_compose("seen"))
-PROMPT_SETS.register("geneval_unseen", "the compositional tiny world's held-out combinations (one per prompt)")(_compose("unseen"))
+# Category-balanced lists (compose.grammar.balanced_prompts): training draws every category
+# equally often, and an evaluation's mean is GenEval's overall score (the mean over categories).
+PROMPT_SETS.register("geneval_train", "compositional tiny world: every seen prompt, categories balanced (78 entries each)")(_compose("seen", 78))
+PROMPT_SETS.register("geneval_seen", "compositional tiny world: seen prompts, 24 per category (evaluation)")(_compose("seen", 24))
+PROMPT_SETS.register("geneval_unseen", "compositional tiny world: held-out combinations, 12 per category (evaluation)")(_compose("unseen", 12))
 PROMPT_SETS.register("simple_animals", "the 45 animal names of DDPO/SDPO training")(lambda: list(SIMPLE_ANIMALS))
 PROMPT_SETS.register("unseen_animals", "SDPO's 4 unseen prompts (DPOK): colour, count, composition, location")(lambda: list(UNSEEN_ANIMALS))
 

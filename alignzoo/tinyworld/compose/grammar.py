@@ -263,6 +263,23 @@ def unseen_prompts(category: str | None = None) -> list[str]:
     return [s.text for s in all_specs(category) if is_unseen(s)]
 
 
+def balanced_prompts(split: str, per_category: int) -> list[str]:
+    """``per_category`` prompts of every category of ``split`` (seen | unseen), in category
+    order: a category with more prompts gives an evenly spaced subset, one with fewer repeats its
+    prompts in turn. Drawing uniformly from the list then weighs the six categories equally, as
+    GenEval's prompt set does (the grammar has 78 seen colour-attribution prompts and 2 seen
+    single-object ones); the mean over the list is GenEval's overall score."""
+    pick = {"seen": seen_prompts, "unseen": unseen_prompts}[split]
+    out = []
+    for c in CATEGORIES:
+        ps = pick(c)
+        if len(ps) >= per_category:
+            out += [ps[i] for i in np.linspace(0, len(ps) - 1, per_category).round().astype(int)]
+        else:
+            out += [ps[i % len(ps)] for i in range(per_category)]
+    return out
+
+
 # ------------------------------------------------------------------------------ GenEval's rules
 
 def _relation_holds(first: Obj, second: Obj, relation: str) -> bool:
