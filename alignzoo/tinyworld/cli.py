@@ -4,7 +4,7 @@
                              [--out DIR] [--seed N] [--threads N]
     alignzoo tinyworld render --prompt "two red circles on the left" --out x.png [--seed N] [--zoom 8]
     alignzoo tinyworld eval [--weights DIR] [--models tiny-sd-v2,tiny-turbo,tiny-lcm-v2] [--steps 1,2,4,8,16]
-                            [--per-prompt 8]      (compositional world's models; --world first: tiny-sd/-lcm)
+                            [--per-prompt 4]      (compositional world's models; --world first: tiny-sd/-lcm)
     alignzoo tinyworld prompts [--unseen [CATEGORY]]
     alignzoo tinyworld geneval [--per-prompt 4] [--degraded] [--split all|seen|unseen]   (compositional world)
 """
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--world", default="compose", choices=["compose", "first"])
     e.add_argument("--models", default="tiny-sd-v2,tiny-turbo,tiny-lcm-v2")
     e.add_argument("--steps", default="1,2,4,8,16")
-    e.add_argument("--per-prompt", type=int, default=8)
+    e.add_argument("--per-prompt", type=int, default=4)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--threads", type=int, default=2)
     p = sub.add_parser("prompts", help="print the seen (default) or unseen prompt list")

@@ -140,6 +140,7 @@ def train_sd2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 128, lr
     from diffusers import AutoencoderKL
 
     steps = max(1, round(SD_STEPS * scale))
+    lr = float(os.environ.get("ALIGNZOO_SD2_LR", lr))
     rng = np.random.default_rng(seed + 30)
     torch.manual_seed(seed + 30)
     vae = AutoencoderKL.from_pretrained(out / SD_DIR / "vae").eval().requires_grad_(False)
@@ -192,7 +193,7 @@ def train_sd2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 128, lr
     seconds = time.perf_counter() - t0
     write_alignzoo_json(folder, {
         "guidance_scale": 1.0, "pretraining_steps": steps, "batch": batch, "scenes": len(specs),
-        "continued_from": init or None, "lr_schedule": "cosine to 0.1x" if (init or cosine) else "constant after 200 warm-up steps",
+        "continued_from": init or None, "lr": lr, "unet_channels": list(channels), "lr_schedule": "cosine to 0.1x" if (init or cosine) else "constant after 200 warm-up steps",
         "note": "compositional tiny world's multi-step teacher (web-captioned pretraining, see compose/pretrain_data.py); "
                 "DDIM trailing, sampled without guidance",
         "trained_by": "alignzoo tinyworld train --stage sd2",

@@ -11,8 +11,9 @@ turbo  ``tiny-turbo``, the SD-Turbo analogue: same eps-prediction UNet layout, D
           step from any t on it lands on z0 exactly when eps_theta(x_t, t, c) = eps*;
        3. the student (initialised as the teacher) regresses x0_theta = (x_t - sqrt(1 - abar_t)
           eps_theta) / sqrt(abar_t) onto z0 (the loss in image-latent space, so the 1-step
-          timestep is not drowned by the 1/sqrt(abar_T) ~ 15x scale of its eps error), at the
-          timesteps of 1-, 2-, 3- and 4-step trailing schedules.
+          timestep is not drowned by the 1/sqrt(abar_T) ~ 15x scale of its eps error), half the
+          batch at T (the 1-step map) and half at the timesteps of 1-, 2-, 3- and 4-step
+          trailing schedules.
        -> weights/compose-turbo/
 lcm2   latent consistency distillation of the teacher (the shared ``lcm_distill`` loop of the
        first world: 50-step DDIM solver, w ~ U[1, 3], EMA target) on web-captioned pretraining
@@ -34,7 +35,8 @@ from alignzoo.tinyworld.train import (
     write_alignzoo_json,
 )
 
-TURBO_STEPS, TURBO_COUPLINGS, TEACHER_STEPS = 1000, 4096, 8
+TURBO_STEPS, TURBO_COUPLINGS, TEACHER_STEPS = 2000, 8192, 8
+ONE_STEP_SHARE = 0.5
 LCM2_STEPS = 200
 
 
@@ -105,7 +107,10 @@ def train_turbo(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, l
         conds = torch.cat([pipe.text_encoder(ids[i:i + 512]).last_hidden_state for i in range(0, len(ids), 512)])
     for step in range(steps):
         idx = torch.from_numpy(rng.integers(0, len(xT), size=batch))
-        t = grid[torch.from_numpy(rng.integers(0, len(grid), size=batch))]
+        # half the batch at T (the 1-step map, the hardest and the one SD-Turbo is used for), half
+        # spread over the 1-4 step grid
+        t = torch.where(torch.from_numpy(rng.random(batch) < ONE_STEP_SHARE), grid[-1],
+                        grid[torch.from_numpy(rng.integers(0, len(grid), size=batch))])
         a = ac[t].view(-1, 1, 1, 1)
         xt, _ = reflow_point(xT[idx], z0[idx], a, a_T)
         eps = student(xt, t, conds[idx]).sample

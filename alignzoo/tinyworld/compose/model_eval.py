@@ -1,6 +1,7 @@
 """Per-category GenEval scores of the compositional world's models (``alignzoo tinyworld eval``).
 
-Samples every prompt of the grammar (seen and unseen, 180 prompts) ``per_prompt`` times with
+Samples the category-balanced evaluation lists (``geneval_seen`` + ``geneval_unseen``: 24 seen and
+12 unseen entries per category, 216 in all, see ``grammar.balanced_prompts``) ``per_prompt`` times with
 diffusers' own pipelines (DDIM trailing eta 0 for tiny-sd-v2 and tiny-turbo, LCMScheduler for
 tiny-lcm-v2; guidance from each model's alignzoo.json), and reports per step count:
 strict ``tiny_geneval`` per category and overall (the mean over categories, GenEval's rule),
@@ -75,12 +76,17 @@ def score_images(images: torch.Tensor, prompts: Sequence[str], per_prompt: int, 
     return row
 
 
-def evaluate_model(name: str, weights: Path, steps: Sequence[int], per_prompt: int = 8, seed: int = 0) -> dict:
+def evaluation_prompts(per_prompt: int) -> list[str]:
+    """Each entry of the balanced seen + unseen lists ``per_prompt`` times in a row."""
+    return [p for p in g.balanced_prompts("seen", 24) + g.balanced_prompts("unseen", 12) for _ in range(per_prompt)]
+
+
+def evaluate_model(name: str, weights: Path, steps: Sequence[int], per_prompt: int = 4, seed: int = 0) -> dict:
     sub, kind = MODELS[name]
     folder = weights / sub
     pipe = load_pipeline(folder, kind)
     guidance = guidance_of(folder)
-    prompts = [p for p in g.seen_prompts() + g.unseen_prompts() for _ in range(per_prompt)]
+    prompts = evaluation_prompts(per_prompt)
     return {str(n): score_images(sample(pipe, prompts, n, guidance, seed + n), prompts, per_prompt) for n in steps}
 
 
@@ -95,9 +101,9 @@ def format_rows(results: dict, per_prompt: int) -> str:
 
 
 def main(weights: Path, models: Sequence[str] = tuple(MODELS), steps: Sequence[int] = (1, 2, 4, 8, 16),
-         per_prompt: int = 8, seed: int = 0) -> dict:
+         per_prompt: int = 4, seed: int = 0) -> dict:
     results = {m: evaluate_model(m, weights, steps, per_prompt, seed) for m in models}
-    print(f"strict tiny_geneval of generated images, all 180 prompts x {per_prompt} (seed {seed}); "
-          "overall = mean over categories")
+    print(f"strict tiny_geneval of generated images: 216 category-balanced prompt entries (36 per category) x {per_prompt} "
+          f"(seed {seed}); overall = mean over categories")
     print(format_rows(results, per_prompt))
     return results
