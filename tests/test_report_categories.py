@@ -20,9 +20,9 @@ def test_category_means_follow_the_prompt_order_and_skip_soft_or_foreign_sets():
     rng = np.random.default_rng(0)
     strict = {s: rng.integers(0, 2, size=len(prompts) * k).astype(float) for s in (0, 1)}
     soft = rng.uniform(size=len(prompts) * k)
-    scores = {f"ddpo__tiny_geneval__seed{s}": {f"geneval_unseen|tiny_geneval_strict|4": strict[s],
-                                                 f"geneval_unseen|tiny_geneval|4": soft,  # soft: not tabulated
-                                                 f"seen|tiny_geneval_strict|4": np.ones(64 * k)}  # first world: no categories
+    scores = {f"ddpo__tiny_geneval__seed{s}": {"geneval_unseen|tiny_geneval_strict|4": strict[s],
+                                                 "geneval_unseen|tiny_geneval|4": soft,  # soft: not tabulated
+                                                 "seen|tiny_geneval_strict|4": np.ones(64 * k)}  # first world: no categories
               for s in (0, 1)}
     frame = category_frame(_results(scores, k))
     assert set(frame["eval_reward"]) == {"tiny_geneval_strict"} and set(frame["prompt_set"]) == {"geneval_unseen"}
