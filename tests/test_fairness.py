@@ -61,7 +61,7 @@ def test_every_suite_gives_equal_compute_except_named_exceptions(name):
                 if e["exception"]:
                     assert len(e["exception_reason"]) > 40 and ("paper" in e["exception_reason"] or "Jia" in e["exception_reason"])
             equal = [e for e in entries.values() if e["exception"] is None]
-            assert len(equal) >= 2 and equal[0]["updates_per_epoch"] >= 1
+            assert len(equal) >= min(2, len(entries)) and equal[0]["updates_per_epoch"] >= 1  # one-algorithm suites (tiny-calibrate): nothing to pair
             if "sdpo" in entries:  # the exception is real (the compute table shows it): one update per step column
                 cols = entries["sdpo"]["updates_per_epoch"] / entries["sdpo[step_accumulated]"]["updates_per_epoch"]
                 assert cols == suite.num_steps(suite.algo_config("sdpo", reward) if "sdpo" in suite.algorithms else _train_only(suite, "sdpo")) - 1
