@@ -1,4 +1,4 @@
-"""``alignzoo list {models,rewards,algos,suites}``."""
+"""``alignzoo list {models,rewards,algos,suites,prompts}``."""
 from __future__ import annotations
 
 import importlib
@@ -8,6 +8,7 @@ KINDS = {
     "rewards": ("alignzoo.rewards.base", "list_rewards", "REWARDS"),
     "algos": ("alignzoo.algos.base", "list_algorithms", "ALGORITHMS"),
     "suites": ("alignzoo.benchmarks.suites", "list_suites", "SUITES"),
+    "prompts": ("alignzoo.benchmarks.prompts", "list_prompt_sets", "PROMPT_SETS"),
 }
 
 

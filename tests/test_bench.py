@@ -38,21 +38,29 @@ def test_suite_errors_name_the_problem(change, needle):
 
 def test_shipped_suites_parse():
     names = list_suites()
-    assert {"quick", "tiny", "tiny-lcm", "paper-sdturbo", "paper-lcm"} <= set(names)
+    assert {"quick", "tiny", "tiny-lcm", "tiny-turbo", "paper-sdturbo", "paper-lcm"} <= set(names)
     quick = load_suite("quick")
-    assert quick.model == "tiny-sd" and set(quick.algorithms) == {"ddpo", "rebel", "d3po", "sdpo"}
-    assert quick.eval.steps == [1, 2, 4, 8, 16, 50]
+    assert quick.model == "tiny-sd-v2" and set(quick.algorithms) == {"ddpo", "rebel", "d3po", "sdpo"}
+    assert quick.eval.steps == [1, 2, 4, 8, 16]
+    # the compositional world everywhere: its rewards, prompts and calibrated preset
+    for name in ("quick", "tiny", "tiny-lcm", "tiny-turbo", "tiny-2step", "tiny-2step-sd"):
+        s = load_suite(name)
+        assert s.model in ("tiny-sd-v2", "tiny-turbo", "tiny-lcm-v2") and "tiny_geneval" in s.rewards, name
+        assert s.train_prompts == "geneval_train" and all(p.startswith("geneval_") for p in s.eval.prompt_sets), name
+        assert s.algo_config(s.algorithms[-1] if s.algorithms[-1] != "lasro" else s.algorithms[1]).learning_rate == 1e-4, name
+    turbo = load_suite("tiny-turbo")  # the SDPO paper's protocol: long training trajectories, evaluation 1 ... 50
+    assert turbo.algo_config("sdpo").num_steps == 16 and turbo.eval.steps == [1, 2, 4, 8, 16, 50]
     paper = load_suite("paper-sdturbo")
     assert paper.model == "sd-turbo" and set(paper.rewards) == {"aesthetic", "imagereward", "hpsv2", "pickscore"}
     assert paper.algo_config("sdpo").num_steps == 50
     # LaSRO: 2-step everywhere; the tiny suites keep its own tuned lr over [train]'s
-    for name, model, others in (("tiny-2step", "tiny-lcm", {"rlcm-ddpo", "rlcm-rebel", "sdpo"}),
-                                ("tiny-2step-sd", "tiny-sd", {"ddpo", "rebel", "d3po", "sdpo"})):
+    for name, model, others in (("tiny-2step", "tiny-lcm-v2", {"rlcm-ddpo", "rlcm-rebel", "sdpo"}),
+                                ("tiny-2step-sd", "tiny-turbo", {"ddpo", "rebel", "d3po", "sdpo"})):
         two = load_suite(name)
         assert two.model == model and set(two.algorithms) == others | {"lasro"}
         assert {1, 2, 4} <= set(two.eval.steps)
         assert all(two.algo_config(a).num_steps == 2 for a in two.algorithms)
-        assert two.algo_config("lasro").learning_rate == 6e-4 and two.algo_config("sdpo").learning_rate == 3e-4
+        assert two.algo_config("lasro").learning_rate == 6e-4 and two.algo_config("sdpo").learning_rate == 1e-4
     for name in ("paper-lcm", "paper-sdturbo"):
         cfg = load_suite(name).algo_config("lasro")
         assert cfg.num_steps == 2 and cfg.lora_rank == 32 and cfg.k_surr == 5
@@ -63,7 +71,7 @@ def test_shipped_suites_parse():
 def test_suites_default_to_three_seeds_and_256_evaluation_images():
     from alignzoo.benchmarks.prompts import get_prompts
 
-    for name in ("tiny", "tiny-lcm", "tiny-2step", "tiny-2step-sd"):
+    for name in ("tiny", "tiny-lcm", "tiny-turbo", "tiny-2step", "tiny-2step-sd"):
         s = load_suite(name)
         assert len(s.seeds) == 3, name
         for p in s.eval.prompt_sets:
@@ -220,9 +228,7 @@ def test_bench_resume_after_kill_equals_uninterrupted(tiny_random_folders, tmp_p
 def test_evaluation_due_counts_crossings_and_the_end():
     """Evaluation points: an epoch that crosses a multiple of eval_interval, and the one that spends
     the budget; epochs of uneven size (LaSRO's stage 1 and rollouts count) are evaluated too."""
-    from alignzoo.benchmarks.suites import load_suite
-
-    suite = load_suite("quick")  # samples 1024, eval_interval 256
+    suite = parse_suite(_base(samples=1024, eval_interval=256, train={"samples_per_epoch": 64}))
     steps = [(0, 64), (192, 256), (256, 320), (448, 512), (960, 1024)]
     assert [suite.evaluation_due(a, b) for a, b in steps] == [(False, False), (False, True), (False, False), (False, True), (True, True)]
     # uneven epochs: 0 -> 2880 crosses 256 and spends the budget; 100 -> 300 crosses 256

@@ -61,7 +61,7 @@ def test_suites_set_the_schedule():
     suite = load_suite("paper-lcm")
     assert suite.model == "lcm-dreamshaper-v7@rlcm" and get_model_spec(suite.model).lcm_schedule == "rlcm"
     assert 'model = "lcm-dreamshaper-v7@rlcm"' in suite_to_toml(suite)  # the written suite reloads the same
-    assert load_suite("tiny-lcm").model == "tiny-lcm"  # the measured tiny suites keep diffusers' schedule
+    assert load_suite("tiny-lcm").model == "tiny-lcm-v2"  # the measured tiny suites keep diffusers' schedule
     base = {"model": "tiny-sd", "algorithms": ["ddpo"], "rewards": ["tiny_alignment"]}
     with pytest.raises(ValueError, match="suite 'x': lcm_schedule 'rlcm' applies to LCM models only"):
         parse_suite({**base, "name": "x", "lcm_schedule": "rlcm"})

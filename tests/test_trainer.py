@@ -119,7 +119,12 @@ def test_train_preset_starts_from_a_suites_settings(monkeypatch, tmp_path, capsy
         raise Captured
 
     monkeypatch.setattr(trainer_module, "Trainer", fake_trainer)
-    args = ["train", "--algo", "rlcm-ddpo", "--model", "tiny-lcm", "--out", str(tmp_path / "p"), "--preset", "tiny-lcm", "--set", "num_steps=2"]
+    suite = tmp_path / "preset.toml"
+    suite.write_text('name = "preset"\nmodel = "tiny-lcm"\nalgorithms = ["rlcm-ddpo"]\nrewards = ["tiny_alignment", "jpeg_compressibility"]\n'
+                     '[train]\nnum_steps = 4\nsamples_per_epoch = 64\ntrain_batch_size = 8\nlearning_rate = 3e-4\nlora_rank = 4\n'
+                     '[algo.rlcm-ddpo]\nclip_range = 0.1\n'
+                     '[algo_reward.rlcm-ddpo.tiny_alignment]\nlearning_rate = 2e-4\ntrain_batch_size = 16\nadv_clip = 2.0\n')
+    args = ["train", "--algo", "rlcm-ddpo", "--model", "tiny-lcm", "--out", str(tmp_path / "p"), "--preset", str(suite), "--set", "num_steps=2"]
     with pytest.raises(Captured):
         cli_main(args + ["--reward", "tiny_alignment"])
     cfg = seen["cfg"]

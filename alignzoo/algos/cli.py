@@ -22,7 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("--samples", type=int, default=256, help="total generated images (sample budget)")
     p.add_argument("--out", required=True, help="run folder (log.jsonl, checkpoints/, final/ LoRA)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompts", default="seen", help="prompt set name or file")
+    p.add_argument("--prompts", default=None, help="prompt set name or file (default: the model's own, e.g. geneval_train for "
+                   "the compositional tiny world; alignzoo list prompts)")
     p.add_argument("--preset", default=None, metavar="SUITE",
                    help="start from a bench suite's settings for this algorithm and reward (e.g. tiny-lcm); --set overrides them")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an algorithm config field (repeatable)")

@@ -59,7 +59,7 @@ class TrainConfig:
     out: str = "runs/train"
     samples: int = 256  # total generated images (the sample budget)
     seed: int = 0
-    prompts: str = "seen"  # prompt set name or file
+    prompts: str | None = None  # prompt set name or file; None: the model's own (ModelSpec.train_prompts)
     mixed_precision: str = "no"  # "no", "fp16", "bf16" (accelerate)
     cpu: bool = False  # force the CPU even where a GPU is present
     checkpoint_every: int = 1  # epochs
@@ -115,7 +115,7 @@ class Trainer:
         self.reward = reward
         from alignzoo.benchmarks.prompts import get_prompts
 
-        self.prompt_set = get_prompts(config.prompts)
+        self.prompt_set = get_prompts(config.prompts or model.spec.train_prompts)
         self.tracker = StatTracker(acfg.normalization, acfg.tracker_buffer, acfg.tracker_min_count)
         self.algo.split_over(self.world)  # global batch numbers → this process's share (one-line error if they do not divide)
         self.prompts_per_process = self.algo.prompts_per_epoch(self.world)

@@ -31,8 +31,8 @@ def _tiny(which: str):
     return _grammar_prompts("alignzoo.tinyworld.grammar", which)
 
 
-PROMPT_SETS.register("seen", "the tiny world's training prompts")(_tiny("seen"))
-PROMPT_SETS.register("unseen", "the tiny world's held-out combinations (colour, count, composition, location)")(_tiny("unseen"))
+PROMPT_SETS.register("seen", "the first tiny world's training prompts (tiny_alignment, tiny-sd, tiny-lcm)")(_tiny("seen"))
+PROMPT_SETS.register("unseen", "the first tiny world's held-out combinations (colour, count, composition, location)")(_tiny("unseen"))
 def _compose(which: str, per_category: int):
     def load():
         from alignzoo.tinyworld.compose.grammar import balanced_prompts
@@ -47,6 +47,9 @@ def _compose(which: str, per_category: int):
 PROMPT_SETS.register("geneval_train", "compositional tiny world: every seen prompt, categories balanced (78 entries each)")(_compose("seen", 78))
 PROMPT_SETS.register("geneval_seen", "compositional tiny world: seen prompts, 24 per category (evaluation)")(_compose("seen", 24))
 PROMPT_SETS.register("geneval_unseen", "compositional tiny world: held-out combinations, 12 per category (evaluation)")(_compose("unseen", 12))
+# Smaller slices of the same lists (a smoke run's evaluation: `quick`, the learning tests)
+PROMPT_SETS.register("geneval_seen_small", "compositional tiny world: seen prompts, 8 per category (quick evaluation)")(_compose("seen", 8))
+PROMPT_SETS.register("geneval_unseen_small", "compositional tiny world: held-out combinations, 6 per category (quick evaluation)")(_compose("unseen", 6))
 PROMPT_SETS.register("simple_animals", "the 45 animal names of DDPO/SDPO training")(lambda: list(SIMPLE_ANIMALS))
 PROMPT_SETS.register("unseen_animals", "SDPO's 4 unseen prompts (DPOK): colour, count, composition, location")(lambda: list(UNSEEN_ANIMALS))
 

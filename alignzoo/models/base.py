@@ -52,6 +52,7 @@ class ModelSpec:
     resolution: int | None = None  # pixels; None: the UNet's sample_size × VAE factor
     guidance_scale: float = 1.0
     train_steps: int = 50  # default trajectory length for training
+    train_prompts: str = "seen"  # default training prompt set (the compositional world's models: geneval_train)
     original_inference_steps: int = 50  # LCM only
     lcm_schedule: str = "diffusers"  # LCM only: "diffusers" or "rlcm" timesteps (alignzoo/models/lcm.py)
     env_var: str | None = None  # env var pointing at a local folder

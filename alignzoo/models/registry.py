@@ -28,15 +28,15 @@ register_model(ModelSpec(
 
 # The compositional tiny world (issue 13): a weak multi-step teacher and its few-step students.
 register_model(ModelSpec(
-    name="tiny-sd-v2", source=str(TINY_WEIGHTS / "compose-sd"), kind="sd", guidance_scale=1.0, train_steps=4,
+    name="tiny-sd-v2", source=str(TINY_WEIGHTS / "compose-sd"), kind="sd", guidance_scale=1.0, train_steps=4, train_prompts="geneval_train",
     summary="compositional tiny world's multi-step teacher (32 px GenEval-style scenes, web-captioned pretraining), DDIM trailing",
 ))
 register_model(ModelSpec(
-    name="tiny-turbo", source=str(TINY_WEIGHTS / "compose-turbo"), kind="sd", guidance_scale=1.0, train_steps=4,
+    name="tiny-turbo", source=str(TINY_WEIGHTS / "compose-turbo"), kind="sd", guidance_scale=1.0, train_steps=4, train_prompts="geneval_train",
     summary="SD-Turbo analogue: tiny-sd-v2 reflowed onto straight DDIM lines for 1-4 steps, DDIM trailing, no guidance",
 ))
 register_model(ModelSpec(
-    name="tiny-lcm-v2", source=str(TINY_WEIGHTS / "compose-lcm"), kind="lcm", guidance_scale=1.0, train_steps=4,
+    name="tiny-lcm-v2", source=str(TINY_WEIGHTS / "compose-lcm"), kind="lcm", guidance_scale=1.0, train_steps=4, train_prompts="geneval_train",
     summary="latent consistency distillate of tiny-sd-v2 (LCMScheduler, w-embedding guidance)",
 ))
 
