@@ -144,3 +144,19 @@ def test_balanced_prompt_sets_weigh_categories_equally_and_cover_the_split():
     ca = g.seen_prompts("color_attr")
     sub = g.balanced_prompts("seen", 24)[-24:]
     assert sub[0] == ca[0] and sub[-1] == ca[-1] and len(set(sub)) == 24
+
+
+def test_compositional_models_train_on_their_own_prompts_and_the_judge_names_the_fix(capsys):
+    """A model of the compositional world trains on geneval_train by default; a first-world prompt
+    given to tiny_geneval fails with the prompt sets that fit, and `alignzoo list prompts` lists them."""
+    from alignzoo.cli import main as cli_main
+    from alignzoo.models.base import get_model_spec
+    from alignzoo.rewards import get_reward
+
+    assert {get_model_spec(m).train_prompts for m in ("tiny-sd-v2", "tiny-turbo", "tiny-lcm-v2")} == {"geneval_train"}
+    assert get_model_spec("tiny-sd").train_prompts == "seen"
+    with pytest.raises(ValueError, match=r"unknown word 'at'.*--prompts geneval_train"):
+        get_reward("tiny_geneval")(torch.zeros(1, 3, 32, 32), ["a red square at the top"])
+    assert cli_main(["list", "prompts"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("geneval_train", "geneval_seen_small", "geneval_unseen", "simple_animals"))

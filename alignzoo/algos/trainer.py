@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,7 +41,6 @@ from alignzoo.algos import distributed, rollouts
 from alignzoo.algos.base import Algorithm, get_algorithm
 from alignzoo.algos.optim import make_optimizer
 from alignzoo.algos.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
-from alignzoo.algos.runlog import atomic_write_text as _atomic_write_text
 from alignzoo.algos.stat_tracking import StatTracker
 from alignzoo.models.sampling import Trajectory, recompute_log_probs
 
