@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 # Two pytest workers with one thread each: tiny models run no faster on two threads, and two
 # processes with two threads each on two cores slow PyTorch down many times (oversubscription).
 test: $(VENV)/.installed
-	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=25 tests
 
 # Two one-thread worker processes (one per core): the same numbers as a one-thread sequential run
 # (the committed docs/quick report's), on both cores (speed-up: docs/cluster.md).

@@ -28,7 +28,7 @@ TP = "tiny_preference"
 CASES = [("ddpo", "tiny-sd-v2", TP), ("rebel", "tiny-sd-v2", TP), ("d3po", "tiny-sd-v2", TP), ("sdpo", "tiny-sd-v2", TP),
          ("rlcm-ddpo", "tiny-lcm-v2", TP), ("rlcm-rebel", "tiny-lcm-v2", TP), ("sdpo", "tiny-lcm-v2", TP)]
 SUITE_OF = {"tiny-sd-v2": "quick", "tiny-lcm-v2": "tiny-lcm"}
-BUDGET = 512  # generated images per training run
+BUDGET = 384  # generated images per training run (6 epochs of 64)
 NUM_STEPS = 4  # the suites' training length
 TRAIN_PROMPTS = "geneval_train"
 EVAL_PROMPTS = "geneval_seen_small"  # 48 prompts, the six categories balanced
