@@ -65,9 +65,10 @@ class TinyGenevalReward(Reward):
     def _outputs(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         from alignzoo.tinyworld.compose.judge import judge_outputs
 
+        maps = self.net(_resize(images.to(self.device, torch.float32)))
         try:
-            return judge_outputs(self.net(_resize(images.to(self.device, torch.float32))), prompts, self.net.threshold)
-        except ValueError as e:  # a prompt outside the grammar: name the prompt sets that fit
+            return judge_outputs(maps, prompts, self.net.threshold)
+        except ValueError as e:  # judge_outputs raises only the grammar's parse errors: name the prompt sets that fit
             raise ValueError(f"{self.name} judges prompts of the compositional world's grammar only ({e}); train and evaluate "
                              "on its prompt sets: --prompts geneval_train, [eval] prompt_sets geneval_seen / geneval_unseen "
                              "(alignzoo list prompts)") from None
