@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: test bench install clean
+.PHONY: test test-fast lint bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -20,8 +20,17 @@ install: $(VENV)/.installed
 
 # Two pytest workers with one thread each: tiny models run no faster on two threads, and two
 # processes with two threads each on two cores slow PyTorch down many times (oversubscription).
-test: $(VENV)/.installed
+test: lint
 	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=25 tests
+
+# The edit loop: everything but the tests marked slow (training, suites), in under 2 minutes.
+test-fast: lint
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup -m "not slow" --durations=10 tests
+
+# ruff's lint rules and formatting (pyproject.toml [tool.ruff]); `ruff format .` fixes the latter.
+lint: $(VENV)/.installed
+	$(VPY) -m ruff check alignzoo tests
+	$(VPY) -m ruff format --check alignzoo tests
 
 # Two one-thread worker processes (one per core): the same numbers as a one-thread sequential run
 # (the committed docs/quick report's), on both cores (speed-up: docs/cluster.md).

@@ -8,7 +8,7 @@ KINDS = {
     "rewards": ("alignzoo.rewards.base", "list_rewards", "REWARDS"),
     "algos": ("alignzoo.algos.base", "list_algorithms", "ALGORITHMS"),
     "suites": ("alignzoo.benchmarks.suites", "list_suites", "SUITES"),
-    "prompts": ("alignzoo.benchmarks.prompts", "list_prompt_sets", "PROMPT_SETS"),
+    "prompts": ("alignzoo.prompts", "list_prompt_sets", "PROMPT_SETS"),
 }
 
 

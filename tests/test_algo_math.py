@@ -75,7 +75,6 @@ def test_one_step_trajectories_have_no_rendered_action(algo):
 # ---------------------------------------------------------------------------------- REBEL
 def test_rebel_regression_by_hand():
     algo = get_algorithm("rebel")(get_algorithm("rebel").Config(rebel_eta=0.5))
-    t = 2
     # one pair: rows 0 (a) and 1 (b), steps 0..1 each
     items = Items(torch.tensor([[0, 0, 1, 1]]), torch.tensor([[0, 1, 0, 1]]))
     new = torch.tensor([[0.2, 0.1, -0.1, 0.05]])

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from alignzoo.benchmarks import evaluation
-from alignzoo.benchmarks.runner import BenchmarkRunner, read_lines
+from alignzoo.benchmarks.runner import BenchmarkRunner
+from alignzoo.runlog import read_lines
 from alignzoo.benchmarks.suites import list_suites, load_suite, parse_suite
 
 
@@ -70,7 +71,7 @@ def test_shipped_suites_parse():
 
 
 def test_suites_default_to_three_seeds_and_256_evaluation_images():
-    from alignzoo.benchmarks.prompts import get_prompts
+    from alignzoo.prompts import get_prompts
 
     for name in ("tiny", "tiny-lcm", "tiny-turbo", "tiny-2step", "tiny-2step-sd"):
         s = load_suite(name)
@@ -170,6 +171,7 @@ def _bench(suite_file, root):
     return [sys.executable, "-m", "alignzoo", "bench", str(suite_file), "--runs", str(root), "--no-progress"], env
 
 
+@pytest.mark.slow
 def test_bench_resume_after_kill_equals_uninterrupted(tiny_random_folders, tmp_path):
     suite = _suite_file(tmp_path, tiny_random_folders["sd"])
     threads = torch.get_num_threads()

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from alignzoo.benchmarks.executors import CellsFailed
-from alignzoo.benchmarks.runner import BenchmarkRunner, read_lines
+from alignzoo.benchmarks.runner import BenchmarkRunner
+from alignzoo.runlog import read_lines
 from alignzoo.benchmarks.suites import load_suite, parse_suite
 
-pytestmark = pytest.mark.xdist_group("bench-parallel")  # one module-scoped sequential run, shared
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench-parallel")]  # one module-scoped sequential run, shared
 CELLS = ("ddpo__jpeg_compressibility__seed0", "sdpo__jpeg_compressibility__seed0")
 
 

@@ -43,6 +43,7 @@ def _copy(run, tmp_path):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("marker", ["checksums", "old-epoch-only"])
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(marker, finished_run, tiny_random_folders, prompt_file, tmp_path):
     out = _copy(finished_run, tmp_path)
@@ -69,6 +70,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(marker, finished_r
     assert checkpoints.damage(ckpts / "epoch_00003") is None  # rewritten intact
 
 
+@pytest.mark.slow
 def test_every_checkpoint_damaged_is_a_clear_error(finished_run, tiny_random_folders, prompt_file, tmp_path):
     out = _copy(finished_run, tmp_path)
     for c in (out / "checkpoints").iterdir():

@@ -131,7 +131,7 @@ def test_committed_compose_model_samples_through_diffusers(name):
 def test_balanced_prompt_sets_weigh_categories_equally_and_cover_the_split():
     from collections import Counter
 
-    from alignzoo.benchmarks.prompts import get_prompts
+    from alignzoo.prompts import get_prompts
 
     train = get_prompts("geneval_train")
     assert Counter(g.category_of(p) for p in train) == {c: 78 for c in g.CATEGORIES}

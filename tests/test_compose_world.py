@@ -97,7 +97,7 @@ def test_samplers_follow_genevals_rules_on_many_draws():
     rng = np.random.default_rng(0)
     specs = g.all_specs()
     kinds_seen = {c: set() for c in CATEGORIES}
-    for i in range(1000):
+    for _ in range(1000):
         spec = specs[rng.integers(len(specs))]
         scene = sample_scene(spec, rng)
         assert strict(spec, scene), (spec.text, scene)

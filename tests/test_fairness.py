@@ -150,6 +150,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_two_processes_make_the_global_update_count_of_one(tiny_random_folders, prompt_file, tmp_path):
     """SDPO (paired, shared noise; step-accumulated updates, no compute exception), 8 images per
     epoch, 4 per update: 2 updates per epoch on 1 process and on 2 (each process one pair per

@@ -1,8 +1,8 @@
-"""alignzoo.algos.health: each flag has a log that trips it and one that does not (hand-made records)."""
+"""alignzoo.health: each flag has a log that trips it and one that does not (hand-made records)."""
 import json
 import math
 
-from alignzoo.algos.health import FLAGS, RATIO_TOL, epoch_sizes, ratio_tolerance, run_flags
+from alignzoo.health import FLAGS, RATIO_TOL, epoch_sizes, ratio_tolerance, run_flags
 
 
 def _log(n=6, **over):

@@ -82,6 +82,7 @@ def _tiny_trainer(folder, prompts, out, samples=16, **overrides):
     return Trainer(cfg, LaSROConfig(**kw), model=load_model(str(folder)))
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_generator_lora_not_the_surrogate_and_back(tiny_random_folders, prompt_file, tmp_path):
     tr = _tiny_trainer(tiny_random_folders["lcm"], prompt_file, tmp_path / "run")
     algo = tr.algo
@@ -108,6 +109,7 @@ def test_gradients_reach_the_generator_lora_not_the_surrogate_and_back(tiny_rand
     assert sum(float(p.grad.abs().sum()) for p in trainable if p.grad is not None) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, {"surrogate_backbone": "lora", "objective": "z2", "buffer": "on_policy", "reg_form": "trajectory", "detach_between_steps": True}])
 def test_resume_is_exact(tiny_random_folders, prompt_file, tmp_path, overrides):
     """Two epochs straight vs one epoch, a new process-like Trainer resuming, one more epoch."""
@@ -167,7 +169,7 @@ class _PairedEval:
     latents (LoRA disabled; the same for every run) are sampled once per step count."""
 
     def __init__(self, reward):
-        from alignzoo.benchmarks.prompts import get_prompts
+        from alignzoo.prompts import get_prompts
 
         self.reward, self.prompts, self.base = reward, get_prompts("seen"), {}
 
@@ -262,6 +264,7 @@ def _train_lcm_runs(root):
     return res
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("lasro-lcm")
 def test_surrogate_heldout_pairwise_accuracy(lcm_runs):
     acc = lcm_runs["stage1"]["surr_acc_pretrain"]
@@ -269,6 +272,7 @@ def test_surrogate_heldout_pairwise_accuracy(lcm_runs):
     assert acc >= 0.70
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("lasro-lcm")
 def test_lasro_learns_tiny_alignment_at_two_steps(lcm_runs):
     result, control = lcm_runs["online"], lcm_runs["control"]
@@ -277,6 +281,7 @@ def test_lasro_learns_tiny_alignment_at_two_steps(lcm_runs):
     assert result["gain"] > control["gain"] + 2 * control["se"], f"gain {result} not above the random-reward control {control}"
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("lasro-lcm")
 def test_fixed_surrogate_is_hacked(lcm_runs):
     """With the surrogate frozen after stage 1, the generator raises the surrogate's score (in

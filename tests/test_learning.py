@@ -20,9 +20,11 @@ import torch
 
 from alignzoo.algos.trainer import Trainer, TrainConfig
 from alignzoo.benchmarks.evaluation import paired_gains, pretrained_scores
-from alignzoo.benchmarks.prompts import get_prompts
+from alignzoo.prompts import get_prompts
 from alignzoo.benchmarks.suites import load_suite
 from alignzoo.rewards import get_reward
+
+pytestmark = pytest.mark.slow  # trains models / runs suites: `make test` only
 
 TP = "tiny_preference"
 CASES = [("ddpo", "tiny-sd-v2", TP), ("rebel", "tiny-sd-v2", TP), ("d3po", "tiny-sd-v2", TP), ("sdpo", "tiny-sd-v2", TP),

@@ -26,6 +26,7 @@ def sd_algorithms():
     return [a for a in list_algorithms() if "sd" in get_algorithm(a).model_kinds]
 
 
+@pytest.mark.slow
 def test_a_row_per_algorithm_with_positive_numbers(perf):
     rows = {r["label"]: r for r in perf["rows"]}
     assert set(sd_algorithms()) <= set(rows)
@@ -40,6 +41,7 @@ def test_a_row_per_algorithm_with_positive_numbers(perf):
     assert "PASS" in perf["markdown"] or "FAIL" in perf["markdown"]
 
 
+@pytest.mark.slow
 def test_reward_queries_and_decodes_per_trajectory(perf):
     rows = {r["label"]: r for r in perf["rows"]}
     assert rows["ddpo"]["reward_queries_per_traj"] == 1
@@ -57,6 +59,7 @@ def test_reward_queries_and_decodes_per_trajectory(perf):
     assert budgets["sdpo_reward"]["limit"] == pytest.approx(3 / T * 1.1)
 
 
+@pytest.mark.slow
 def test_cli_writes_json_and_markdown(tiny_random_folders, tmp_path, capsys):
     from alignzoo.cli import main
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from alignzoo.benchmarks.prompts import get_prompts
+from alignzoo.prompts import get_prompts
 from alignzoo.reports.categories import category_frame, category_markdown
 from alignzoo.reports.results import Results
 from alignzoo.tinyworld.compose import grammar as g

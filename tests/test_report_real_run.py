@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alignzoo.benchmarks.runner import BenchmarkRunner, read_lines
+from alignzoo.benchmarks.runner import BenchmarkRunner
+from alignzoo.runlog import read_lines
 from alignzoo.benchmarks.suites import load_suite
 from alignzoo.cli import main as cli_main
 
-pytestmark = pytest.mark.xdist_group("report-real-run")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("report-real-run")]
 ALGOS, REWARDS, SEEDS, STEPS = ("ddpo", "rebel"), ("jpeg_compressibility", "jpeg_incompressibility"), (0, 1, 2), (1, 2)
 
 

@@ -1,6 +1,6 @@
 """The trainer's compute counters and health fields in log.jsonl (CONTRACT.md), on a tiny random
 model: first_log_ratio_abs per epoch, a non-finite loss logged as a JSON string and then a clear
-error, and alignzoo.algos.health's flags printed and written to health.json."""
+error, and alignzoo.health's flags printed and written to health.json."""
 from __future__ import annotations
 
 import json
@@ -52,7 +52,7 @@ def test_health_flags_are_printed_and_written(tiny_random_folders, prompt_file, 
         seen.update(epochs=[r["epoch"] for r in records], clip_range=clip_range)
         return [{"flag": "clip_never_fires", "message": "clipfrac was 0 in every epoch"}]
 
-    monkeypatch.setitem(sys.modules, "alignzoo.algos.health", types.SimpleNamespace(run_flags=run_flags))
+    monkeypatch.setitem(sys.modules, "alignzoo.health", types.SimpleNamespace(run_flags=run_flags))
     _trainer(tiny_random_folders["sd"], prompt_file, tmp_path / "h", clip_range=0.2).train()
     assert seen == {"epochs": [1, 2], "clip_range": 0.2}
     assert "warning: clip_never_fires: clipfrac was 0 in every epoch" in capsys.readouterr().err

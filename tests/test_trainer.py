@@ -28,6 +28,7 @@ def _train_cmd(folder, prompts, out, algo="sdpo", samples=48, extra=()):
             "--prompts", str(prompts), "--samples", str(samples), "--out", str(out), "--no-progress", *FAST, *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_run(tiny_random_folders, prompt_file, tmp_path):
     folder = tiny_random_folders["sd"]
     full = tmp_path / "full"
@@ -138,6 +139,7 @@ def test_train_preset_starts_from_a_suites_settings(monkeypatch, tmp_path, capsy
     assert "unknown suite 'tiny-lmc'; known suites:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ddpo", "sdpo"])
 def test_every_algorithm_uses_the_same_images_per_epoch(algo, tiny_random_folders, prompt_file, tmp_path):
     cfg = get_algorithm(algo).Config(num_steps=4, samples_per_epoch=8)
@@ -153,6 +155,7 @@ def test_every_algorithm_uses_the_same_images_per_epoch(algo, tiny_random_folder
 # test_two_processes_make_the_global_update_count_of_one, which shares its accelerate launch
 
 
+@pytest.mark.slow
 def test_two_processes_lasro_agree_on_lora_and_surrogate(tiny_random_folders, prompt_file, tmp_path):
     """LaSRO averages its surrogate's gradients itself: both processes must end with the same
     surrogate as well as the same LoRA (the trainer checks replicated_parameters and records them)."""

@@ -351,10 +351,6 @@ class Algorithm:
                 updates.append(Items(r[:, None], s[:, None]))
         return updates
 
-    def pair_partner(self, batch_size: int) -> torch.Tensor:
-        """Row i pairs with row i + B/2 (sample_pairs' layout)."""
-        half = batch_size // 2
-        return torch.cat([torch.arange(half, batch_size), torch.arange(half)])
 
 
 def final_reward_advantages(algo: Algorithm, traj, rewards: torch.Tensor, tracker, gather) -> torch.Tensor:

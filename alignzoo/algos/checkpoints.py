@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from alignzoo.algos.runlog import atomic_write_text
+from alignzoo.runlog import atomic_write_text
 
 MANIFEST = "COMPLETE"
 STATE = "trainer_state.pt"

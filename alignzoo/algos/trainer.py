@@ -17,7 +17,7 @@ sample, which steps to score, how to form advantages and the loss of a group of 
     until the sample budget is spent (every generated image counts, LaSRO's own rollouts too)
 
 Batch numbers are global and count images (Algorithm.split_over); log lines carry global counters
-and health fields (alignzoo.algos.runlog, CONTRACT.md); health flags end the run (health.json).
+and health fields (alignzoo.runlog, CONTRACT.md); health flags end the run (health.json).
 
 Exact resume: every random draw comes from generators whose states are checkpointed (a numpy
 generator for prompts and plans shared by all processes, a torch CPU generator per process for
@@ -40,7 +40,7 @@ import torch
 from alignzoo.algos import distributed, rollouts
 from alignzoo.algos.base import Algorithm, get_algorithm
 from alignzoo.algos.optim import make_optimizer
-from alignzoo.algos.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
+from alignzoo.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
 from alignzoo.algos.stat_tracking import StatTracker
 from alignzoo.models.sampling import Trajectory, recompute_log_probs
 
@@ -110,7 +110,7 @@ class Trainer:
             reward = get_reward(config.reward, device=self.device, **config.reward_kwargs)
             reward.to(self.device)
         self.reward = reward
-        from alignzoo.benchmarks.prompts import get_prompts
+        from alignzoo.prompts import get_prompts
 
         self.prompt_set = get_prompts(config.prompts or model.spec.train_prompts)
         self.tracker = StatTracker(acfg.normalization, acfg.tracker_buffer, acfg.tracker_min_count)

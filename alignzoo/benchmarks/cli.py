@@ -60,7 +60,7 @@ def run_eval(args) -> int:
     from tabulate import tabulate
 
     from alignzoo.benchmarks.evaluation import paired_gain
-    from alignzoo.benchmarks.prompts import get_prompts
+    from alignzoo.prompts import get_prompts
     from alignzoo.models import load_model
     from alignzoo.rewards import get_reward
 

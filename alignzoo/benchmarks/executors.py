@@ -85,7 +85,7 @@ def pretrained_job(suite, root: str, device: str) -> dict:
 def attempt_cell(runner, cell: tuple[str, str, int], baseline: dict) -> dict:
     """Trains and evaluates one cell; never raises an ``Exception``, so one cell's error cannot
     end the run. Returns ``{"cell", "ok", "seconds"}`` plus ``"error"`` (one line) on failure."""
-    from alignzoo.benchmarks.runner import cell_name
+    from alignzoo.runlog import cell_name
 
     name = cell_name(*cell)
     err_file = runner.dir / name / "error.txt"
@@ -113,7 +113,7 @@ def run_local_pool(suite, root: Path, device: str, cells: list, workers: int, on
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    from alignzoo.benchmarks.runner import cell_name
+    from alignzoo.runlog import cell_name
 
     with one_thread_env(), ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                                initializer=pin_one_thread) as pool:
@@ -143,7 +143,7 @@ def run_ray(suite, root: Path, device: str | None, cells: list, address: str | N
     """Each cell a Ray task with one CPU and the suite's ``gpus_per_cell``; the pretrained
     evaluation a task of the same shape, first. Uses a Ray instance already started in this
     process (``ray.init(...)``), else connects to ``address`` or starts a local one."""
-    from alignzoo.benchmarks.runner import cell_name
+    from alignzoo.runlog import cell_name
 
     ray = _import_ray()
     gpus = float(suite.gpus_per_cell)

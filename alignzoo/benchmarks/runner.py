@@ -22,7 +22,6 @@ point writes scores.json before its lines, so a cell whose final lines exist has
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -30,58 +29,10 @@ import numpy as np
 import torch
 
 from alignzoo.benchmarks.evaluation import evaluate, feature_space
-from alignzoo.benchmarks.prompts import get_prompts
+from alignzoo.prompts import get_prompts
 from alignzoo.benchmarks.suites import Suite, suite_to_toml
-
-
-def cell_name(algo: str, reward: str, seed: int) -> str:
-    return f"{algo}__{reward}__seed{seed}"
-
-
-def append_lines(path: Path, records: list[dict]) -> None:
-    """Appends JSON lines in one write, flushed to disk."""
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def rewrite_lines(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data) -> None:
-    """Atomic JSON write (a kill leaves the old file or the new one, never half of one)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def save_strip(images: torch.Tensor, path: Path) -> None:
-    """(K, 3, H, W) in [0, 1] → one PNG, the K images side by side."""
-    from PIL import Image
-
-    from alignzoo.reports.grids import to_uint8
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    strip = np.concatenate([to_uint8(img) for img in images], axis=1)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(strip).save(tmp)
-    os.replace(tmp, path)
+from alignzoo.images import save_strip
+from alignzoo.runlog import append_lines, cell_name, read_lines, rewrite_lines, write_json
 
 
 class BenchmarkRunner:
@@ -264,7 +215,7 @@ class BenchmarkRunner:
             append_lines(eval_path, lines)
             evaluated.add(samples)
 
-        from alignzoo.algos.runlog import read_log
+        from alignzoo.runlog import read_log
 
         done = [r["samples"] for r in read_log(d)]
         if done:  # a kill between the checkpoint and its evaluation

@@ -138,7 +138,7 @@ class Suite:
     def estimated_cost(self) -> dict:
         """Images, optimiser updates, UNet evaluations and reward queries, before running (printed
         by the runner); images and updates as the trainer counts them (every generated image)."""
-        from alignzoo.benchmarks.prompts import get_prompts
+        from alignzoo.prompts import get_prompts
 
         unet_train = reward_q = images = updates = 0
         seeds = len(self.seeds)
@@ -202,7 +202,7 @@ def _check_names(kind: str, names, known, suite: str):
 
 def parse_suite(data: dict, source: str | None = None) -> Suite:
     from alignzoo.algos import list_algorithms
-    from alignzoo.benchmarks.prompts import PROMPT_SETS
+    from alignzoo.prompts import PROMPT_SETS
     from alignzoo.rewards import check_reward_kwargs, list_rewards
 
     name = data.get("name") or (Path(source).stem if source else "suite")
@@ -255,7 +255,7 @@ def parse_suite(data: dict, source: str | None = None) -> Suite:
     if not suite.eval.steps or min(suite.eval.steps) < 1:
         raise ValueError(f"suite {name!r}: eval.steps must be positive step counts")
     _check_names("algorithm", suite.algo_reward, suite.algorithms, name)
-    for a, per_reward in suite.algo_reward.items():
+    for per_reward in suite.algo_reward.values():
         _check_names("reward", per_reward, suite.rewards, name)
     for a, r, _seed in suite.cells():  # validates every override now, not hours into the run
         suite.algo_config(a, r)
@@ -266,7 +266,7 @@ def parse_suite(data: dict, source: str | None = None) -> Suite:
 def _warn_small_eval(suite: Suite) -> None:
     """A suite with several seeds exists to give intervals over seeds and prompts × noises; a
     prompt set with fewer than MIN_EVAL_IMAGES evaluation images makes them wide: warn."""
-    from alignzoo.benchmarks.prompts import get_prompts
+    from alignzoo.prompts import get_prompts
 
     if len(suite.seeds) < 2:
         return
@@ -322,7 +322,7 @@ def suite_to_toml(suite: Suite) -> str:
     lines += ["", "[eval]"] + [f"{k} = {val(v)}" for k, v in d["eval"].items() if v is not None]
     for a, over in suite.algo.items():
         lines += ["", f"[algo.{a}]"] + [f"{k} = {val(v)}" for k, v in over.items()]
-    for a, per_reward in suite.algo_reward.items():
+    for per_reward in suite.algo_reward.values():
         for r, over in per_reward.items():
             lines += ["", f"[algo_reward.{a}.{r}]"] + [f"{k} = {val(v)}" for k, v in over.items()]
     for r, over in suite.reward_args.items():

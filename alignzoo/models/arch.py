@@ -49,7 +49,7 @@ def _fingerprint(src: Path) -> str:
 
 
 def _words() -> list[str]:
-    from alignzoo.benchmarks.prompts import SIMPLE_ANIMALS, UNSEEN_ANIMALS
+    from alignzoo.prompts import SIMPLE_ANIMALS, UNSEEN_ANIMALS
     from alignzoo.models.tiny_random import WORDS
 
     words = list(WORDS) + list(_EXTRA_WORDS) + list(SIMPLE_ANIMALS)
@@ -91,7 +91,7 @@ def build_arch_pipeline(name: str, dest: str | os.PathLike | None = None, seed: 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from alignzoo.models.base import quiet_loading
+    from alignzoo.hf import quiet
     from alignzoo.models.tiny_random import write_word_tokenizer
 
     tdtype = getattr(torch, dtype)
@@ -100,7 +100,7 @@ def build_arch_pipeline(name: str, dest: str | os.PathLike | None = None, seed: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     print(f"alignzoo: building the random-weight {name} pipeline in {dest} (once; a few minutes for SD size)", flush=True)
-    with torch.random.fork_rng(devices=[]), quiet_loading():
+    with torch.random.fork_rng(devices=[]), quiet():
         torch.manual_seed(seed)
         tok = write_word_tokenizer(tmp / "tokenizer", _words(), max_length=77)
         te_cfg = CLIPTextConfig.from_pretrained(src / "text_encoder")
@@ -142,10 +142,10 @@ def parameter_counts(name: str) -> dict[str, int]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from alignzoo.models.base import quiet_loading
+    from alignzoo.hf import quiet
 
     src = config_dir(name)
-    with torch.device("meta"), quiet_loading():
+    with torch.device("meta"), quiet():
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(src / "unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(src / "vae"))
         te = CLIPTextModel(CLIPTextConfig.from_pretrained(src / "text_encoder"))

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from alignzoo.hf import quiet
 from alignzoo.hub import resolve_snapshot
 from alignzoo.registry import Registry
 
@@ -137,24 +138,6 @@ def _with_folder_defaults(spec: ModelSpec, folder: Path) -> ModelSpec:
     return spec
 
 
-@contextlib.contextmanager
-def quiet_loading() -> Iterator[None]:
-    """Silences the per-file progress bars and notices of diffusers/transformers loading."""
-    import diffusers
-    import transformers
-
-    levels = [(lib, lib.logging.get_verbosity()) for lib in (diffusers, transformers)]
-    for lib, _ in levels:
-        lib.logging.set_verbosity_error()
-        lib.utils.logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, level in levels:
-            lib.logging.set_verbosity(level)
-            lib.utils.logging.enable_progress_bar()
-
-
 class DiffusionModel:
     """Shared part of the SD and LCM adapters. Subclasses set ``kind`` and the step kernel."""
 
@@ -213,7 +196,7 @@ class DiffusionModel:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         folder = Path(folder)
-        with quiet_loading():
+        with quiet():
             unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
             vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
             text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype)
@@ -284,12 +267,6 @@ class DiffusionModel:
             img = self.vae.decode(part.to(self.dtype) / sf).sample
             out.append((img.float() / 2 + 0.5).clamp(0, 1))
         return torch.cat(out)
-
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] → scaled latents (posterior mean)."""
-        sf = float(self.vae.config.scaling_factor)
-        return self.vae.encode((images * 2 - 1).to(self.device, self.dtype)).latent_dist.mean * sf
 
     # ----------------------------------------------------------------------------- LoRA
     def add_lora(self, rank: int = 4, alpha: float | None = None, target_modules: Sequence[str] = DEFAULT_LORA_TARGETS, init: str | bool = "gaussian", seed: int | None = None) -> None:
@@ -371,22 +348,3 @@ class DiffusionModel:
             yield
         finally:
             self.unet.enable_adapters()
-
-    def lora_snapshot(self) -> dict[str, torch.Tensor]:
-        """A copy of the LoRA parameters (the 'old policy' when the reference is not the base)."""
-        return {n: p.detach().clone() for n, p in self.unet.named_parameters() if "lora_" in n}
-
-    @contextlib.contextmanager
-    def swapped_lora(self, weights: dict[str, torch.Tensor]) -> Iterator[None]:
-        """Temporarily loads other LoRA weights into the adapter (e.g. the old policy)."""
-        params = dict(self.unet.named_parameters())
-        current = {n: params[n].detach().clone() for n in weights}
-        with torch.no_grad():
-            for n, w in weights.items():
-                params[n].copy_(w)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for n, w in current.items():
-                    params[n].copy_(w)

@@ -30,7 +30,7 @@ def add_sample_arguments(p) -> None:
 def run_sample(args) -> int:
     from alignzoo.models import load_model
     from alignzoo.models.sampling import generate
-    from alignzoo.reports.grids import image_grid
+    from alignzoo.images import image_grid
 
     steps = parse_int_list(args.steps, "--steps")
     if min(steps) < 1:

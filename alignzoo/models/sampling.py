@@ -26,7 +26,7 @@ Two batched step kernels:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -61,18 +61,6 @@ class Trajectory:
     def final(self) -> torch.Tensor:
         """The sample: the last step's clean-latent prediction (B, C, h, w)."""
         return self.pred_x0[:, -1]
-
-    def select(self, rows) -> "Trajectory":
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        kw = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name == "prompts":
-                v = [v[i] for i in rows.tolist()]
-            elif f.name in ("prompt_embeds", "neg_embeds", "latents", "pred_x0", "log_probs") and v is not None:
-                v = v[rows.to(v.device)]
-            kw[f.name] = v
-        return Trajectory(**kw)
 
     @staticmethod
     def cat(parts: Sequence["Trajectory"]) -> "Trajectory":

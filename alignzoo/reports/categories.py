@@ -23,7 +23,7 @@ NOTE = ("Per-category strict pass rates of the final checkpoints (mean over seed
 def prompt_categories(prompt_set: str, n_prompts: int) -> list[str] | None:
     """The categories of the first ``n_prompts`` prompts of a set, None unless every one parses
     under the compositional grammar."""
-    from alignzoo.benchmarks.prompts import get_prompts
+    from alignzoo.prompts import get_prompts
     from alignzoo.tinyworld.compose import grammar as g
 
     try:

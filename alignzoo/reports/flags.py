@@ -1,4 +1,4 @@
-"""Health flags in the report: each run's (``health.json``, or :func:`alignzoo.algos.health.run_flags`
+"""Health flags in the report: each run's (``health.json``, or :func:`alignzoo.health.run_flags`
 on its ``log.jsonl``) and the report-level ones.
 
 Report-level flags:
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from alignzoo.algos.health import run_flags
+from alignzoo.health import run_flags
 from alignzoo.reports.results import PRETRAINED, Results
 
 CONTROL = "random"

@@ -265,7 +265,7 @@ def reward_grid(results: Results, reward: str, algos: list[str], out_dir: str | 
     import torch
     from PIL import Image
 
-    from alignzoo.reports.grids import image_grid
+    from alignzoo.images import image_grid
 
     steps = results.steps
     rows = grid_rows(results, reward, algos)

@@ -22,7 +22,6 @@ writing) are skipped with a warning.
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 import warnings
 from dataclasses import dataclass, field
@@ -31,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from alignzoo.runlog import parse_cell_name, read_jsonl
+
 PRETRAINED = "pretrained"
-CELL_RE = re.compile(r"^(?P<algo>.+?)__(?P<reward>.+)__seed(?P<seed>-?\d+)$")
 EVAL_KEYS = ("algo", "samples", "prompt_set", "eval_reward", "steps", "mean")
 EVAL_COLUMNS = ["cell", "algo", "train_reward", "seed", "samples", "prompt_set", "eval_reward", "steps", "mean", "std", "n",
                 "diff_mean", "diff_se"]
@@ -45,35 +45,10 @@ class ResultsError(ValueError):
     """A results folder that cannot be reported on (exists but holds nothing usable)."""
 
 
-def parse_cell_name(name: str) -> tuple[str, str, int] | None:
-    """``"sdpo__tiny_alignment__seed0"`` → ``("sdpo", "tiny_alignment", 0)``; None for other names."""
-    m = CELL_RE.match(name)
-    return (m["algo"], m["reward"], int(m["seed"])) if m else None
-
-
 def slug(text: str) -> str:
     """A file-name-safe version of a reward or prompt-set name (``[A-Za-z0-9._-]``)."""
     s = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(text)).strip("-.")
     return s or "x"
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The JSON objects of a JSONL file; blank lines are ignored, malformed ones skipped with a warning."""
-    path = Path(path)
-    rows = []
-    for i, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}:{i}: skipped a malformed line ({line[:60]!r})", UserWarning, stacklevel=2)
-            continue
-        if not isinstance(obj, dict):
-            warnings.warn(f"{path}:{i}: skipped a malformed line (not a JSON object)", UserWarning, stacklevel=2)
-            continue
-        rows.append(obj)
-    return rows
 
 
 def _ordered(preferred, present) -> list:

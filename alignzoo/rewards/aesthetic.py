@@ -26,12 +26,12 @@ from torch import nn
 
 from alignzoo.hub import MissingWeightsError, resolve_file
 from alignzoo.rewards.base import Reward, register_reward
+from alignzoo.hf import quiet
 from alignzoo.rewards.preprocess import (
     ImageTransform,
     freeze,
     load_checkpoint,
     parse_dtype,
-    quiet_transformers,
     resolve_hf_model,
     unwrap_state_dict,
 )
@@ -109,7 +109,7 @@ def load_clip_vision(folder: str | os.PathLike, dtype: torch.dtype = torch.float
         config.projection_dim = full.projection_dim
     else:
         config = CLIPVisionConfig.from_pretrained(folder)
-    with quiet_transformers():
+    with quiet("transformers", ignore_warnings=True):
         model, info = CLIPVisionModelWithProjection.from_pretrained(
             folder, config=config, dtype=dtype, output_loading_info=True
         )

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from alignzoo.rewards.base import Reward, register_reward
-from alignzoo.rewards.preprocess import to_uint8
+from alignzoo.images import to_uint8
 
 
 def hash_score(image_u8: bytes, shape: tuple[int, ...], prompt: str, seed: int = 0) -> float:

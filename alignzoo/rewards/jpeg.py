@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from alignzoo.rewards.base import Reward, register_reward
-from alignzoo.rewards.preprocess import to_uint8
+from alignzoo.images import to_uint8
 
 JPEG_QUALITY = 95
 

@@ -25,12 +25,12 @@ import torch
 
 from alignzoo.hub import resolve_snapshot
 from alignzoo.rewards.base import Reward, register_reward
+from alignzoo.hf import quiet
 from alignzoo.rewards.preprocess import (
     ImageTransform,
     check_tokenizer,
     freeze,
     parse_dtype,
-    quiet_transformers,
     resolve_hf_model,
 )
 
@@ -46,7 +46,7 @@ MAX_TEXT_LENGTH = 77
 def load_clip_model(folder: str | os.PathLike, dtype: torch.dtype = torch.float32):
     from transformers import CLIPModel
 
-    with quiet_transformers():
+    with quiet("transformers", ignore_warnings=True):
         model, info = CLIPModel.from_pretrained(str(folder), dtype=dtype, output_loading_info=True)
     missing = list(info.get("missing_keys", [])) + list(info.get("mismatched_keys", []))
     if missing:

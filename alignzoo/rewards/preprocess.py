@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,11 +40,6 @@ TRUST_ENV = "ALIGNZOO_TRUST_CHECKPOINTS"
 # ----------------------------------------------------------------------------------------------
 # image preprocessing
 # ----------------------------------------------------------------------------------------------
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] floats -> uint8 with ``round(x * 255)``, the rule DDPO and the reference scorers use."""
-    return (images.detach() * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -241,27 +235,6 @@ def check_tokenizer(tokenizer, *, what: str, folder: str | os.PathLike, max_ids:
             f"{what} tokenizer from {str(folder)!r} has {len(tokenizer)} tokens but the text model's embedding "
             f"table has {max_ids} rows: the tokenizer does not belong to these weights"
         )
-
-
-def quiet_transformers():
-    """Context manager: transformers loading reports at error level only (text towers that a
-    vision-only load skips are expected)."""
-    import contextlib
-
-    from transformers.utils import logging as hf_logging
-
-    @contextlib.contextmanager
-    def _ctx():
-        old = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            hf_logging.set_verbosity(old)
-
-    return _ctx()
 
 
 def skip_init():

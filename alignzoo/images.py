@@ -1,6 +1,11 @@
-"""Labelled image grids (rows × columns of images), written as PNG with PIL."""
+"""Images as files: the uint8 rule, labelled grids and side-by-side strips, written with PIL.
+
+Bottom floor of the package graph: rewards (their preprocessing), the sampler CLI, the benchmark
+runner and the reports all turn [0, 1] float images into pixels here, with one rounding rule.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -9,9 +14,14 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """(3, H, W) float in [0, 1] → (H, W, 3) uint8."""
-    return (img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats -> uint8 with ``round(x * 255)``, the rule DDPO and the reference scorers use."""
+    return (images.detach() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_pixels(img: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1] → (H, W, 3) uint8 array for PIL."""
+    return to_uint8(img.float()).permute(1, 2, 0).cpu().numpy()
 
 
 def image_grid(
@@ -45,9 +55,18 @@ def image_grid(
         y = top + pad + i * (cell + pad)
         draw.text((4, y + cell / 2 - 6), lab, fill="black", font=font)
         for j in range(c):
-            tile = Image.fromarray(to_uint8(images[i, j])).resize((cell_w, cell), Image.NEAREST)
+            tile = Image.fromarray(to_pixels(images[i, j])).resize((cell_w, cell), Image.NEAREST)
             canvas.paste(tile, (label_w + pad + j * (cell_w + pad), y))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
+
+
+def save_strip(images: torch.Tensor, path: Path) -> None:
+    """(K, 3, H, W) in [0, 1] → one PNG, the K images side by side (written atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strip = np.concatenate([to_pixels(img) for img in images], axis=1)
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray(strip).save(tmp)
+    os.replace(tmp, path)
