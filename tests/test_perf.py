@@ -11,9 +11,9 @@ from alignzoo.algos.base import get_algorithm, list_algorithms
 from alignzoo.benchmarks.perf import PerfConfig, run_perf
 
 T = 4
-# LaSRO's stage 1 (surrogate pre-training) shrunk to a few steps; unknown keys are ignored.
+# LaSRO's stage 1 (surrogate pre-training) shrunk to a few steps; the other algorithms ignore them.
 LASRO_SMALL = {"lasro.pretrain_prompts": 1, "lasro.heldout_prompts": 1, "lasro.pretrain_steps": 2, "lasro.gen_steps": 1,
-               "lasro.gen_batch_size": 4, "lasro.reg_batch_size": 4, "lasro.pairs_per_batch": 4}
+               "lasro.gen_batch_size": 4, "lasro.reg_batch_size": 4, "lasro.groups_per_batch": 4}
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,14 @@ def test_reward_queries_and_decodes_per_trajectory(perf):
     budgets = perf["budgets"]
     assert set(budgets) == {"trainer_overhead", "sdpo_reward"}
     assert budgets["sdpo_reward"]["limit"] == pytest.approx(3 / T * 1.1)
+
+
+@pytest.mark.parametrize("key, named", [("lasro.pairs_per_batch", "pairs_per_batch"), ("lsaro.groups_per_batch", "lsaro"),
+                                        ("no_such_field", "no_such_field")])
+def test_an_override_that_would_change_nothing_is_an_error(tiny_random_folders, key, named):
+    cfg = PerfConfig(model=str(tiny_random_folders["sd"]), algos=["ddpo", "lasro"], overrides={key: 4}, quiet=True)
+    with pytest.raises(ValueError, match=named):
+        run_perf(cfg)
 
 
 @pytest.mark.slow

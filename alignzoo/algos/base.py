@@ -130,6 +130,17 @@ class AlgoConfig:
         return dataclasses.replace(self, **kw)
 
 
+def parse_assignments(items: list[str] | None, flag: str = "--set") -> dict[str, str]:
+    """``["key=value", ...]`` (the ``--set`` / ``--reward-arg`` flags) → ``{key: value}`` strings."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag} expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
 def config_from_strings(config_cls, base, assignments: dict[str, str]):
     """Applies ``--set key=value`` strings to a config, converting to each field's type."""
     fields = {f.name: f for f in dataclasses.fields(config_cls)}

@@ -4,16 +4,6 @@ from __future__ import annotations
 import json
 
 
-def parse_assignments(items: list[str] | None, flag: str = "--set") -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"{flag} expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
 def add_arguments(p) -> None:
     p.add_argument("--algo", required=True, help="algorithm (alignzoo list algos)")
     p.add_argument("--reward", required=True, help="reward (alignzoo list rewards)")
@@ -36,7 +26,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from alignzoo.algos.base import config_from_strings, get_algorithm, load_plugin
+    from alignzoo.algos.base import config_from_strings, get_algorithm, load_plugin, parse_assignments
     from alignzoo.algos.trainer import Trainer, TrainConfig
 
     for plugin in args.plugin or []:
