@@ -40,6 +40,7 @@ import torch
 from alignzoo.algos import distributed, rollouts
 from alignzoo.algos.base import Algorithm, get_algorithm
 from alignzoo.algos.optim import make_optimizer
+from alignzoo.prompts import get_prompts
 from alignzoo.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
 from alignzoo.algos.stat_tracking import StatTracker
 from alignzoo.models.sampling import Trajectory, recompute_log_probs
@@ -70,24 +71,55 @@ class TrainConfig:
 
 class Trainer:
     def __init__(self, config: TrainConfig, algo_config=None, accelerator=None, model=None, reward=None):
-        from accelerate import Accelerator
-
         from alignzoo.algos.validation import validate_configs
 
         self.config = config
         algo_cls: type[Algorithm] = get_algorithm(config.algo)
         self.algo = algo_cls(validate_configs(config, algo_config if algo_config is not None else algo_cls.Config(), builds_reward=reward is None))
-        acfg = self.algo.config
+        self._setup_accelerator(accelerator)
+        self._setup_model(model)
+        self._setup_reward_and_prompts(reward)
+        self._setup_budget()
+        # generators: shared (same on all processes) and per-process (sampling noise)
+        self.shared_rng = np.random.default_rng([config.seed, 0])
+        self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 17 + self.rank)
+        self.epoch = 0
+        # cumulative and global (all processes); this epoch's per-process counts wait in `pending`
+        # until the epoch's end sums them over processes (count(), _merge_counts())
+        self.totals = dict(FRESH_TOTALS)
+        self.pending: dict[str, int] = {}
+        self._first_ratio: float | None = None
+        self.out = Path(config.out)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.log_path = self.out / "log.jsonl"
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self.algo.setup(self)
+        self.resumed_from = self._resume()
+        for k, v in FRESH_TOTALS.items():  # a checkpoint written before a counter existed
+            self.totals.setdefault(k, v)
+        if config.log_with and self.accelerator.is_main_process:
+            tracked = {"algo": config.algo, "reward": config.reward, **{k: str(v) for k, v in dataclasses.asdict(self.algo.config).items()}}
+            self.accelerator.init_trackers(self.out.name, config=tracked)
+
+    def _setup_accelerator(self, accelerator) -> None:
+        from accelerate import Accelerator
+
+        config = self.config
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision, cpu=config.cpu, log_with=list(config.log_with) or None,
             project_dir=config.out if config.log_with else None,
         )
-        acc = self.accelerator
-        self.device = acc.device
-        self.rank, self.world = acc.process_index, acc.num_processes
+        self.device = self.accelerator.device
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+
+    def _setup_model(self, model) -> None:
+        """The model (loaded unless given), checked against the algorithm, with its LoRA and optimiser."""
+        config, acfg = self.config, self.algo.config
         if model is None:
             from alignzoo.models import load_model
 
@@ -104,43 +136,29 @@ class Trainer:
         # took 6% of a tiny-world run (resuming copies into these same tensors)
         self.params = model.trainable_parameters()
         self.optimizer, self.lr_scheduler = make_optimizer(acfg, self.params)
+
+    def _setup_reward_and_prompts(self, reward) -> None:
         if reward is None:
             from alignzoo.rewards import get_reward
 
-            reward = get_reward(config.reward, device=self.device, **config.reward_kwargs)
+            reward = get_reward(self.config.reward, device=self.device, **self.config.reward_kwargs)
             reward.to(self.device)
         self.reward = reward
-        from alignzoo.prompts import get_prompts
-
-        self.prompt_set = get_prompts(config.prompts or model.spec.train_prompts)
+        self.prompt_set = get_prompts(self.config.prompts or self.model.spec.train_prompts)
+        acfg = self.algo.config
         self.tracker = StatTracker(acfg.normalization, acfg.tracker_buffer, acfg.tracker_min_count)
-        self.algo.split_over(self.world)  # global batch numbers → this process's share (one-line error if they do not divide)
+
+    def _setup_budget(self) -> None:
+        """Global batch numbers → this process's share (a one-line error if they do not divide),
+        and the epochs the sample budget allows."""
+        config = self.config
+        self.algo.split_over(self.world)
         self.prompts_per_process = self.algo.prompts_per_epoch(self.world)
         first, per_epoch = self.algo.images_before_training(self.world), self.algo.images_per_epoch(self.world)
         self.num_epochs = max(1, math.ceil((config.samples - first) / per_epoch))  # the budget's epochs, as train() will find them
-        if first + per_epoch > config.samples and acc.is_main_process:
-            print(f"alignzoo: warning: {config.algo} generates {first + per_epoch:,} images in its first epoch, beyond the sample budget {config.samples:,}", file=sys.stderr)
-        # generators: shared (same on all processes) and per-process (sampling noise)
-        self.shared_rng = np.random.default_rng([config.seed, 0])
-        self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 17 + self.rank)
-        self.epoch = 0
-        # cumulative and global (all processes); this epoch's per-process counts wait in `pending`
-        # until the epoch's end sums them over processes (count(), _merge_counts())
-        self.totals = dict(FRESH_TOTALS)
-        self.pending: dict[str, int] = {}
-        self._first_ratio: float | None = None
-        self.out = Path(config.out)
-        self.ckpt_dir = self.out / "checkpoints"
-        self.log_path = self.out / "log.jsonl"
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        self.algo.setup(self)
-        self.resumed_from = self._resume()
-        for k, v in FRESH_TOTALS.items():  # a checkpoint written before a counter existed
-            self.totals.setdefault(k, v)
-        if config.log_with and acc.is_main_process:
-            acc.init_trackers(self.out.name, config={"algo": config.algo, "reward": config.reward, **{k: str(v) for k, v in dataclasses.asdict(acfg).items()}})
+        if first + per_epoch > config.samples and self.accelerator.is_main_process:
+            print(f"alignzoo: warning: {config.algo} generates {first + per_epoch:,} images in its first epoch, beyond the sample budget {config.samples:,}",
+                  file=sys.stderr)
 
     # ------------------------------------------------------------------------ distributed
     def gather(self, values: torch.Tensor, prompts: list[str]):

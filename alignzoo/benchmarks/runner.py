@@ -104,15 +104,9 @@ class BenchmarkRunner:
         """Runs the selected cells: in this process (default), on ``workers`` one-thread processes,
         or as Ray tasks (:mod:`alignzoo.benchmarks.executors`). Finished cells (DONE) are skipped;
         a failed cell does not stop the others, and :class:`CellsFailed` names it at the end."""
-        from alignzoo.benchmarks.executors import EXECUTORS, CellsFailed, attempt_cell, run_local_pool, run_ray
+        from alignzoo.benchmarks.executors import CellsFailed, attempt_cell, run_local_pool, run_ray
 
-        if executor not in EXECUTORS:
-            raise ValueError(f"unknown executor {executor!r}; known executors: {', '.join(EXECUTORS)}")
-        if workers is not None and (executor != "local" or workers < 1):
-            raise ValueError("--workers must be >= 1 and applies to the local executor (Ray runs as many cells at once as the cluster's CPUs/GPUs allow)")
-        if ray_address and executor != "ray":
-            raise ValueError("--ray-address needs --executor ray")
-        workers = workers or 1
+        workers = _checked_workers(executor, workers, ray_address)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "suite.toml").write_text(suite_to_toml(self.suite))
         cost = self.suite.estimated_cost()
@@ -256,3 +250,16 @@ def parse_only(text: str | None) -> dict[str, set[str]] | None:
             raise ValueError(f"--only key {k!r} is unknown; use algo, reward or seed")
         out.setdefault(k, set()).add(v)
     return out
+
+
+def _checked_workers(executor: str, workers: int | None, ray_address: str | None) -> int:
+    """The local executor's worker count, after checking the executor options fit together."""
+    from alignzoo.benchmarks.executors import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; known executors: {', '.join(EXECUTORS)}")
+    if workers is not None and (executor != "local" or workers < 1):
+        raise ValueError("--workers must be >= 1 and applies to the local executor (Ray runs as many cells at once as the cluster's CPUs/GPUs allow)")
+    if ray_address and executor != "ray":
+        raise ValueError("--ray-address needs --executor ray")
+    return workers or 1

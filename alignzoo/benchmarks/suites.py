@@ -201,21 +201,10 @@ def _check_names(kind: str, names, known, suite: str):
 
 
 def parse_suite(data: dict, source: str | None = None) -> Suite:
-    from alignzoo.algos import list_algorithms
-    from alignzoo.prompts import PROMPT_SETS
-    from alignzoo.rewards import check_reward_kwargs, list_rewards
-
+    """A suite from its TOML data, every name, key and number checked now (not hours into a run)."""
     name = data.get("name") or (Path(source).stem if source else "suite")
-    unknown = set(data) - TOP_KEYS
-    if unknown:
-        raise ValueError(f"suite {name!r}: unknown key(s) {', '.join(sorted(unknown))}; known keys: {', '.join(sorted(TOP_KEYS))}")
-    for key in ("model", "algorithms", "rewards"):
-        if key not in data:
-            raise ValueError(f"suite {name!r} lacks the required key {key!r}")
+    _check_keys(data, name)
     ev = dict(data.get("eval", {}))
-    bad = set(ev) - EVAL_KEYS
-    if bad:
-        raise ValueError(f"suite {name!r} [eval]: unknown key(s) {', '.join(sorted(bad))}; known keys: {', '.join(sorted(EVAL_KEYS))}")
     model = data["model"]
     if data.get("lcm_schedule") is not None:  # it rides on the model name, so training and evaluation share it
         model = f"{_base_model(model)}@{data['lcm_schedule']}"
@@ -227,6 +216,28 @@ def parse_suite(data: dict, source: str | None = None) -> Suite:
         algo_reward={a: {r: dict(v) for r, v in rs.items()} for a, rs in data.get("algo_reward", {}).items()}, eval=EvalSpec(**ev), reward_args={k: dict(v) for k, v in data.get("reward_args", {}).items()},
         source=source, gpus_per_cell=data.get("gpus_per_cell", 0),
     )
+    _validate(suite)
+    return suite
+
+
+def _check_keys(data: dict, name: str) -> None:
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise ValueError(f"suite {name!r}: unknown key(s) {', '.join(sorted(unknown))}; known keys: {', '.join(sorted(TOP_KEYS))}")
+    for key in ("model", "algorithms", "rewards"):
+        if key not in data:
+            raise ValueError(f"suite {name!r} lacks the required key {key!r}")
+    bad = set(data.get("eval", {})) - EVAL_KEYS
+    if bad:
+        raise ValueError(f"suite {name!r} [eval]: unknown key(s) {', '.join(sorted(bad))}; known keys: {', '.join(sorted(EVAL_KEYS))}")
+
+
+def _validate(suite: Suite) -> None:
+    from alignzoo.algos import list_algorithms
+    from alignzoo.prompts import PROMPT_SETS
+    from alignzoo.rewards import check_reward_kwargs, list_rewards
+
+    name = suite.name
     if isinstance(suite.gpus_per_cell, bool) or not isinstance(suite.gpus_per_cell, (int, float)) or suite.gpus_per_cell < 0:
         raise ValueError(f"suite {name!r}: gpus_per_cell must be a number >= 0 (GPUs per Ray task), got {suite.gpus_per_cell!r}")
     try:
@@ -260,7 +271,6 @@ def parse_suite(data: dict, source: str | None = None) -> Suite:
     for a, r, _seed in suite.cells():  # validates every override now, not hours into the run
         suite.algo_config(a, r)
     _warn_small_eval(suite)
-    return suite
 
 
 def _warn_small_eval(suite: Suite) -> None:
