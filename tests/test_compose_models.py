@@ -89,7 +89,7 @@ def test_reflow_line_is_followed_exactly_by_ddim_with_its_constant_eps():
     """Step 2 of distill's docstring: DDIM (diffusers' own step, eta 0) fed eps* at every step
     stays on the line and ends at z0 (up to the final alpha, abar_0 = 0.99915)."""
     from alignzoo.tinyworld.compose.distill import reflow_point
-    from alignzoo.tinyworld.train import ddim_scheduler
+    from alignzoo.tinyworld.training.components import ddim_scheduler
 
     gen = torch.Generator().manual_seed(0)
     xT, z0 = torch.randn(3, 8, 8, 8, generator=gen), torch.randn(3, 8, 8, 8, generator=gen)

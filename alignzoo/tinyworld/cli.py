@@ -58,10 +58,8 @@ def _compose_stages() -> dict:
     return COMPOSE_STAGES
 
 
-def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    cmd = getattr(args, "tinyworld_command", None)
-    if cmd == "train" and (args.stage in _compose_stages() or args.stage == "compose-models"):
+def _train(args: argparse.Namespace) -> int:
+    if args.stage in _compose_stages() or args.stage == "compose-models":
         from alignzoo.tinyworld.compose.stages import MODEL_STAGES, run_stage
 
         stages = MODEL_STAGES if args.stage == "compose-models" else (args.stage,)
@@ -69,66 +67,85 @@ def run(args: argparse.Namespace) -> int:
             res = run_stage(stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
             print(json.dumps({stage: res}, indent=2, default=str), flush=True)
         return 0
-    if cmd == "train":
-        from alignzoo.tinyworld.train import train
+    from alignzoo.tinyworld.training import train
 
-        results = train(stage=args.stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
-        print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk in ("wall_seconds", "seconds")} for k, v in results.items()}, indent=2))
+    results = train(stage=args.stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk in ("wall_seconds", "seconds")} for k, v in results.items()}, indent=2))
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from alignzoo.tinyworld.grammar import parse_prompt
+    from alignzoo.tinyworld.render import render
+
+    img = Image.fromarray(render(parse_prompt(args.prompt), np.random.default_rng(args.seed)))
+    if args.zoom > 1:
+        img = img.resize((img.width * args.zoom, img.height * args.zoom), Image.NEAREST)
+    img.save(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from alignzoo.tinyworld import weights_dir
+    from alignzoo.tinyworld.training.common import quiet
+    from alignzoo.tinyworld.training.quality import quality_check
+
+    torch.set_num_threads(args.threads)
+    quiet()
+    w = Path(args.weights) if args.weights else weights_dir()
+    if args.world == "compose":
+        from alignzoo.tinyworld.compose.model_eval import MODELS, main
+
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = [m for m in models if m not in MODELS]
+        if unknown:
+            raise SystemExit(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+        main(w, models, [int(s) for s in args.steps.split(",")], args.per_prompt, args.seed)
         return 0
-    if cmd == "render":
-        import numpy as np
-        from PIL import Image
+    for sub in ("tiny-sd", "tiny-lcm", "rewards"):
+        if not (w / sub).is_dir():
+            raise FileNotFoundError(f"{w / sub} does not exist; train it with `alignzoo tinyworld train`")
+    res = quality_check(w / "tiny-sd", w / "tiny-lcm", seed=args.seed)
+    print(json.dumps(res, indent=2))
+    return 0
 
-        from alignzoo.tinyworld.grammar import parse_prompt
-        from alignzoo.tinyworld.render import render
 
-        img = Image.fromarray(render(parse_prompt(args.prompt), np.random.default_rng(args.seed)))
-        if args.zoom > 1:
-            img = img.resize((img.width * args.zoom, img.height * args.zoom), Image.NEAREST)
-        img.save(args.out)
-        print(f"wrote {args.out}")
-        return 0
-    if cmd == "eval":
-        from pathlib import Path
+def _prompts(args: argparse.Namespace) -> int:
+    from alignzoo.tinyworld.grammar import seen_prompts, unseen_prompts
 
-        import torch
+    if args.unseen is None:
+        prompts = seen_prompts()
+    else:
+        prompts = unseen_prompts(None if args.unseen == "all" else args.unseen)
+    print("\n".join(prompts))
+    return 0
 
-        from alignzoo.tinyworld.train import default_out, quality_check, quiet
 
-        torch.set_num_threads(args.threads)
-        quiet()
-        w = Path(args.weights) if args.weights else default_out()
-        if args.world == "compose":
-            from alignzoo.tinyworld.compose.model_eval import MODELS, main
+def _geneval(args: argparse.Namespace) -> int:
+    import torch
 
-            models = [m.strip() for m in args.models.split(",") if m.strip()]
-            unknown = [m for m in models if m not in MODELS]
-            if unknown:
-                raise SystemExit(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
-            main(w, models, [int(s) for s in args.steps.split(",")], args.per_prompt, args.seed)
-            return 0
-        for sub in ("tiny-sd", "tiny-lcm", "rewards"):
-            if not (w / sub).is_dir():
-                raise FileNotFoundError(f"{w / sub} does not exist; train it with `alignzoo tinyworld train`")
-        res = quality_check(w / "tiny-sd", w / "tiny-lcm", seed=args.seed)
-        print(json.dumps(res, indent=2))
-        return 0
-    if cmd == "prompts":
-        from alignzoo.tinyworld.grammar import seen_prompts, unseen_prompts
+    from alignzoo.tinyworld.compose.evaluate import main
 
-        if args.unseen is None:
-            prompts = seen_prompts()
-        else:
-            prompts = unseen_prompts(None if args.unseen == "all" else args.unseen)
-        print("\n".join(prompts))
-        return 0
-    if cmd == "geneval":
-        import torch
+    torch.set_num_threads(args.threads)
+    main(args.per_prompt, args.seed, args.degraded, args.split, args.judges.split(","))
+    return 0
 
-        from alignzoo.tinyworld.compose.evaluate import main
 
-        torch.set_num_threads(args.threads)
-        main(args.per_prompt, args.seed, args.degraded, args.split, args.judges.split(","))
-        return 0
-    print("usage: alignzoo tinyworld {train,render,eval,prompts,geneval} ... (see --help)")
-    return 1
+COMMANDS = {"train": _train, "render": _render, "eval": _eval, "prompts": _prompts, "geneval": _geneval}
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    command = COMMANDS.get(getattr(args, "tinyworld_command", None))
+    if command is None:
+        print("usage: alignzoo tinyworld {train,render,eval,prompts,geneval} ... (see --help)")
+        return 1
+    return command(args)

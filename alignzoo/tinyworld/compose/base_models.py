@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from alignzoo.tinyworld.compose import pretrain_data as pdata
 from alignzoo.tinyworld.compose.render import render_batch
 from alignzoo.tinyworld.compose.sampling import random_scene
-from alignzoo.tinyworld.train import (
-    _alphas_cumprod, _EMA, _every, _log, _lr_lambda, _tokenize, build_text_encoder, build_unet, ddim_scheduler,
-    denoising_update, vae_update, write_alignzoo_json,
-)
+from alignzoo.tinyworld.training.common import EMA, log, log_every, tokenize, warmup_cosine, write_alignzoo_json
+from alignzoo.tinyworld.training.components import alphas_cumprod, build_text_encoder, build_unet, build_vae, sd_pipeline
+from alignzoo.tinyworld.training.sd import denoising_update
+from alignzoo.tinyworld.training.vae import fit_vae
 
 LATENT_CHANNELS = 8
 SD_DIR, TURBO_DIR, LCM_DIR = "compose-sd", "compose-turbo", "compose-lcm"
@@ -38,17 +38,6 @@ VAE_STEPS = 2400
 # 0.25 / 0.22, the third 0.35 / 0.37 (docs/tinyworld.md).
 SD_PHASES = ((1600, 1e-3, "constant"), (2000, 1e-3, "cosine"), (2000, 5e-4, "cosine"))
 VAE_PIXEL_LOSS = "mse"  # or "l1" (ALIGNZOO_VAE2_PIXEL)
-
-
-def build_vae2():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=LATENT_CHANNELS,
-        norm_num_groups=8, sample_size=32,
-    )
 
 
 def _vae_batch(rng: np.random.Generator, n: int) -> torch.Tensor:
@@ -81,24 +70,16 @@ def train_vae2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, kl
     pixel_l1 = os.environ.get("ALIGNZOO_VAE2_PIXEL", VAE_PIXEL_LOSS) == "l1"
     rng = np.random.default_rng(seed + 20)
     torch.manual_seed(seed + 20)
-    vae = build_vae2()
-    _log(f"vae2: {sum(p.numel() for p in vae.parameters()) / 1e6:.3f}M parameters, latents {LATENT_CHANNELS}x8x8")
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, steps, 0.2))
+    vae = build_vae(LATENT_CHANNELS)
+    log(f"vae2: {sum(p.numel() for p in vae.parameters()) / 1e6:.3f}M parameters, latents {LATENT_CHANNELS}x8x8")
     t0 = time.perf_counter()
-    vae.train()
-    for step in range(steps):
-        x = _vae_batch(rng, batch) * 2 - 1
-        loss, mse = vae_update(vae, x, opt, sched, kl_weight, pixel_l1)
-        if (step + 1) % _every(steps) == 0:
-            _log(f"vae2 step {step + 1}/{steps} loss {loss.item():.4f} mse {mse.item():.5f} ({time.perf_counter() - t0:.0f}s)")
-    vae.eval()
+    fit_vae(vae, lambda: _vae_batch(rng, batch), steps, 50, 0.2, kl_weight, pixel_l1, tag="vae2")
     with torch.no_grad():
         z = torch.cat([vae.encode(_vae_batch(np.random.default_rng(778), 256) * 2 - 1).latent_dist.sample() for _ in range(4)])
     sf = float(1.0 / z.std())
     vae.register_to_config(scaling_factor=sf)
     check = reconstruction_check(vae)
-    _log(f"vae2: scaling_factor {sf:.4f} (latent mean {z.mean():.3f}); {check}")
+    log(f"vae2: scaling_factor {sf:.4f} (latent mean {z.mean():.3f}); {check}")
     vae.save_pretrained(out / SD_DIR / "vae", safe_serialization=True)
     return {"seconds": time.perf_counter() - t0, "steps": steps, "scaling_factor": sf, **check}
 
@@ -125,14 +106,6 @@ def encode_pretraining_set(vae, n: int, rng: np.random.Generator):
     return torch.cat(means), torch.cat(stds), specs, scenes
 
 
-def _pipeline(vae, text_encoder, tokenizer, unet):
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=ddim_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-
-
 def _phase(tokenizer, data, weights, steps: int, lr: float, cosine: bool, seed: int, batch: int):
     """One pretraining run: models built from ``seed`` (then given ``weights``, the previous
     run's EMA, if any), a fresh AdamW and EMA, the data's RNG from where encoding left it."""
@@ -145,12 +118,12 @@ def _phase(tokenizer, data, weights, steps: int, lr: float, cosine: bool, seed: 
     if weights is not None:
         unet.load_state_dict(weights[0].state_dict())
         text_encoder.load_state_dict(weights[1].state_dict())
-    ac = _alphas_cumprod()
+    ac = alphas_cumprod()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    schedule = _lr_lambda(0, steps, 0.1) if cosine else (lambda s: min(1.0, (s + 1) / 200))
+    schedule = warmup_cosine(0, steps, 0.1) if cosine else (lambda s: min(1.0, (s + 1) / 200))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    ema_unet, ema_te = _EMA(unet, 0.999), _EMA(text_encoder, 0.999)
+    ema_unet, ema_te = EMA(unet, 0.999), EMA(text_encoder, 0.999)
     unet.train()
     text_encoder.train()
     t0 = time.perf_counter()
@@ -160,10 +133,10 @@ def _phase(tokenizer, data, weights, steps: int, lr: float, cosine: bool, seed: 
         captions = ["" if u < 0.1 else c for u, c in zip(rng.random(batch), captions)]
         idx = torch.from_numpy(idx)
         z0 = means[idx] + stds[idx] * torch.randn_like(means[idx])
-        loss = denoising_update(unet, text_encoder, z0, _tokenize(tokenizer, captions), ac, opt, sched, step, (ema_unet, ema_te))
-        if (step + 1) % _every(steps) == 0:
-            _log(f"sd2 step {step + 1}/{steps} (lr {lr:g}, {'cosine' if cosine else 'constant'}) loss {loss.item():.4f} "
-                 f"({time.perf_counter() - t0:.0f}s)")
+        loss = denoising_update(unet, text_encoder, z0, tokenize(tokenizer, captions), ac, opt, sched, step, (ema_unet, ema_te))
+        if (step + 1) % log_every(steps) == 0:
+            log(f"sd2 step {step + 1}/{steps} (lr {lr:g}, {'cosine' if cosine else 'constant'}) loss {loss.item():.4f} "
+                f"({time.perf_counter() - t0:.0f}s)")
     return ema_unet.shadow, ema_te.shadow
 
 
@@ -179,14 +152,14 @@ def train_sd2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 128, n_
     rng = np.random.default_rng(seed + 30)
     means, stds, specs, scenes = encode_pretraining_set(vae, max(batch, round(n_scenes * min(1.0, scale * 4))), rng)
     data = (means, stds, specs, scenes, rng.bit_generator.state)
-    _log(f"sd2: encoded {len(specs)} scenes in {time.perf_counter() - t0:.1f}s; latent std {means.std():.3f}")
+    log(f"sd2: encoded {len(specs)} scenes in {time.perf_counter() - t0:.1f}s; latent std {means.std():.3f}")
     weights, phases = None, []
     for steps, lr, kind in SD_PHASES:
         steps = max(1, round(steps * scale))
         weights = _phase(tokenizer, data, weights, steps, lr, kind == "cosine", seed, batch)
         phases.append({"steps": steps, "lr": lr, "schedule": kind})
     folder = out / SD_DIR
-    _pipeline(vae, weights[1], tokenizer, weights[0]).save_pretrained(folder, safe_serialization=True)
+    sd_pipeline(vae, weights[1], tokenizer, weights[0]).save_pretrained(folder, safe_serialization=True)
     write_alignzoo_json(folder, {
         "guidance_scale": 1.0, "pretraining_steps": sum(p["steps"] for p in phases), "phases": phases, "batch": batch,
         "scenes": len(specs),

@@ -30,10 +30,9 @@ import torch
 from alignzoo.tinyworld.compose import grammar as g
 from alignzoo.tinyworld.compose import pretrain_data as pdata
 from alignzoo.tinyworld.compose.base_models import LATENT_CHANNELS, LCM_DIR, SD_DIR, TURBO_DIR, encode_pretraining_set
-from alignzoo.tinyworld.train import (
-    LCM_GUIDANCE_RANGE, _alphas_cumprod, _EMA, _every, _log, _tokenize, ddim_scheduler, lcm_distill, lcm_scheduler,
-    write_alignzoo_json,
-)
+from alignzoo.tinyworld.training.common import EMA, log, log_every, optimizer_step, tokenize, write_alignzoo_json
+from alignzoo.tinyworld.training.components import alphas_cumprod, ddim_scheduler, lcm_pipeline, sd_pipeline
+from alignzoo.tinyworld.training.lcm import LCM_GUIDANCE_RANGE, lcm_distill
 
 TURBO_STEPS, TURBO_COUPLINGS, TEACHER_STEPS = 2000, 8192, 8
 ONE_STEP_SHARE = 0.5
@@ -72,7 +71,7 @@ def teacher_couplings(pipe, n: int, rng: np.random.Generator, steps: int = TEACH
     """(x_T, z0, token ids): ``n`` noises, the teacher's deterministic DDIM samples of them (scaled
     latents), for prompts drawn uniformly over categories, then over the category's prompts."""
     prompts = [str(rng.choice([s.text for s in g.all_specs(str(c))])) for c in rng.choice(g.CATEGORIES, size=n)]
-    ids = _tokenize(pipe.tokenizer, prompts)
+    ids = tokenize(pipe.tokenizer, prompts)
     gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
     xT = torch.randn(n, LATENT_CHANNELS, 8, 8, generator=gen)
     z0 = []
@@ -85,20 +84,18 @@ def teacher_couplings(pipe, n: int, rng: np.random.Generator, steps: int = TEACH
 
 
 def train_turbo(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, lr: float = 1e-4) -> dict:
-    from diffusers import StableDiffusionPipeline
-
     steps = max(1, round(TURBO_STEPS * scale))
     rng = np.random.default_rng(seed + 40)
     torch.manual_seed(seed + 40)
     pipe = _teacher(out)
     t0 = time.perf_counter()
     xT, z0, ids = teacher_couplings(pipe, max(batch, round(TURBO_COUPLINGS * min(1.0, scale * 4))), rng)
-    _log(f"turbo: {len(xT)} couplings from the {TEACHER_STEPS}-step teacher in {time.perf_counter() - t0:.0f}s")
+    log(f"turbo: {len(xT)} couplings from the {TEACHER_STEPS}-step teacher in {time.perf_counter() - t0:.0f}s")
     import copy
 
     student = copy.deepcopy(pipe.unet).train().requires_grad_(True)
-    ema = _EMA(student, 0.995)
-    ac = _alphas_cumprod()
+    ema = EMA(student, 0.995)
+    ac = alphas_cumprod()
     a_T = ac[int(trailing_timesteps(1)[0])]  # T = 999
     grid = trailing_timesteps(4)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
@@ -116,18 +113,12 @@ def train_turbo(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, l
         eps = student(xt, t, conds[idx]).sample
         x0 = (xt - (1 - a).sqrt() * eps) / a.sqrt()
         loss = ((x0 - z0[idx]) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, max_grad_norm=1.0)
         ema.update(student, min(0.995, (1 + step) / (10 + step)))
-        if (step + 1) % _every(steps) == 0:
-            _log(f"turbo step {step + 1}/{steps} loss {loss.item():.5f} ({time.perf_counter() - t0:.0f}s)")
+        if (step + 1) % log_every(steps) == 0:
+            log(f"turbo step {step + 1}/{steps} loss {loss.item():.5f} ({time.perf_counter() - t0:.0f}s)")
     folder = out / TURBO_DIR
-    StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=ema.shadow,
-                            scheduler=ddim_scheduler(), safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(folder, safe_serialization=True)
+    sd_pipeline(pipe.vae, pipe.text_encoder, pipe.tokenizer, ema.shadow).save_pretrained(folder, safe_serialization=True)
     write_alignzoo_json(folder, {
         "guidance_scale": 1.0, "num_inference_steps": 1, "distillation_steps": steps, "couplings": len(xT),
         "teacher_steps": TEACHER_STEPS,
@@ -138,8 +129,6 @@ def train_turbo(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, l
 
 
 def train_lcm2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, n_scenes: int = 16384) -> dict:
-    from diffusers import LatentConsistencyModelPipeline
-
     steps = max(1, round(LCM2_STEPS * scale))
     rng = np.random.default_rng(seed + 50)
     torch.manual_seed(seed + 50)
@@ -147,19 +136,17 @@ def train_lcm2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, n_
     t0 = time.perf_counter()
     means, stds, specs, scenes = encode_pretraining_set(pipe.vae, max(batch, round(n_scenes * min(1.0, scale * 4))), rng)
     with torch.no_grad():
-        uncond = pipe.text_encoder(_tokenize(pipe.tokenizer, [""])).last_hidden_state
+        uncond = pipe.text_encoder(tokenize(pipe.tokenizer, [""])).last_hidden_state
 
     def batch_fn(b: int):
         idx = rng.integers(0, len(specs), size=b)
-        ids = _tokenize(pipe.tokenizer, pdata.caption_batch(specs, scenes, idx, rng))
+        ids = tokenize(pipe.tokenizer, pdata.caption_batch(specs, scenes, idx, rng))
         idx = torch.from_numpy(idx)
         return means[idx] + stds[idx] * torch.randn_like(means[idx]), ids
 
     target = lcm_distill(pipe.unet, pipe.text_encoder, uncond, batch_fn, steps, batch, latent_channels=LATENT_CHANNELS, tag="lcm2")
     folder = out / LCM_DIR
-    LatentConsistencyModelPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=target,
-                                   scheduler=lcm_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False).save_pretrained(folder, safe_serialization=True)
+    lcm_pipeline(pipe.vae, pipe.text_encoder, pipe.tokenizer, target).save_pretrained(folder, safe_serialization=True)
     write_alignzoo_json(folder, {
         "guidance_scale": 1.0, "num_inference_steps": 4, "distillation_steps": steps,
         "guidance_range_trained": list(LCM_GUIDANCE_RANGE),

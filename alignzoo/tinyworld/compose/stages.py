@@ -25,14 +25,15 @@ MODEL_STAGES = ("vae2", "sd2", "turbo", "lcm2")
 def run_stage(stage: str, out: str | Path | None = None, seed: int = 0, threads: int = 1, scale: float = 1.0) -> dict:
     import torch
 
-    from alignzoo.tinyworld.train import quiet
+    from alignzoo.tinyworld import weights_dir
+    from alignzoo.tinyworld.training.common import quiet
 
     quiet()
     if stage not in COMPOSE_STAGES:
         raise ValueError(f"unknown compose stage {stage!r}; known: {', '.join(COMPOSE_STAGES)}")
     torch.set_num_threads(threads)
     mod, fn = COMPOSE_STAGES[stage].split(":")
-    out = Path(out) if out is not None else Path(__file__).resolve().parent.parent / "weights"
+    out = Path(out) if out is not None else weights_dir()
     t0 = time.perf_counter()
     res = getattr(importlib.import_module(mod), fn)(out, seed=seed, scale=scale)
     res["wall_seconds"] = time.perf_counter() - t0

@@ -74,13 +74,13 @@ def raw_scores(net, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
 
 def fit(net, images: torch.Tensor, pairs, steps: int, batch: int, lr: float, seed: int) -> list[float]:
     """Bradley–Terry training on fixed (ia, ib, y) pairs; returns the loss every 10% of steps."""
-    from alignzoo.tinyworld.train import _lr_lambda
+    from alignzoo.tinyworld.training.common import warmup_cosine
 
     ia, ib, y, _ = (torch.as_tensor(a) for a in pairs)
     y = y.float()
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(max(1, steps // 20), steps, 0.02))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, steps // 20), steps, 0.02))
     losses, every = [], max(1, steps // 10)
     net.train()
     for step in range(steps):
