@@ -13,21 +13,32 @@ import warnings
 from typing import Iterator
 
 
+def _silence(libraries: tuple[str, ...]) -> list:
+    """Error-level logging and no progress bars for ``libraries``; returns (module, old level)."""
+    libs = [importlib.import_module(name) for name in (libraries or ("diffusers", "transformers"))]
+    levels = [(lib, lib.logging.get_verbosity()) for lib in libs]
+    for lib in libs:
+        lib.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+    return levels
+
+
+def quiet_from_now(*libraries: str) -> None:
+    """For the rest of the process (a training script's log): as :func:`quiet`, never restored."""
+    _silence(libraries)
+
+
 @contextlib.contextmanager
 def quiet(*libraries: str, ignore_warnings: bool = False) -> Iterator[None]:
     """For the duration: ``libraries`` (default diffusers and transformers) log at error level
     without progress bars; ``ignore_warnings`` also drops Python warnings. Restored afterwards."""
-    libs = [importlib.import_module(name) for name in (libraries or ("diffusers", "transformers"))]
-    levels = [lib.logging.get_verbosity() for lib in libs]
-    for lib in libs:
-        lib.logging.set_verbosity_error()
-        lib.utils.logging.disable_progress_bar()
+    levels = _silence(libraries)
     try:
         with warnings.catch_warnings():
             if ignore_warnings:
                 warnings.simplefilter("ignore")
             yield
     finally:
-        for lib, level in zip(libs, levels):
+        for lib, level in levels:
             lib.logging.set_verbosity(level)
             lib.utils.logging.enable_progress_bar()

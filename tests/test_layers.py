@@ -20,7 +20,7 @@ PACKAGE = Path(alignzoo.__file__).parent
 
 # The tiny world's training stages use models and rewards; its definitions (grammar, renderer,
 # tokenizer, small nets) are data the rewards and prompt sets need, so they sit at the bottom.
-TINYWORLD_TRAINING = ("alignzoo.tinyworld.train", "alignzoo.tinyworld.training", "alignzoo.tinyworld.compose.base_models",
+TINYWORLD_TRAINING = ("alignzoo.tinyworld.training", "alignzoo.tinyworld.compose.base_models",
                       "alignzoo.tinyworld.compose.distill", "alignzoo.tinyworld.compose.evaluate",
                       "alignzoo.tinyworld.compose.model_eval", "alignzoo.tinyworld.compose.stages",
                       "alignzoo.tinyworld.compose.train_geneval", "alignzoo.tinyworld.compose.train_preference")

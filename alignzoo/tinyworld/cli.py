@@ -95,11 +95,11 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from alignzoo.tinyworld import weights_dir
-    from alignzoo.tinyworld.training.common import quiet
+    from alignzoo.hf import quiet_from_now
     from alignzoo.tinyworld.training.quality import quality_check
 
     torch.set_num_threads(args.threads)
-    quiet()
+    quiet_from_now()
     w = Path(args.weights) if args.weights else weights_dir()
     if args.world == "compose":
         from alignzoo.tinyworld.compose.model_eval import MODELS, main

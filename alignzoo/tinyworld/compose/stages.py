@@ -26,9 +26,9 @@ def run_stage(stage: str, out: str | Path | None = None, seed: int = 0, threads:
     import torch
 
     from alignzoo.tinyworld import weights_dir
-    from alignzoo.tinyworld.training.common import quiet
+    from alignzoo.hf import quiet_from_now
 
-    quiet()
+    quiet_from_now()
     if stage not in COMPOSE_STAGES:
         raise ValueError(f"unknown compose stage {stage!r}; known: {', '.join(COMPOSE_STAGES)}")
     torch.set_num_threads(threads)

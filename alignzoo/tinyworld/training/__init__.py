@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from alignzoo.tinyworld import weights_dir
-from alignzoo.tinyworld.training.common import log, quiet
+from alignzoo.hf import quiet_from_now
+from alignzoo.tinyworld.training.common import log
 from alignzoo.tinyworld.training.lcm import LCM_STEPS, train_lcm
 from alignzoo.tinyworld.training.rewards import train_rewards
 from alignzoo.tinyworld.training.sd import train_sd
@@ -38,7 +39,7 @@ STAGES = ("rewards", "vae", "sd", "lcm")
 def train(stage: str = "all", out: str | os.PathLike | None = None, seed: int = 0, threads: int = 2, scale: float = 1.0) -> dict:
     """Runs one stage or all of them; ``scale`` multiplies every step count (for quick trials)."""
     torch.set_num_threads(threads)
-    quiet()
+    quiet_from_now()
     out = Path(out) if out is not None else weights_dir()
     out.mkdir(parents=True, exist_ok=True)
     stages = STAGES if stage == "all" else (stage,)

@@ -33,17 +33,6 @@ def seed_all(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def quiet() -> None:
-    """No per-file loading bars or notices from diffusers/transformers in the training log."""
-    import diffusers
-    import transformers
-
-    diffusers.logging.set_verbosity_error()
-    transformers.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def render_scenes(scenes, rng: np.random.Generator) -> torch.Tensor:
     arr = np.stack([render(s, rng) for s in scenes])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
