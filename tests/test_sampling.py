@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from alignzoo.models import decode_steps, recompute_log_probs, sample, sample_pairs
+from alignzoo.models import decode_steps, recompute_log_probs, sample, sample_groups
 from alignzoo.models.sampling import gaussian_log_prob, previous_timesteps, step_distribution
 
 
@@ -118,12 +118,24 @@ def test_first_step_x0_is_the_one_step_sample(kind, tiny_random_sd, tiny_random_
         assert torch.allclose(many.pred_x0[:, 0], one.final, atol=1e-6)
 
 
-def test_pairs_share_initial_noise_only(tiny_random_sd):
-    m = tiny_random_sd
-    tr = sample_pairs(m, ["a cat", "a dog"], 3, eta=1.0, generator=torch.Generator().manual_seed(0))
-    assert tr.batch_size == 4 and tr.prompts == ["a cat", "a dog", "a cat", "a dog"]
-    assert torch.equal(tr.latents[:2, 0], tr.latents[2:, 0])
-    assert not torch.allclose(tr.latents[:2, 1], tr.latents[2:, 1])
+@pytest.mark.parametrize("group_size", [2, 3])
+def test_groups_are_prompt_major_and_share_initial_noise_only(tiny_random_sd, group_size):
+    m, g = tiny_random_sd, group_size
+    tr = sample_groups(m, ["a cat", "a dog"], g, 3, eta=1.0, generator=torch.Generator().manual_seed(0))
+    assert tr.batch_size == 2 * g and tr.prompts == ["a cat"] * g + ["a dog"] * g  # row = p·G + g
+    x_t = tr.latents[:, 0].view(2, g, *tr.latents.shape[2:])
+    assert all(torch.equal(x_t[:, 0], x_t[:, k]) for k in range(1, g))  # one x_T per prompt
+    assert not torch.allclose(x_t[0, 0], x_t[1, 0])  # prompts differ
+    after = tr.latents[:, 1].view(2, g, *tr.latents.shape[2:])
+    assert not torch.allclose(after[:, 0], after[:, 1])  # the per-step noise differs within a group
+
+
+def test_independent_groups_draw_one_initial_noise_per_row(tiny_random_sd):
+    tr = sample_groups(tiny_random_sd, ["a cat", "a dog"], 2, 2, eta=1.0, generator=torch.Generator().manual_seed(0), shared_noise=False)
+    assert tr.prompts == ["a cat", "a cat", "a dog", "a dog"]
+    assert not torch.allclose(tr.latents[0, 0], tr.latents[1, 0])
+    same = sample(tiny_random_sd, ["a cat", "a cat", "a dog", "a dog"], 2, eta=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tr.latents, same.latents)  # exactly sample() on the repeated prompts
 
 
 def test_decode_only_requested_steps(tiny_random_sd):

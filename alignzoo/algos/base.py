@@ -3,8 +3,9 @@
 An algorithm (one module, registered with ``@register_algorithm``) declares:
 
 * ``Config``            a dataclass of its hyperparameters (documented fields, paper defaults);
-* ``paired``            rollouts are pairs of trajectories per prompt (from shared x_T unless
-                        the config says otherwise) or single trajectories;
+* ``Config.group_size`` G trajectories per prompt (1 = single, 2 = pairs, N = GRPO groups),
+                        rows prompt-major (row = p·G + g), from one shared x_T per group unless
+                        ``Config.shared_noise`` is False; ``group_sizes`` names the G its math allows;
 * ``reward_queries``    which (trajectory, step) clean predictions x̂0 need a reward — the
                         sample only (``step −1``), or dense queries (SDPO);
 * ``advantages``        how queried rewards become per-(trajectory, step) advantages (B, T);
@@ -90,11 +91,13 @@ class AlgoConfig:
     num_steps: int | None = None  # trajectory length T; None: the model's default (50 for sd-turbo)
     eta: float = 1.0  # DDIM η while sampling for training (LCM ignores it)
     # Batch numbers are global (all processes together) and count images (trajectories), never
-    # pairs: a paired algorithm's update over train_batch_size × gradient_accumulation_steps images
-    # reads half as many pairs, so every algorithm makes the same number of optimiser updates per
-    # epoch, each over the same images (SDPO paper, Appendix A: paired methods halve batch and
-    # accumulation). Each process takes 1/world of them (Algorithm.split_over checks they divide).
+    # groups: an update over train_batch_size × gradient_accumulation_steps images reads 1/G as
+    # many groups, so every algorithm makes the same number of optimiser updates per epoch, each
+    # over the same images (SDPO paper, Appendix A: paired methods halve batch and accumulation).
+    # Each process takes 1/world of them (Algorithm.split_over checks they divide).
     samples_per_epoch: int = 32  # generated images per epoch, the same for every algorithm
+    group_size: int = 1  # G trajectories per prompt, rows prompt-major (row = p·G + g)
+    shared_noise: bool = True  # the G trajectories of a prompt start from one x_T (False: one each)
     # optimisation
     learning_rate: float = 3e-4
     optimizer: str = "adamw"  # "adamw" or "adam" (RLCM: Adam, no weight decay)
@@ -184,16 +187,27 @@ def _convert(text: Any, current: Any, key: str):
 
 @dataclass
 class Items:
-    """M loss items, each reading K transitions: ``rows`` and ``steps`` are (M, K) long tensors."""
+    """M loss items over groups: ``rows`` and ``steps`` are (M, G, K) long tensors. Item m reads,
+    for each of the G trajectories of its group (rows p·G + g), K transitions; the trainer hands
+    the loss their log-probs in the same (M, G, K) shape."""
 
     rows: torch.Tensor
     steps: torch.Tensor
+
+    def __post_init__(self):
+        if self.rows.ndim != 3 or self.rows.shape != self.steps.shape:
+            raise ValueError(f"Items need rows and steps of one shape (M, G, K), got {tuple(self.rows.shape)} and {tuple(self.steps.shape)}")
 
     def __len__(self) -> int:
         return self.rows.shape[0]
 
     def split(self, size: int) -> list["Items"]:
         return [Items(r, s) for r, s in zip(self.rows.split(size), self.steps.split(size))]
+
+
+def group_rows(groups: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(n,) group (prompt) indices → (n, G) their rows, prompt-major: row = group·G + g."""
+    return torch.as_tensor(groups, dtype=torch.long)[:, None] * group_size + torch.arange(group_size)
 
 
 @dataclass(frozen=True)
@@ -216,12 +230,11 @@ class EpochData:
 
 
 class Algorithm:
-    """Base class: subclasses set ``Config``, ``paired`` and implement the hooks below."""
+    """Base class: subclasses set ``Config`` (its ``group_size`` default) and implement the hooks below."""
 
     name: ClassVar[str] = "algorithm"
     Config: ClassVar[type] = AlgoConfig
-    paired: ClassVar[bool] = False
-    shared_noise: ClassVar[bool] = True  # pairs start from the same x_T
+    group_sizes: ClassVar[tuple[int, ...] | None] = None  # the G the math allows (None: any G >= 1)
     needs_reference: ClassVar[bool] = False  # wants log-probs under the pretrained model
     model_kinds: ClassVar[tuple[str, ...]] = ("sd", "lcm")
 
@@ -229,8 +242,12 @@ class Algorithm:
 
     def __init__(self, config: AlgoConfig | None = None):
         self.config = config or self.Config()
-        if self.config.samples_per_epoch < (2 if self.paired else 1):
-            raise ValueError("samples_per_epoch is too small")
+        g = self.config.group_size
+        if g < 1 or (self.group_sizes is not None and g not in self.group_sizes):
+            allowed = "G >= 1" if self.group_sizes is None else " or ".join(map(str, self.group_sizes))
+            raise ValueError(f"{self.name}: group_size {g} does not fit its objective; use {allowed}")
+        if self.config.samples_per_epoch < g:
+            raise ValueError(f"{self.name}: samples_per_epoch {self.config.samples_per_epoch} is smaller than one group of {g}")
 
     # -- global batch numbers ---------------------------------------------------------------
     def split_over(self, world_size: int) -> None:
@@ -246,13 +263,13 @@ class Algorithm:
         return self.config.train_batch_size * self.config.gradient_accumulation_steps
 
     def units_per_update(self) -> int:
-        """Plan units (trajectories, or pairs for paired algorithms) of one update on this process."""
-        c, unit = self.config, (2 if self.paired else 1) * self.world_size
+        """Groups (G trajectories of one prompt) one update reads on this process."""
+        c, unit = self.config, self.config.group_size * self.world_size
         n = self.images_per_update()
         if n < unit or n % unit:
-            what = "pairs" if self.paired else "images"
             raise ValueError(f"{self.name}: train_batch_size × gradient_accumulation_steps = {c.train_batch_size} × {c.gradient_accumulation_steps} = {n} "
-                             f"images per update (global) do not split into whole {what} over {self.world_size} process(es): make it a multiple of {unit}")
+                             f"images per update (global) do not split into whole groups of {c.group_size} over {self.world_size} process(es): "
+                             f"make it a multiple of {unit}")
         return n // unit
 
     def compute_exception(self) -> ComputeException | None:
@@ -278,13 +295,12 @@ class Algorithm:
 
     # -- rollouts and rewards ---------------------------------------------------------------
     def prompts_per_epoch(self, world_size: int = 1) -> int:
-        """Paired algorithms sample half as many prompts, so every algorithm makes the same
+        """Groups of G images sample 1/G as many prompts, so every algorithm makes the same
         number of images per epoch (SDPO paper, Appendix A). Global, split over processes."""
-        spe = self.config.samples_per_epoch
-        unit = 2 if self.paired else 1
+        spe, unit = self.config.samples_per_epoch, self.config.group_size
         n = spe // unit
         if spe % unit or n % world_size:
-            raise ValueError(f"{self.name}: samples_per_epoch {spe} (global) does not split into whole {'pairs' if self.paired else 'images'} "
+            raise ValueError(f"{self.name}: samples_per_epoch {spe} (global) does not split into whole groups of {unit} "
                              f"over {world_size} process(es): make it a multiple of {unit * world_size}")
         return n // world_size
 
@@ -342,26 +358,28 @@ class Algorithm:
         """Steps per trajectory in an epoch's updates: ``timestep_fraction`` of the action steps."""
         return max(1, int(round(self.action_steps(num_steps) * self.config.timestep_fraction)))
 
-    def all_steps_plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
-        """DDPO-style updates: shuffle the trajectories (pairs, for paired algorithms), permute each
-        one's steps, and put all (sub-sampled) steps of ``train_batch_size × gradient_accumulation_steps``
-        images (half as many pairs) into one update. Paired items read (a, b) at the same step."""
-        units = batch_size // 2 if self.paired else batch_size
-        keep = self.trained_steps(num_steps)
-        order = generator.permutation(units)
-        cols = shuffled_step_columns(units, self.action_steps(num_steps), keep, generator)
+    def updates(self, order: np.ndarray, make_items) -> list[Items]:
+        """The epoch's updates: the shuffled groups ``order`` in runs of :meth:`units_per_update`
+        (train_batch_size × gradient_accumulation_steps images), each run's Items made by
+        ``make_items(groups)`` from its (n,) group indices."""
         per_update = self.units_per_update()
-        updates = []
-        for start in range(0, units, per_update):
-            chosen = order[start:start + per_update]
-            r = torch.as_tensor(np.repeat(chosen, keep))
-            s = torch.as_tensor(cols[chosen].reshape(-1))
-            if self.paired:
-                updates.append(Items(torch.stack([r, r + units], 1), torch.stack([s, s], 1)))
-            else:
-                updates.append(Items(r[:, None], s[:, None]))
-        return updates
+        return [make_items(torch.as_tensor(order[start:start + per_update])) for start in range(0, len(order), per_update)]
 
+    def all_steps_plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
+        """DDPO-style updates: shuffle the groups, permute each group's steps, and put all
+        (sub-sampled) steps of ``train_batch_size × gradient_accumulation_steps`` images into one
+        update. An item reads the G trajectories of one group at one step: (M, G, 1)."""
+        g = self.config.group_size
+        groups, keep = batch_size // g, self.trained_steps(num_steps)
+        order = generator.permutation(groups)
+        cols = torch.as_tensor(shuffled_step_columns(groups, self.action_steps(num_steps), keep, generator))
+
+        def items(chosen: torch.Tensor) -> Items:
+            rows = group_rows(chosen.repeat_interleave(keep), g)
+            steps = cols[chosen].reshape(-1, 1).expand(-1, g)
+            return Items(rows[..., None], steps[..., None].contiguous())
+
+        return self.updates(order, items)
 
 
 def final_reward_advantages(algo: Algorithm, traj, rewards: torch.Tensor, tracker, gather) -> torch.Tensor:

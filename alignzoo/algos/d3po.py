@@ -27,6 +27,7 @@ class D3POConfig(AlgoConfig):
     beta: float = 0.1
     ratio_clip: float = 0.1  # ε of the ratio clamp
     adv_clip: float | None = None  # unused: D3PO needs only the preference
+    group_size: int = 2  # the pair (a, b) of eq. 8, from one x_T
 
 
 def preference_signs(reward_a: torch.Tensor, reward_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,22 +39,22 @@ def preference_signs(reward_a: torch.Tensor, reward_b: torch.Tensor) -> tuple[to
 @register_algorithm("d3po", "D3PO: per-step DPO on reward-ranked pairs against the pretrained model")
 class D3PO(Algorithm):
     Config = D3POConfig
-    paired = True
+    group_sizes = (2,)
     needs_reference = True
 
     def advantages(self, traj, rows, steps, rewards, tracker, gather) -> EpochData:
-        half = traj.batch_size // 2
-        s_a, s_b = preference_signs(rewards[:half], rewards[half:])
-        signs = torch.cat([s_a, s_b]).float()
+        pairs = rewards.view(-1, 2)  # rows prompt-major: (a, b) of pair p are rows 2p, 2p + 1
+        signs = torch.stack(preference_signs(pairs[:, 0], pairs[:, 1]), 1).reshape(-1).float()
         return EpochData(advantages=signs[:, None].expand(-1, traj.num_steps).contiguous())
 
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         return self.all_steps_plan(batch_size, num_steps, generator)
 
     def loss(self, items: Items, new_logp, old_logp, data: EpochData):
-        ref = data.ref_log_probs[items.rows, items.steps]
+        # items (M, 2, 1): the pair (a, b) at one step
+        new_logp, ref = new_logp[..., 0], data.ref_log_probs[items.rows, items.steps][..., 0]
         eps = self.config.ratio_clip
         log_r = torch.exp(new_logp - ref).clamp(1 - eps, 1 + eps).log()
-        signs = data.advantages[items.rows, items.steps]  # (M, 2): s_a, s_b
+        signs = data.advantages[items.rows, items.steps][..., 0]  # (M, 2): s_a, s_b
         logits = self.config.beta * (signs * log_r).sum(1)
         return -F.logsigmoid(logits), {"tie": (signs[:, 0] == 0).float(), "ratio_clipfrac": ((new_logp - ref).exp().sub(1).abs() > eps).float().mean(1)}

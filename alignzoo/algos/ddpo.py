@@ -36,7 +36,6 @@ class DDPOConfig(AlgoConfig):
 @register_algorithm("ddpo", "DDPO-IS: PPO-clipped policy gradient over the denoising steps (Black et al. 2023)")
 class DDPO(Algorithm):
     Config = DDPOConfig
-    paired = False
 
     def advantages(self, traj, rows, steps, rewards, tracker, gather) -> EpochData:
         return EpochData(advantages=final_reward_advantages(self, traj, rewards, tracker, gather))
@@ -46,10 +45,11 @@ class DDPO(Algorithm):
         return self.all_steps_plan(batch_size, num_steps, generator)
 
     def loss(self, items: Items, new_logp, old_logp, data: EpochData):
-        adv = data.advantages[items.rows[:, 0], items.steps[:, 0]]
-        ratio = torch.exp(new_logp[:, 0] - old_logp[:, 0])
+        # items (M, 1, 1): one trajectory's step each (G > 1 reads every row of the group alike)
+        adv = data.advantages[items.rows, items.steps].flatten(1)
+        ratio = torch.exp(new_logp - old_logp).flatten(1)
         eps = self.config.clip_range
         unclipped = -adv * ratio
         clipped = -adv * ratio.clamp(1 - eps, 1 + eps)
-        loss = torch.maximum(unclipped, clipped)
-        return loss, {"clipfrac": ((ratio - 1).abs() > eps).float()}
+        loss = torch.maximum(unclipped, clipped).mean(1)
+        return loss, {"clipfrac": ((ratio - 1).abs() > eps).float().mean(1)}

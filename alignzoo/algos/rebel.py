@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, final_reward_advantages, register_algorithm
+from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, final_reward_advantages, group_rows, register_algorithm
 
 
 @dataclass
@@ -31,37 +31,32 @@ class REBELConfig(AlgoConfig):
     normalization: str = "per_prompt"
     tracker_buffer: int = 16
     tracker_min_count: int = 16
-    shared_noise: bool = True  # False: independent x_T per trajectory, as RLCM
+    group_size: int = 2  # pairs (y, y'); shared_noise=False: independent x_T per trajectory, as RLCM
 
 
 @register_algorithm("rebel", "REBEL: squared regression of paired log-ratio differences onto reward differences")
 class REBEL(Algorithm):
     Config = REBELConfig
-    paired = True
+    group_sizes = (2,)
 
     def advantages(self, traj, rows, steps, rewards, tracker, gather) -> EpochData:
         return EpochData(advantages=final_reward_advantages(self, traj, rewards, tracker, gather))
 
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
-        """Items are pairs; each reads the action steps of both trajectories (K = 2(T − 1), or 2T
-        with ``train_unrendered_step``). An update covers train_batch_size × accumulation images,
-        i.e. half as many pairs (equal compute with DDPO, SDPO paper Appendix A)."""
-        half = batch_size // 2
-        order = generator.permutation(half)
+        """Items are pairs; each reads the action steps of both trajectories: (M, 2, T − 1), or
+        (M, 2, T) with ``train_unrendered_step``. An update covers train_batch_size × accumulation
+        images, i.e. half as many pairs (equal compute with DDPO, SDPO paper Appendix A)."""
         t = torch.arange(self.action_steps(num_steps))
-        per_update = self.units_per_update()
-        updates = []
-        for start in range(0, half, per_update):
-            a = torch.as_tensor(order[start:start + per_update])
-            rows = torch.cat([a[:, None].expand(-1, len(t)), (a + half)[:, None].expand(-1, len(t))], 1)
-            updates.append(Items(rows, t.repeat(2)[None].expand(len(a), -1).clone()))
-        return updates
+        order = generator.permutation(batch_size // 2)
+
+        def items(pairs: torch.Tensor) -> Items:
+            rows = group_rows(pairs, 2)[..., None].expand(-1, -1, len(t))
+            return Items(rows.contiguous(), t.expand(len(pairs), 2, -1).contiguous())
+
+        return self.updates(order, items)
 
     def loss(self, items: Items, new_logp, old_logp, data: EpochData):
-        t = new_logp.shape[1] // 2
-        ratio = new_logp - old_logp  # per step log-ratios
-        log_ratio_a, log_ratio_b = ratio[:, :t].sum(1), ratio[:, t:].sum(1)
-        adv_a = data.advantages[items.rows[:, 0], 0]
-        adv_b = data.advantages[items.rows[:, t], 0]
-        residual = (log_ratio_a - log_ratio_b) / self.config.rebel_eta - (adv_a - adv_b)
+        log_ratio = (new_logp - old_logp).sum(2)  # (M, 2): each trajectory's summed log-ratio
+        adv = data.advantages[items.rows[:, :, 0], 0]  # (M, 2)
+        residual = (log_ratio[:, 0] - log_ratio[:, 1]) / self.config.rebel_eta - (adv[:, 0] - adv[:, 1])
         return residual**2, {"residual_abs": residual.detach().abs()}

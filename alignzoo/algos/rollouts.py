@@ -9,24 +9,19 @@ import time
 
 import torch
 
-from alignzoo.models.sampling import Trajectory, sample, sample_pairs
+from alignzoo.models.sampling import Trajectory, sample_groups
 
 
 def rollout(trainer) -> Trajectory:
     """This process's share of the epoch's trajectories under the current (= old) policy, no grad:
-    prompts from the shared generator (the same draw on every process), split by rank."""
+    prompts from the shared generator (the same draw on every process), split by rank, each
+    sampled ``group_size`` times (rows prompt-major)."""
     n, algo = trainer.prompts_per_process, trainer.algo
     idx = trainer.shared_rng.integers(0, len(trainer.prompt_set), size=n * trainer.world)
     prompts = [trainer.prompt_set[i] for i in idx[trainer.rank * n:(trainer.rank + 1) * n]]
-    repeat = int(getattr(algo, "samples_per_prompt", 1))  # e.g. LaSRO's N_s noises per prompt
-    if repeat > 1:
-        prompts = [p for p in prompts for _ in range(repeat)]
-    eta = algo.config.eta
+    c = algo.config
     with torch.no_grad(), trainer.accelerator.autocast():
-        if algo.paired and getattr(algo.config, "shared_noise", algo.shared_noise):
-            traj = sample_pairs(trainer.model, prompts, trainer.num_steps, eta, trainer.noise_gen)
-        else:
-            traj = sample(trainer.model, prompts + prompts if algo.paired else prompts, trainer.num_steps, eta, trainer.noise_gen)
+        traj = sample_groups(trainer.model, prompts, c.group_size, trainer.num_steps, c.eta, trainer.noise_gen, shared_noise=c.shared_noise)
     trainer.count(samples=traj.batch_size, unet=traj.batch_size * traj.num_steps, phase="sampling")
     return traj
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alignzoo.algos.base import AlgoConfig, Algorithm, ComputeException, EpochData, Items, register_algorithm, shuffled_step_columns
+from alignzoo.algos.base import AlgoConfig, Algorithm, ComputeException, EpochData, Items, group_rows, register_algorithm, shuffled_step_columns
 
 REWARD_PREDICTIONS = ("adaptive", "random_anchor", "fixed_anchor", "two_similarity", "two_interpolation", "one_copy", "all")
 UPDATE_ORDERS = ("shuffled", "step_accumulated", "unshuffled")
@@ -66,6 +66,7 @@ class SDPOConfig(AlgoConfig):
     fixed_anchor_step: int | None = None  # for "fixed_anchor" (sampling-order index); None: (T−1)//2, the paper's 25th of 50 = index 24
     similarity_floor: float = 0.0
     update_order: str = "shuffled"  # one of UPDATE_ORDERS
+    group_size: int = 2  # the pair (a, b) from one x_T
 
 
 def cosine_to(x0: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -127,7 +128,7 @@ def importance_weights(num_steps: int, lam: float, weighting: str = "decay") -> 
 @register_algorithm("sdpo", "SDPO: dense reward difference learning with step-shuffled updates (Zhang et al.)")
 class SDPO(Algorithm):
     Config = SDPOConfig
-    paired = True
+    group_sizes = (2,)
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -197,29 +198,26 @@ class SDPO(Algorithm):
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         if self.config.update_order == "step_accumulated":  # DDPO-style: all steps of a micro-batch in one update
             return self.all_steps_plan(batch_size, num_steps, generator)
-        half = batch_size // 2
-        keep = self.trained_steps(num_steps)
-        order = generator.permutation(half)
+        pairs, keep = batch_size // 2, self.trained_steps(num_steps)
+        order = generator.permutation(pairs)
         if self.config.update_order == "unshuffled":
-            cols = np.tile(np.arange(keep), (half, 1))
+            cols = np.tile(np.arange(keep), (pairs, 1))
         else:
-            cols = shuffled_step_columns(half, self.action_steps(num_steps), keep, generator)
-        per_update = self.units_per_update()  # pairs: half the update's images
-        updates = []
-        for j in range(keep):  # Alg. 1 line 12: one column of shuffled steps per update
-            for start in range(0, half, per_update):
-                pairs = torch.as_tensor(order[start:start + per_update])
-                s = torch.as_tensor(cols[order[start:start + per_update], j])
-                updates.append(Items(torch.stack([pairs, pairs + half], 1), torch.stack([s, s], 1)))
-        return updates
+            cols = shuffled_step_columns(pairs, self.action_steps(num_steps), keep, generator)
+        cols = torch.as_tensor(cols)
+
+        def column(j: int):  # Alg. 1 line 12: one column of shuffled steps per update
+            return lambda chosen: Items(group_rows(chosen, 2)[..., None], cols[chosen, j][:, None, None].expand(-1, 2, 1).contiguous())
+
+        return [update for j in range(keep) for update in self.updates(order, column(j))]
 
     def loss(self, items: Items, new_logp, old_logp, data: EpochData):
         c = self.config
         t = data.advantages.shape[1]
-        w = importance_weights(t, c.lam, c.weighting).to(new_logp.device)[items.steps[:, 0]] / c.log_scale
-        rho = new_logp - old_logp  # (M, 2): log-ratios of a and b
+        w = importance_weights(t, c.lam, c.weighting).to(new_logp.device)[items.steps[:, 0, 0]] / c.log_scale
+        rho = (new_logp - old_logp)[..., 0]  # items (M, 2, 1): log-ratios of a and b at one step
         rho_clipped = rho.clamp(-c.clip_range, c.clip_range)
-        adv = data.advantages[items.rows, items.steps]
+        adv = data.advantages[items.rows, items.steps][..., 0]
         d_adv = adv[:, 0] - adv[:, 1]
         l_unclipped = (w * (rho[:, 0] - rho[:, 1]) - d_adv) ** 2
         l_clipped = (w * (rho_clipped[:, 0] - rho_clipped[:, 1]) - d_adv) ** 2

@@ -249,23 +249,23 @@ class Trainer:
     def update(self, traj: Trajectory, items, data) -> dict:
         """One optimiser step on the mean of the algorithm's per-item losses over ``items``."""
         self.optimizer.zero_grad(set_to_none=True)
-        k = items.rows.shape[1]
-        per_forward = max(1, self.config.max_transitions_per_forward // k)
+        shape = items.rows.shape[1:]  # (G, K): the transitions one item reads
+        per_forward = max(1, self.config.max_transitions_per_forward // shape.numel())
         total = len(items)
         loss_sum, kl_sum, first = 0.0, 0.0, False
         info_sums: dict[str, float] = {}
         for chunk in items.split(per_forward):
             r, s = chunk.rows.reshape(-1), chunk.steps.reshape(-1)
             with self.accelerator.autocast():
-                new = recompute_log_probs(self.model, traj, s, r).float().view(len(chunk), k)
-            old = traj.log_probs[r, s].float().view(len(chunk), k)
+                new = recompute_log_probs(self.model, traj, s, r).float().view(len(chunk), *shape)
+            old = traj.log_probs[r, s].float().view(len(chunk), *shape)
             if self._first_ratio is None or first:  # the epoch's first update, before its step (must be ~0)
                 first = True
                 self._first_ratio = max(self._first_ratio or 0.0, float((new.detach() - old).abs().max()))
             loss_items, info = self.algo.loss(chunk, new, old, data)
             (loss_items.sum() / total).backward()
             loss_sum += float(loss_items.detach().sum())
-            kl_sum += float((0.5 * (new.detach() - old) ** 2).mean(1).sum())
+            kl_sum += float((0.5 * (new.detach() - old) ** 2).flatten(1).mean(1).sum())
             for name, v in info.items():
                 info_sums[name] = info_sums.get(name, 0.0) + float(v.detach().float().sum())
             self.count(unet=r.shape[0], grad=True)

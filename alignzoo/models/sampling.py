@@ -149,15 +149,18 @@ def sample(
     )
 
 
-def sample_pairs(model, prompts: Sequence[str], num_steps: int, eta: float = 1.0, generator: torch.Generator | None = None, init_noise: torch.Tensor | None = None) -> Trajectory:
-    """Two trajectories per prompt from the same initial noise x_T (SDPO, D3PO).
+def sample_groups(model, prompts: Sequence[str], group_size: int, num_steps: int, eta: float = 1.0, generator: torch.Generator | None = None,
+                  shared_noise: bool = True) -> Trajectory:
+    """G trajectories per prompt, rows prompt-major: row p·G + g is trajectory g of prompt p.
 
-    Returns 2B rows: rows [0, B) are trajectories a, rows [B, 2B) trajectories b, row i and
-    row B+i share prompt and x_T; the per-step noise differs.
+    ``shared_noise``: the G trajectories of a prompt start from one x_T (SDPO, D3PO, DanceGRPO)
+    and differ by their per-step noise; otherwise each draws its own x_T (RLCM, Flow-GRPO).
     """
-    prompts = list(prompts)
-    x = model.init_noise(len(prompts), generator) if init_noise is None else init_noise
-    return sample(model, prompts + prompts, num_steps, eta, generator, init_noise=torch.cat([x, x]))
+    rows = [p for p in prompts for _ in range(group_size)]
+    init = None
+    if shared_noise and group_size > 1:
+        init = model.init_noise(len(prompts), generator).repeat_interleave(group_size, 0)
+    return sample(model, rows, num_steps, eta, generator, init_noise=init)
 
 
 def recompute_log_probs(model, traj: Trajectory, steps: torch.Tensor, rows: torch.Tensor | None = None, eta: float | None = None) -> torch.Tensor:

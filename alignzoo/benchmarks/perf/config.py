@@ -117,7 +117,7 @@ def algo_config(algo_cls, cfg: PerfConfig, extra: dict | None = None):
         assignments["num_steps"] = cfg.steps
     assignments.update(overrides_for(algo_cls, {**cfg.overrides, **(extra or {})}))
     config = config_from_strings(algo_cls.Config, algo_cls.Config(), assignments)
-    spp = int(getattr(config, "samples_per_prompt", 1) or 1)
-    if spp > 1 and cfg.batch % spp:  # e.g. LaSRO's N_s noises per prompt: keep the image count
-        config = dataclasses.replace(config, samples_per_prompt=2 if cfg.batch % 2 == 0 else 1)
+    g = config.group_size
+    if g > 1 and cfg.batch % g and algo_cls.group_sizes is None:  # e.g. LaSRO's N_s noises per prompt: keep the image count
+        config = dataclasses.replace(config, group_size=2 if cfg.batch % 2 == 0 else 1)
     return config

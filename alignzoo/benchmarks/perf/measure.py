@@ -150,7 +150,7 @@ class PerfRun:
             probe.uninstall()
         acfg = trainer.algo.config
         row = {
-            "algo": algo, "label": label, "num_steps": trainer.num_steps, "paired": bool(trainer.algo.paired),
+            "algo": algo, "label": label, "num_steps": trainer.num_steps, "group_size": trainer.algo.config.group_size,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(acfg).items()},
             "setup_seconds": setup_s, "peak_memory_mb": peak, "memory_kind": mem.kind,
             "uses_cfg": bool(trainer.model.uses_cfg), "epochs": epochs,
