@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from alignzoo.algos.lasro import LaSRO, LaSROConfig, ReplayBuffer, ScoreNormalizer, bradley_terry_loss, pairwise_accuracy, ranked_pairs
-from alignzoo.algos.trainer import Trainer, TrainConfig, read_log
+from alignzoo.algos.lasro import LaSRO, LaSROConfig
+from alignzoo.algos.lasro_preference import ReplayBuffer, ScoreNormalizer, bradley_terry_loss, pairwise_accuracy, pick_group_items, ranked_pairs
+from alignzoo.algos.trainer import TrainConfig, Trainer, read_log
 
 
 # ----------------------------------------------------------------------------- math (no models)
@@ -42,9 +43,7 @@ def test_pairs_are_within_a_group_and_respect_the_tie_margin():
     buf = ReplayBuffer(100)
     buf.push(torch.zeros(4, 4, 2, 2), torch.tensor([0.1, 0.9, 0.5, 0.3]), ["a red cat"] * 4, [0, 0, 1, 1], version=0)
     buf.push(torch.zeros(2, 4, 2, 2), torch.tensor([0.8, 0.2]), ["a blue dog"] * 2, [0, 0], version=1)
-    algo = LaSRO(LaSROConfig(samples_per_epoch=8, samples_per_prompt=4, tie_margin=0.0))
-    algo.buffer, algo.rng = buf, np.random.default_rng(0)  # (setup() sets both in a run)
-    replay, fresh = algo._groups()
+    replay, fresh = buf.ranked_groups(margin=0.0)
     for idx in replay:
         assert len({int(buf.prompt_ids[i]) for i in idx}) == 1 and len({int(buf.kinds[i]) for i in idx}) == 1
     assert sorted(sorted(x.tolist()) for x in replay) == [[0, 1], [2, 3], [4, 5]]
@@ -52,10 +51,11 @@ def test_pairs_are_within_a_group_and_respect_the_tie_margin():
     assert [(sorted(n.tolist()), sorted(o.tolist())) for n, o in fresh] == [([4, 5], [])]
     # a fresh group's pick ranks newest items against older ones of the same prompt
     mixed = (np.array([10, 11, 12, 13, 14]), np.array([1, 2, 3]))
-    pick = algo._pick(mixed)
+    rng = np.random.default_rng(0)
+    pick = pick_group_items(mixed, 4, rng)
     assert len(pick) == 4 and len(set(pick.tolist())) == 4
     assert sum(int(i) >= 10 for i in pick) == 2 and sum(int(i) < 10 for i in pick) == 2
-    only_new = algo._pick((np.array([10, 11, 12, 13, 14, 15]), np.array([], dtype=int)))
+    only_new = pick_group_items((np.array([10, 11, 12, 13, 14, 15]), np.array([], dtype=int)), 4, rng)
     assert len(only_new) == 4 and all(int(i) >= 10 for i in only_new)
     # a buffer is FIFO with its capacity
     small = ReplayBuffer(3)
@@ -104,7 +104,7 @@ def test_gradients_reach_the_generator_lora_not_the_surrogate_and_back(tiny_rand
     for p in lora:
         p.grad = None
     lora_before = [p.detach().clone() for p in lora]
-    assert algo.surrogate_step(tr, algo._groups()) is not None
+    assert algo.surrogate_step(tr, algo.buffer.ranked_groups(algo.config.tie_margin)) is not None
     assert all(p.grad is None for p in lora) and all(torch.equal(a, p) for a, p in zip(lora_before, lora))
     assert sum(float(p.grad.abs().sum()) for p in trainable if p.grad is not None) > 0
 
