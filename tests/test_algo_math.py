@@ -23,19 +23,19 @@ def test_registry_lists_all_and_unknown_name_lists_known():
 def test_ddpo_loss_negative_advantage_ratio_one_is_one():
     # TRL's golden check: A = -1, ratio 1 -> loss 1
     algo = get_algorithm("ddpo")()
-    items = Items(torch.tensor([[0]]), torch.tensor([[0]]))
+    items = Items(torch.tensor([[[0]]]), torch.tensor([[[0]]]))  # (M, G, K) = (1, 1, 1)
     data = EpochData(advantages=torch.tensor([[-1.0]]))
-    loss, info = algo.loss(items, torch.tensor([[0.3]]), torch.tensor([[0.3]]), data)
+    loss, info = algo.loss(items, torch.tensor([[[0.3]]]), torch.tensor([[[0.3]]]), data)
     assert loss.shape == (1,) and float(loss) == pytest.approx(1.0)
     assert float(info["clipfrac"]) == 0.0
 
 
 def test_ddpo_clipped_surrogate_by_hand():
     algo = get_algorithm("ddpo")(get_algorithm("ddpo").Config(clip_range=0.2))
-    new = torch.tensor([[math.log(1.5)], [math.log(0.5)], [math.log(1.1)]])
-    old = torch.zeros(3, 1)
+    new = torch.tensor([math.log(1.5), math.log(0.5), math.log(1.1)]).view(3, 1, 1)
+    old = torch.zeros(3, 1, 1)
     adv = torch.tensor([[2.0], [2.0], [-1.0]])
-    items = Items(torch.tensor([[0], [1], [2]]), torch.tensor([[0], [0], [0]]))
+    items = Items(torch.tensor([0, 1, 2]).view(3, 1, 1), torch.zeros(3, 1, 1, dtype=torch.long))
     loss, info = algo.loss(items, new, old, EpochData(advantages=adv))
     # max(-A r, -A clip(r)): r=1.5,A=2 -> max(-3, -2.4) = -2.4; r=0.5,A=2 -> max(-1, -1.6) = -1;
     # r=1.1, A=-1 -> max(1.1, 1.1) = 1.1
@@ -49,16 +49,17 @@ def test_ddpo_plan_accumulates_all_steps_of_a_minibatch():
     assert len(plan) == 2
     seen = set()
     for items in plan:
-        rows = set(items.rows[:, 0].tolist())
+        assert items.rows.shape == (4, 1, 1)  # (M, G, K): one trajectory's step per item
+        rows = set(items.rows.flatten().tolist())
         assert len(rows) == 2 and len(items) == 4
         for r in rows:  # every action step of each trajectory in the update (not the unrendered last)
-            assert sorted(items.steps[items.rows[:, 0] == r, 0].tolist()) == [0, 1]
+            assert sorted(items.steps[items.rows == r].tolist()) == [0, 1]
         seen |= rows
     assert seen == {0, 1, 2, 3}
     # the public code's choice: all T transitions, the last (never rendered) one included
     cfg = get_algorithm("ddpo").Config(train_batch_size=2, train_unrendered_step=True)
     plan = get_algorithm("ddpo")(cfg).plan(4, 3, np.random.default_rng(0))
-    assert sorted(plan[0].steps[plan[0].rows[:, 0] == plan[0].rows[0, 0], 0].tolist()) == [0, 1, 2]
+    assert sorted(plan[0].steps[plan[0].rows == plan[0].rows[0, 0, 0]].tolist()) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("algo", ["ddpo", "rebel", "d3po", "sdpo", "rlcm-ddpo", "rlcm-rebel"])
@@ -75,10 +76,10 @@ def test_one_step_trajectories_have_no_rendered_action(algo):
 # ---------------------------------------------------------------------------------- REBEL
 def test_rebel_regression_by_hand():
     algo = get_algorithm("rebel")(get_algorithm("rebel").Config(rebel_eta=0.5))
-    # one pair: rows 0 (a) and 1 (b), steps 0..1 each
-    items = Items(torch.tensor([[0, 0, 1, 1]]), torch.tensor([[0, 1, 0, 1]]))
-    new = torch.tensor([[0.2, 0.1, -0.1, 0.05]])
-    old = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    # one pair: rows 0 (a) and 1 (b), steps 0..1 each: (M, G, K) = (1, 2, 2)
+    items = Items(torch.tensor([[[0, 0], [1, 1]]]), torch.tensor([[[0, 1], [0, 1]]]))
+    new = torch.tensor([[[0.2, 0.1], [-0.1, 0.05]]])
+    old = torch.zeros(1, 2, 2)
     adv = torch.tensor([[1.5, 1.5], [-0.5, -0.5]])
     loss, _ = algo.loss(items, new, old, EpochData(advantages=adv))
     log_ratio_a, log_ratio_b = 0.2 + 0.1, -0.1 + 0.05
@@ -89,9 +90,9 @@ def test_rebel_regression_by_hand():
 def test_rebel_sums_per_trajectory_not_over_the_batch():
     # the RLCM batch-sum bug would mix pairs: with two pairs, each loss must only see its own
     algo = get_algorithm("rebel")()
-    items = Items(torch.tensor([[0, 2], [1, 3]]), torch.tensor([[0, 0], [0, 0]]))
-    new = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
-    old = torch.zeros(2, 2)
+    items = Items(torch.tensor([[[0], [1]], [[2], [3]]]), torch.zeros(2, 2, 1, dtype=torch.long))  # pairs (0, 1) and (2, 3)
+    new = torch.tensor([[[1.0], [0.0]], [[0.0], [0.0]]])
+    old = torch.zeros(2, 2, 1)
     adv = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
     loss, _ = algo.loss(items, new, old, EpochData(advantages=adv))
     assert torch.allclose(loss, torch.tensor([0.0, 0.0]))
@@ -102,8 +103,9 @@ def test_rebel_plan_items_are_whole_pairs():
     plan = algo.plan(4, 3, np.random.default_rng(0))
     assert len(plan) == 2
     for items in plan:
-        a, b = items.rows[0, :2], items.rows[0, 2:]  # T = 3: the two rendered action steps of a and b
-        assert (b == a + 2).all() and items.steps[0].tolist() == [0, 1, 0, 1]
+        a, b = items.rows[0]  # T = 3: the two rendered action steps of a and b, rows prompt-major
+        assert a[0] % 2 == 0 and (b == a + 1).all() and items.steps[0].tolist() == [[0, 1], [0, 1]]
+    assert sorted(int(items.rows[0, 0, 0]) for items in plan) == [0, 2]
 
 
 # ---------------------------------------------------------------------------------- D3PO
@@ -111,10 +113,10 @@ def test_d3po_loss_and_ties_by_hand():
     algo = get_algorithm("d3po")()
     s_a, s_b = preference_signs(torch.tensor([2.0, 1.0, 0.5]), torch.tensor([1.0, 1.0, 0.7]))
     assert s_a.tolist() == [1.0, 0.0, -1.0] and s_b.tolist() == [-1.0, 0.0, 1.0]
-    signs = torch.cat([s_a, s_b])[:, None].expand(-1, 1).contiguous()
+    signs = torch.stack([s_a, s_b], 1).reshape(6, 1)  # rows prompt-major: pair p is rows 2p (a), 2p + 1 (b)
     ref = torch.zeros(6, 1)
-    new = torch.tensor([0.05, 0.3, 0.02, -0.04, 0.0, 0.01]).view(6, 1).requires_grad_(True)
-    items = Items(torch.tensor([[0, 3], [1, 4], [2, 5]]), torch.zeros(3, 2, dtype=torch.long))
+    new = torch.tensor([0.05, -0.04, 0.3, 0.0, 0.02, 0.01]).view(6, 1).requires_grad_(True)
+    items = Items(torch.arange(6).view(3, 2, 1), torch.zeros(3, 2, 1, dtype=torch.long))
     n = new[items.rows, items.steps]
     loss, info = algo.loss(items, n, torch.zeros_like(n), EpochData(advantages=signs, ref_log_probs=ref))
     clamp = lambda x: min(max(math.exp(x), 0.9), 1.1)  # noqa: E731
@@ -134,11 +136,11 @@ def test_d3po_tie_from_rewards_gives_no_gradient():
 
     algo = get_algorithm("d3po")()
     traj = SimpleNamespace(batch_size=4, num_steps=2)
-    items = Items(torch.tensor([[0, 2], [1, 3]]), torch.tensor([[1, 1], [1, 1]]))
-    for rewards, want_tie in ((torch.tensor([0.7, 0.2, 0.7, 0.5]), [1.0, 0.0]), (torch.tensor([0.8, 0.2, 0.7, 0.5]), [0.0, 0.0])):
+    items = Items(torch.tensor([[[0], [1]], [[2], [3]]]), torch.ones(2, 2, 1, dtype=torch.long))  # pairs (0, 1), (2, 3) at step 1
+    for rewards, want_tie in ((torch.tensor([0.7, 0.7, 0.2, 0.5]), [1.0, 0.0]), (torch.tensor([0.8, 0.7, 0.2, 0.5]), [0.0, 0.0])):
         data = algo.advantages(traj, None, None, rewards, None, None)
         data.ref_log_probs = torch.zeros(4, 2)
-        new = torch.tensor([[0.0, 0.05], [0.0, 0.02], [0.0, -0.04], [0.0, 0.01]], requires_grad=True)
+        new = torch.tensor([[0.0, 0.05], [0.0, -0.04], [0.0, 0.02], [0.0, 0.01]], requires_grad=True)
         n = new[items.rows, items.steps]
         loss, info = algo.loss(items, n, torch.zeros_like(n), data)
         assert info["tie"].tolist() == want_tie
@@ -204,8 +206,8 @@ def test_sdpo_clipped_max_loss_by_hand():
     cfg = get_algorithm("sdpo").Config(clip_range=0.1, lam=0.5, log_scale=2.0)
     algo = get_algorithm("sdpo")(cfg)
     adv = torch.tensor([[0.0, 1.0], [0.0, -1.0]])  # rows 0 (a) and 1 (b), T = 2
-    items = Items(torch.tensor([[0, 1]]), torch.tensor([[1, 1]]))
-    new, old = torch.tensor([[0.3, -0.05]]), torch.zeros(1, 2)
+    items = Items(torch.tensor([[[0], [1]]]), torch.tensor([[[1], [1]]]))  # (M, G, K) = (1, 2, 1)
+    new, old = torch.tensor([[[0.3], [-0.05]]]), torch.zeros(1, 2, 1)
     loss, info = algo.loss(items, new, old, EpochData(advantages=adv))
     w = 0.5**1 / 2.0
     d_adv = 1.0 - (-1.0)
@@ -221,10 +223,11 @@ def test_sdpo_plan_visits_each_step_of_each_pair_once(order):
     algo = get_algorithm("sdpo")(cfg)
     b, t = 10, 6  # 5 pairs
     plan = algo.plan(b, t, np.random.default_rng(3))
-    visits = [(int(r), int(s)) for items in plan for r, s in zip(items.rows[:, 0], items.steps[:, 0])]
+    visits = [(int(r) // 2, int(s)) for items in plan for r, s in zip(items.rows[:, 0, 0], items.steps[:, 0, 0])]
     assert sorted(visits) == sorted((p, s) for p in range(5) for s in range(t - 1))  # the T − 1 rendered actions
-    for items in plan:
-        assert (items.rows[:, 1] == items.rows[:, 0] + 5).all() and (items.steps[:, 0] == items.steps[:, 1]).all()
+    for items in plan:  # (M, 2, 1): the pair's rows 2p (a) and 2p + 1 (b) at one step
+        assert items.rows.shape[1:] == (2, 1) and (items.rows[:, 0] % 2 == 0).all()
+        assert (items.rows[:, 1] == items.rows[:, 0] + 1).all() and (items.steps[:, 0] == items.steps[:, 1]).all()
     if order == "shuffled":
         assert len(plan) == (t - 1) * 3  # one column per update group: ceil(5 pairs / 2) per column
         # each update draws one step per pair; pairs' permutations are independent
@@ -232,7 +235,7 @@ def test_sdpo_plan_visits_each_step_of_each_pair_once(order):
         assert len(perms) > 1
     if order == "unshuffled":
         for j in range(t - 1):
-            assert set(plan[j * 3].steps[:, 0].tolist()) == {j}
+            assert set(plan[j * 3].steps.flatten().tolist()) == {j}
     if order == "step_accumulated":
         assert len(plan) == 3
 
@@ -294,14 +297,14 @@ def test_sdpo_random_anchor_positions_cover_the_interior():
 
 
 def test_sdpo_advantages_end_to_end():
-    # 2 pairs (rows 0, 2 and 1, 3), T = 4, hand-made 2-d x̂0; every value below written out here
+    # 2 pairs (rows 0, 1 and 2, 3: prompt-major), T = 4, hand-made 2-d x̂0; every value below written out here
     from types import SimpleNamespace
 
     pred = [[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]],
             [[1.0, 1.0], [1.0, 0.0], [0.5, 1.0], [0.0, 1.0]],
             [[0.0, 1.0], [1.0, 0.0], [0.9, 0.5], [1.0, 0.2]],
             [[1.0, 0.0], [0.2, 1.0], [1.0, 1.0], [1.0, -0.3]]]
-    traj = SimpleNamespace(pred_x0=torch.tensor(pred).view(4, 4, 2, 1, 1), prompts=["a", "b", "a", "b"], batch_size=4, num_steps=4)
+    traj = SimpleNamespace(pred_x0=torch.tensor(pred).view(4, 4, 2, 1, 1), prompts=["a", "a", "b", "b"], batch_size=4, num_steps=4)
     cfg = get_algorithm("sdpo").Config(gamma=0.5, adv_clip=1.2, tracker_min_count=16)
     algo = get_algorithm("sdpo")(cfg)
     rows, steps = algo.reward_queries(traj, np.random.default_rng(0))

@@ -88,7 +88,7 @@ class _PairCountingREBEL(REBEL):
 
 class _OneBigUpdateDDPO(DDPO):
     def plan(self, batch_size, num_steps, generator):
-        return [Items(torch.arange(batch_size)[:, None], torch.zeros(batch_size, 1, dtype=torch.long))]
+        return [Items(torch.arange(batch_size).view(-1, 1, 1), torch.zeros(batch_size, 1, 1, dtype=torch.long))]
 
 
 class _UnnamedException(DDPO):
@@ -139,7 +139,7 @@ def test_batch_numbers_that_do_not_divide_give_a_one_line_error():
     with pytest.raises(ValueError, match=r"^ddpo: samples_per_epoch 64 \(global\) does not split .* over 3 process\(es\): make it a multiple of 3$"):
         get_algorithm("ddpo")(quick.algo_config("ddpo")).split_over(3)
     with pytest.raises(ValueError, match=r"^rebel: train_batch_size × gradient_accumulation_steps = 8 × 1 = 8 images per update \(global\) do not split "
-                                         r"into whole pairs over 8 process\(es\): make it a multiple of 16$"):
+                                         r"into whole groups of 2 over 8 process\(es\): make it a multiple of 16$"):
         get_algorithm("rebel")(quick.algo_config("rebel")).split_over(8)
     get_algorithm("rebel")(quick.algo_config("rebel")).split_over(4)  # 8 images = 4 pairs: one per process
 

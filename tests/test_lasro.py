@@ -75,7 +75,7 @@ def test_score_normalizer_tracks_and_clips():
 def _tiny_trainer(folder, prompts, out, samples=16, **overrides):
     from alignzoo.models import load_model
 
-    kw = dict(samples_per_epoch=8, samples_per_prompt=4, pretrain_prompts=4, heldout_prompts=2, pretrain_steps=2, gen_steps=2, k_surr=1,
+    kw = dict(samples_per_epoch=8, group_size=4, pretrain_prompts=4, heldout_prompts=2, pretrain_steps=2, gen_steps=2, k_surr=1,
               gen_batch_size=4, groups_per_batch=2, reg_batch_size=4, tie_margin=0.0, learning_rate=1e-2)
     kw.update(overrides)
     cfg = TrainConfig(algo="lasro", reward="jpeg_compressibility", model=str(folder), out=str(out), samples=samples, prompts=str(prompts), progress=False)
@@ -135,8 +135,8 @@ def test_resume_is_exact(tiny_random_folders, prompt_file, tmp_path, overrides):
 def test_config_validation():
     with pytest.raises(ValueError, match="surrogate_mode"):
         LaSRO(LaSROConfig(surrogate_mode="frozen"))
-    with pytest.raises(ValueError, match="multiple of samples_per_prompt"):
-        LaSRO(LaSROConfig(samples_per_epoch=60, samples_per_prompt=8))
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        LaSRO(LaSROConfig(samples_per_epoch=60, group_size=8))
     assert LaSRO(LaSROConfig(samples_per_epoch=64)).prompts_per_epoch() == 8
 
 

@@ -160,7 +160,7 @@ def test_two_processes_lasro_agree_on_lora_and_surrogate(tiny_random_folders, pr
     """LaSRO averages its surrogate's gradients itself: both processes must end with the same
     surrogate as well as the same LoRA (the trainer checks replicated_parameters and records them)."""
     out = tmp_path / "ddp_lasro"
-    sets = ["num_steps=2", "samples_per_epoch=8", "samples_per_prompt=4", "pretrain_prompts=4", "heldout_prompts=2", "pretrain_steps=2",
+    sets = ["num_steps=2", "samples_per_epoch=8", "group_size=4", "pretrain_prompts=4", "heldout_prompts=2", "pretrain_steps=2",
             "gen_steps=2", "k_surr=1", "gen_batch_size=2", "groups_per_batch=1", "reg_batch_size=4", "tie_margin=0.0", "learning_rate=0.01"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "alignzoo", "train", "--cpu", "--algo", "lasro", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["lcm"]),

@@ -39,7 +39,8 @@ class LaSROConfig(AlgoConfig):
     learning_rate: float = 6e-4  # generator LoRA lr [O] (notes §9a: 5e-5 at real scale)
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
-    samples_per_prompt: int = 8  # N_s: noises per prompt in every scored batch (rollout and stage 1) [O]
+    group_size: int = 8  # N_s: noises per prompt in every scored batch (rollout and stage 1) [O]
+    shared_noise: bool = False  # each of a prompt's N_s samples draws its own x_T
     # surrogate network (notes §2)
     surrogate_backbone: str = "full"  # "full" | "lora" | "frozen": which backbone weights train [O]
     surrogate_lr_backbone: float = 1e-4  # [O] (notes §9a: 1e-5)
@@ -87,7 +88,6 @@ class LaSROConfig(AlgoConfig):
 @register_algorithm("lasro", "LaSRO: a Bradley–Terry latent surrogate reward, back-propagated through 1–2 sampling steps (Jia et al.)")
 class LaSRO(SurrogateFitting, Algorithm):
     Config = LaSROConfig
-    paired = False
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -97,25 +97,14 @@ class LaSRO(SurrogateFitting, Algorithm):
                                      ("reg_form", c.reg_form, REG_FORMS)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-        if c.samples_per_prompt < 2:
-            raise ValueError("samples_per_prompt (N_s) must be >= 2: Bradley–Terry pairs are formed within a prompt")
-        if c.samples_per_epoch % c.samples_per_prompt:
-            raise ValueError(f"samples_per_epoch {c.samples_per_epoch} is not a multiple of samples_per_prompt {c.samples_per_prompt}")
+        if c.group_size < 2:
+            raise ValueError("group_size (N_s) must be >= 2: Bradley–Terry pairs are formed within a prompt")
+        if c.samples_per_epoch % c.group_size:
+            raise ValueError(f"samples_per_epoch {c.samples_per_epoch} is not a multiple of group_size (N_s) {c.group_size}")
         if len(tuple(c.head_channels)) != 2:
             raise ValueError("head_channels must name two widths (h1, h2)")
         self.surrogate = None
         self.pretrained = False
-
-    # -- the trainer's rollout: N_s noises per prompt -----------------------------------------
-    @property
-    def samples_per_prompt(self) -> int:
-        return int(self.config.samples_per_prompt)
-
-    def prompts_per_epoch(self, world_size: int = 1) -> int:
-        n = self.config.samples_per_epoch // self.samples_per_prompt
-        if n % world_size:
-            raise ValueError(f"samples_per_epoch / samples_per_prompt = {n} prompts do not split over {world_size} processes")
-        return n // world_size
 
     # -- compute: equal in images, not in updates ----------------------------------------------
     def compute_exception(self):
@@ -129,7 +118,7 @@ class LaSRO(SurrogateFitting, Algorithm):
         return self.config.samples_per_epoch + self.config.gen_steps * self.config.gen_batch_size * world_size
 
     def images_before_training(self, world_size=1):  # stage 1: _sample_frozen's pretraining and held-out prompts × N_s
-        return sum(math.ceil(n / world_size) * world_size * self.samples_per_prompt for n in (self.config.pretrain_prompts, self.config.heldout_prompts))
+        return sum(math.ceil(n / world_size) * world_size * self.config.group_size for n in (self.config.pretrain_prompts, self.config.heldout_prompts))
 
     def reward_queries(self, traj, generator):
         """z1 and z2 of every rollout sample (both train the surrogate)."""

@@ -196,7 +196,7 @@ class SurrogateFitting:
     frozen samples, every epoch's rollouts), the Bradley–Terry steps of R_ψ and its pairwise accuracies.
     It uses what ``LaSRO.setup`` creates (``surrogate``, ``surrogate_optimizer``, ``buffer``, ``heldout``,
     ``rng``, shared with the generator's regulariser, ``counts``, ``_embed_cache``) and LaSRO's
-    ``config``, ``samples_per_prompt`` and ``reward_queries``."""
+    ``config`` (its ``group_size``, N_s) and ``reward_queries``."""
 
     def embeds(self, model, prompts) -> torch.Tensor:
         """Prompt embeddings of the generator's (frozen) text encoder, cached per prompt."""
@@ -236,7 +236,7 @@ class SurrogateFitting:
     def _sample_frozen(self, trainer, n_prompts: int) -> tuple:
         """Stage-1 data: n_prompts prompts (every prompt of the set once before any twice) × N_s
         noises from the pretrained model, scored at z1 and z2."""
-        model, k, world = trainer.model, self.samples_per_prompt, trainer.world
+        model, k, world = trainer.model, self.config.group_size, trainer.world
         per_proc = math.ceil(n_prompts / world)
         n_set = len(trainer.prompt_set)  # stratified: whole permutations of the prompt set first
         idx = np.concatenate([trainer.shared_rng.permutation(n_set) for _ in range(math.ceil(per_proc * world / n_set))])[:per_proc * world]
@@ -281,7 +281,7 @@ class SurrogateFitting:
         replay, fresh = groups
         if not replay:
             return None
-        chosen = draw_groups(replay, fresh, c.groups_per_batch * trainer.world, c.fresh_fraction, self.samples_per_prompt, self.rng)
+        chosen = draw_groups(replay, fresh, c.groups_per_batch * trainer.world, c.fresh_fraction, self.config.group_size, self.rng)
         chosen = chosen[trainer.rank * c.groups_per_batch:(trainer.rank + 1) * c.groups_per_batch]
         items, w, l = group_pairs(chosen, self.buffer.rewards, c.tie_margin)
         z = self.buffer.latents[items].to(trainer.device)
