@@ -14,9 +14,15 @@ KINDS = {
 
 def add_arguments(p) -> None:
     p.add_argument("what", choices=sorted(KINDS), help="which registry to list")
+    p.add_argument("--plugin", action="append", default=[], help="Python file that registers extra algorithms (repeatable), listed with the built-ins")
 
 
 def run(args) -> int:
+    if args.plugin:
+        from alignzoo.algos.base import load_plugin
+
+        for path in args.plugin:
+            load_plugin(path)
     module, lister, registry = KINDS[args.what]
     try:
         mod = importlib.import_module(module)

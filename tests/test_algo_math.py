@@ -1,11 +1,14 @@
 """Algorithm math on hand-made tensors; expected values computed independently here."""
 import math
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from alignzoo.algos import get_algorithm, list_algorithms
+from alignzoo.algos.rollouts import Rollout
 from alignzoo.algos.base import EpochData, Items
 from alignzoo.algos.d3po import preference_signs
 from alignzoo.algos.sdpo import adaptive_anchor, discounted_returns, importance_weights, similarity_weighted_rewards
@@ -138,7 +141,7 @@ def test_d3po_tie_from_rewards_gives_no_gradient():
     traj = SimpleNamespace(batch_size=4, num_steps=2)
     items = Items(torch.tensor([[[0], [1]], [[2], [3]]]), torch.ones(2, 2, 1, dtype=torch.long))  # pairs (0, 1), (2, 3) at step 1
     for rewards, want_tie in ((torch.tensor([0.7, 0.7, 0.2, 0.5]), [1.0, 0.0]), (torch.tensor([0.8, 0.7, 0.2, 0.5]), [0.0, 0.0])):
-        data = algo.advantages(traj, None, None, rewards, None, None)
+        data = algo.advantages(Rollout(traj, torch.full((4, 1), 1), rewards[:, None], 2))
         data.ref_log_probs = torch.zeros(4, 2)
         new = torch.tensor([[0.0, 0.05], [0.0, -0.04], [0.0, 0.02], [0.0, 0.01]], requires_grad=True)
         n = new[items.rows, items.steps]
@@ -246,7 +249,7 @@ def test_sdpo_reward_prediction_variants_query_counts():
     counts = {}
     for mode in ("adaptive", "random_anchor", "fixed_anchor", "two_similarity", "two_interpolation", "one_copy", "all"):
         algo = get_algorithm("sdpo")(get_algorithm("sdpo").Config(reward_prediction=mode))
-        q = algo.query_steps(x0, rng)
+        q = algo.query_steps(SimpleNamespace(pred_x0=x0), rng)
         counts[mode] = q.shape[1]
         if mode == "all":
             assert torch.equal(q, torch.arange(8)[None].expand(4, -1))
@@ -273,23 +276,23 @@ def test_sdpo_adaptive_anchor_is_interior_only():
     assert (all_steps, interior) == (0, 3)
     assert int(adaptive_anchor(x0)) == interior
     algo = get_algorithm("sdpo")()
-    assert algo.query_steps(x0, np.random.default_rng(0)).tolist() == [[0, 3, 4]]
+    assert algo.query_steps(SimpleNamespace(pred_x0=x0), np.random.default_rng(0)).tolist() == [[0, 3, 4]]
 
 
 @pytest.mark.parametrize("t, want", [(50, 24), (3, 1), (4, 1), (5, 2), (8, 3)])
 def test_sdpo_fixed_anchor_position(t, want):
     # the paper's "fixed anchor at the 25th step" of 50 is sampling-order index 24: the middle, (T-1)//2
     algo = get_algorithm("sdpo")(get_algorithm("sdpo").Config(reward_prediction="fixed_anchor"))
-    q = algo.query_steps(torch.zeros(2, t, 1, 1, 1), np.random.default_rng(0))
+    q = algo.query_steps(SimpleNamespace(pred_x0=torch.zeros(2, t, 1, 1, 1)), np.random.default_rng(0))
     assert q.tolist() == [[0, want, t - 1]] * 2
     for k, clamped in ((0, 1), (t - 1, t - 2), (1, 1)):  # an explicit step is kept interior
         cfg = get_algorithm("sdpo").Config(reward_prediction="fixed_anchor", fixed_anchor_step=k)
-        assert get_algorithm("sdpo")(cfg).query_steps(torch.zeros(1, t, 1, 1, 1), None)[0, 1] == clamped
+        assert get_algorithm("sdpo")(cfg).query_steps(SimpleNamespace(pred_x0=torch.zeros(1, t, 1, 1, 1)), None)[0, 1] == clamped
 
 
 def test_sdpo_random_anchor_positions_cover_the_interior():
     algo = get_algorithm("sdpo")(get_algorithm("sdpo").Config(reward_prediction="random_anchor"))
-    q = algo.query_steps(torch.zeros(400, 6, 1, 1, 1), np.random.default_rng(0))
+    q = algo.query_steps(SimpleNamespace(pred_x0=torch.zeros(400, 6, 1, 1, 1)), np.random.default_rng(0))
     assert (q[:, 0] == 0).all() and (q[:, 2] == 5).all()
     assert set(q[:, 1].tolist()) == {1, 2, 3, 4}  # every interior step, never an end
     counts = np.bincount(q[:, 1].numpy(), minlength=6)[1:5]
@@ -307,17 +310,16 @@ def test_sdpo_advantages_end_to_end():
     traj = SimpleNamespace(pred_x0=torch.tensor(pred).view(4, 4, 2, 1, 1), prompts=["a", "a", "b", "b"], batch_size=4, num_steps=4)
     cfg = get_algorithm("sdpo").Config(gamma=0.5, adv_clip=1.2, tracker_min_count=16)
     algo = get_algorithm("sdpo")(cfg)
-    rows, steps = algo.reward_queries(traj, np.random.default_rng(0))
+    queries = algo.query_steps(traj, np.random.default_rng(0))
     cos = lambda a, b: (a[0] * b[0] + a[1] * b[1]) / math.hypot(*a) / math.hypot(*b)  # noqa: E731
     anchors = []
     for p in pred:
         sums = {i: cos(p[i], p[0]) + cos(p[i], p[3]) for i in (1, 2)}
         anchors.append(min(sums, key=sums.get))
-    assert rows.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    assert steps.tolist() == [s for a in anchors for s in (0, a, 3)]
+    assert queries.tolist() == [[0, a, 3] for a in anchors]
     queried = [[1.0, 2.0, 4.0], [0.0, -1.0, 3.0], [2.0, 2.5, 1.0], [5.0, 1.0, -2.0]]  # R_first, R_anchor, R_last
-    data = algo.advantages(traj, rows, steps, torch.tensor(queried).reshape(-1), StatTracker("per_step_prompt", 32, 16),
-                           lambda v, prompts: (v, list(prompts), slice(0, len(prompts))))
+    tracker = StatTracker("per_step_prompt", 32, 16)
+    data = algo.advantages(Rollout(traj, queries, torch.tensor(queried), 2, lambda v, prompts: torch.as_tensor(tracker.update(prompts, v.numpy()))))
     dense = []
     for p, a, (rf, ra, rl) in zip(pred, anchors, queried):
         row = []

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -58,43 +57,6 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_random_folders, prompt_
     wb = load_file(str(killed / "final" / "pytorch_lora_weights.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(float(v.abs().sum()) > 0 for k, v in wa.items() if "lora_B" in k or "lora.up" in k)
-
-
-TOY_PLUGIN = '''
-from dataclasses import dataclass
-import numpy as np
-import torch
-from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, final_reward_advantages, register_algorithm
-
-@dataclass
-class ToyConfig(AlgoConfig):
-    learning_rate: float = 0.05
-
-@register_algorithm("toy-reinforce", "plain REINFORCE over the final step, an external plugin")
-class ToyReinforce(Algorithm):
-    Config = ToyConfig
-    def advantages(self, traj, rows, steps, rewards, tracker, gather):
-        return EpochData(advantages=final_reward_advantages(self, traj, rewards, tracker, gather))
-    def plan(self, batch_size, num_steps, generator):
-        r = torch.arange(batch_size)
-        return [Items(r[:, None], torch.full((batch_size, 1), num_steps - 1))]
-    def loss(self, items, new_logp, old_logp, data):
-        adv = data.advantages[items.rows[:, 0], items.steps[:, 0]]
-        return -adv * new_logp[:, 0], {}
-'''
-
-
-def test_external_plugin_algorithm_trains(tiny_random_folders, prompt_file, tmp_path, capsys):
-    plugin = tmp_path / "toy_algo.py"
-    plugin.write_text(textwrap.dedent(TOY_PLUGIN))
-    out = tmp_path / "toy"
-    rc = cli_main(["train", "--plugin", str(plugin), "--algo", "toy-reinforce", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]),
-                   "--prompts", str(prompt_file), "--samples", "16", "--out", str(out), "--no-progress", "--set", "num_steps=2", "--set", "samples_per_epoch=8"])
-    assert rc == 0
-    log = read_log(out)
-    assert len(log) == 2 and log[-1]["samples"] == 16 and log[-1]["loss"] != 0
-    w = load_file(str(out / "final" / "pytorch_lora_weights.safetensors"))
-    assert any(float(v.abs().sum()) > 0 for k, v in w.items() if "lora_B" in k or "lora.up" in k)
 
 
 def test_cli_errors_are_clear(tiny_random_folders, prompt_file, tmp_path, capsys):

@@ -6,9 +6,11 @@ An algorithm (one module, registered with ``@register_algorithm``) declares:
 * ``Config.group_size`` G trajectories per prompt (1 = single, 2 = pairs, N = GRPO groups),
                         rows prompt-major (row = p·G + g), from one shared x_T per group unless
                         ``Config.shared_noise`` is False; ``group_sizes`` names the G its math allows;
-* ``reward_queries``    which (trajectory, step) clean predictions x̂0 need a reward — the
-                        sample only (``step −1``), or dense queries (SDPO);
-* ``advantages``        how queried rewards become per-(trajectory, step) advantages (B, T);
+* ``query_steps``       which steps' clean predictions x̂0 need a reward, (B, Q) — the sample
+                        only (the default), or dense queries (SDPO);
+* ``advantages``        how the :class:`~alignzoo.algos.rollouts.Rollout` (queried rewards,
+                        ``normalize``) becomes per-(trajectory, step) advantages (B, T); the
+                        default, for final-reward methods: normalised final rewards;
 * ``plan``              how the (trajectory, step) items of an epoch are grouped into
                         optimiser updates: a list of updates, each an ``Items`` of shape (M, K)
                         (M loss terms, each reading K transitions' log-probs);
@@ -304,13 +306,15 @@ class Algorithm:
                              f"over {world_size} process(es): make it a multiple of {unit * world_size}")
         return n // world_size
 
-    def reward_queries(self, traj, generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, steps) of the clean predictions to score. Default: each trajectory's sample."""
-        b = traj.batch_size
-        return torch.arange(b), torch.full((b,), traj.num_steps - 1, dtype=torch.long)
+    def query_steps(self, traj, generator: np.random.Generator) -> torch.Tensor:
+        """(B, Q) sampling-order steps whose x̂0 is decoded and scored. Default: the sample."""
+        return torch.full((traj.batch_size, 1), traj.num_steps - 1, dtype=torch.long)
 
-    def advantages(self, traj, rows, steps, rewards: torch.Tensor, tracker, gather) -> EpochData:
-        raise NotImplementedError
+    def advantages(self, rollout) -> EpochData:
+        """Final-reward methods (DDPO, REBEL): one normalised, clipped advantage per trajectory,
+        broadcast over its T steps."""
+        adv = self.clip_advantages(rollout.normalize(rollout.final_rewards))
+        return EpochData(advantages=adv[:, None].expand(-1, rollout.traj.num_steps).contiguous())
 
     # -- updates ----------------------------------------------------------------------------
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
@@ -325,8 +329,8 @@ class Algorithm:
         """Called once the trainer has its model, reward and optimiser (before resuming)."""
 
     update_epoch = None
-    """Optionally a method ``update_epoch(trainer, traj, rows, steps, rewards) -> dict`` that
-    replaces the advantages/plan/loss loop for the epoch (use ``trainer.optimizer_step()``)."""
+    """Optionally a method ``update_epoch(trainer, rollout) -> dict`` that replaces the
+    advantages/plan/loss loop for the epoch (use ``trainer.optimizer_step()``)."""
 
     def state_dict(self) -> dict:
         """Extra state to checkpoint (e.g. a surrogate model and its replay buffer)."""
@@ -380,14 +384,6 @@ class Algorithm:
             return Items(rows[..., None], steps[..., None].contiguous())
 
         return self.updates(order, items)
-
-
-def final_reward_advantages(algo: Algorithm, traj, rewards: torch.Tensor, tracker, gather) -> torch.Tensor:
-    """One normalised (clipped) advantage per trajectory, broadcast over its T steps (DDPO)."""
-    all_rewards, all_prompts, local = gather(rewards, traj.prompts)
-    adv = torch.as_tensor(tracker.update(all_prompts, all_rewards.numpy()), dtype=torch.float32)[local]
-    adv = algo.clip_advantages(adv)
-    return adv[:, None].expand(-1, traj.num_steps).contiguous()
 
 
 def shuffled_step_columns(n: int, num_steps: int, keep: int, generator: np.random.Generator) -> np.ndarray:

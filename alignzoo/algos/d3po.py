@@ -42,10 +42,11 @@ class D3PO(Algorithm):
     group_sizes = (2,)
     needs_reference = True
 
-    def advantages(self, traj, rows, steps, rewards, tracker, gather) -> EpochData:
-        pairs = rewards.view(-1, 2)  # rows prompt-major: (a, b) of pair p are rows 2p, 2p + 1
+    def advantages(self, rollout) -> EpochData:
+        """The preference signs s of eq. 8 (no normalisation: only the order of a pair counts)."""
+        pairs = rollout.final_rewards.view(-1, 2)  # rows prompt-major: (a, b) of pair p are rows 2p, 2p + 1
         signs = torch.stack(preference_signs(pairs[:, 0], pairs[:, 1]), 1).reshape(-1).float()
-        return EpochData(advantages=signs[:, None].expand(-1, traj.num_steps).contiguous())
+        return EpochData(advantages=signs[:, None].expand(-1, rollout.traj.num_steps).contiguous())
 
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         return self.all_steps_plan(batch_size, num_steps, generator)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, final_reward_advantages, register_algorithm
+from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, register_algorithm
 
 
 @dataclass
@@ -36,9 +36,6 @@ class DDPOConfig(AlgoConfig):
 @register_algorithm("ddpo", "DDPO-IS: PPO-clipped policy gradient over the denoising steps (Black et al. 2023)")
 class DDPO(Algorithm):
     Config = DDPOConfig
-
-    def advantages(self, traj, rows, steps, rewards, tracker, gather) -> EpochData:
-        return EpochData(advantages=final_reward_advantages(self, traj, rewards, tracker, gather))
 
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         """All steps of (gradient_accumulation_steps × train_batch_size) trajectories per update."""

@@ -120,13 +120,12 @@ class LaSRO(SurrogateFitting, Algorithm):
     def images_before_training(self, world_size=1):  # stage 1: _sample_frozen's pretraining and held-out prompts × N_s
         return sum(math.ceil(n / world_size) * world_size * self.config.group_size for n in (self.config.pretrain_prompts, self.config.heldout_prompts))
 
-    def reward_queries(self, traj, generator):
-        """z1 and z2 of every rollout sample (both train the surrogate)."""
+    def query_steps(self, traj, generator):
+        """z1 and z2 of every rollout sample (both train the surrogate): (B, 2), or (B, 1) at T = 1."""
         b, t = traj.batch_size, traj.num_steps
-        rows = torch.arange(b)
         if t == 1:
-            return rows, torch.zeros(b, dtype=torch.long)
-        return torch.cat([rows, rows]), torch.cat([torch.zeros(b, dtype=torch.long), torch.full((b,), t - 1, dtype=torch.long)])
+            return torch.zeros(b, 1, dtype=torch.long)
+        return torch.stack([torch.zeros(b, dtype=torch.long), torch.full((b,), t - 1, dtype=torch.long)], 1)
 
     # -- setup and state ----------------------------------------------------------------------
     def setup(self, trainer) -> None:
@@ -305,7 +304,7 @@ class LaSRO(SurrogateFitting, Algorithm):
                 g["lr"] = lr
 
     # -- the epoch ----------------------------------------------------------------------------
-    def update_epoch(self, trainer, traj, rows, steps, rewards) -> dict:
+    def update_epoch(self, trainer, rollout) -> dict:
         """Online adaptation (notes §6–7): the trainer's rollout (N_s noises per prompt, from the
         current generator), scored at z1 and z2, is pushed into the FIFO replay buffer; the epoch then
         alternates ``k_surr`` surrogate steps (a ``fresh_fraction`` of groups from the newest samples,
@@ -316,7 +315,7 @@ class LaSRO(SurrogateFitting, Algorithm):
         if not self.pretrained:  # stage 1, lazily on the first epoch
             add(self.pretrain(trainer))
         version = trainer.epoch + 1
-        lat, vals, prompts, kinds = self._gather_scored(trainer, traj, rows, steps, rewards)
+        lat, vals, prompts, kinds = self._gather_scored(trainer, rollout.traj, *rollout.flat())
         stats.update(self._rollout_stats(trainer, lat, vals, prompts, kinds, version))
         if c.surrogate_mode == "online":
             if c.buffer == "on_policy":

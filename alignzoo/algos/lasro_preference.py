@@ -196,7 +196,7 @@ class SurrogateFitting:
     frozen samples, every epoch's rollouts), the Bradley–Terry steps of R_ψ and its pairwise accuracies.
     It uses what ``LaSRO.setup`` creates (``surrogate``, ``surrogate_optimizer``, ``buffer``, ``heldout``,
     ``rng``, shared with the generator's regulariser, ``counts``, ``_embed_cache``) and LaSRO's
-    ``config`` (its ``group_size``, N_s) and ``reward_queries``."""
+    ``config`` (its ``group_size``, N_s) and ``query_steps``."""
 
     def embeds(self, model, prompts) -> torch.Tensor:
         """Prompt embeddings of the generator's (frozen) text encoder, cached per prompt."""
@@ -248,7 +248,8 @@ class SurrogateFitting:
             for i in range(0, len(prompts), bs):
                 parts.append(sample(model, prompts[i:i + bs], trainer.num_steps, self.config.eta, trainer.noise_gen))
         traj = Trajectory.cat(parts)
-        rows, steps = self.reward_queries(traj, None)
+        queries = self.query_steps(traj, None)  # scored column by column, as the trainer's rollout
+        rows, steps = torch.arange(traj.batch_size).repeat(queries.shape[1]), queries.T.reshape(-1)
         values = trainer.score(traj, rows, steps)
         trainer.count(samples=traj.batch_size, unet=traj.batch_size * traj.num_steps, phase="sampling")  # stage-1 images count (budget)
         self.counts["pretrain_samples"] += traj.batch_size * world

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, final_reward_advantages, group_rows, register_algorithm
+from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, group_rows, register_algorithm
 
 
 @dataclass
@@ -38,9 +38,6 @@ class REBELConfig(AlgoConfig):
 class REBEL(Algorithm):
     Config = REBELConfig
     group_sizes = (2,)
-
-    def advantages(self, traj, rows, steps, rewards, tracker, gather) -> EpochData:
-        return EpochData(advantages=final_reward_advantages(self, traj, rewards, tracker, gather))
 
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         """Items are pairs; each reads the action steps of both trajectories: (M, 2, T − 1), or

@@ -1,4 +1,5 @@
-"""The trainer's rollout and scoring steps (methods of :class:`~alignzoo.algos.trainer.Trainer`).
+"""One epoch's samples and their rewards: the :class:`Rollout` an algorithm pulls from, and the
+trainer's rollout and scoring steps (methods of :class:`~alignzoo.algos.trainer.Trainer`).
 
 Every generated image and every decode/reward call is counted here (``trainer.count``), so the
 epoch records' ``samples``, ``vae_decodes`` and ``reward_queries`` cover training and logging alike.
@@ -6,10 +7,48 @@ epoch records' ``samples``, ``vae_decodes`` and ``reward_queries`` cover trainin
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from alignzoo.models.sampling import Trajectory, sample_groups
+
+
+@dataclass
+class Rollout:
+    """This process's samples of one epoch, scored: what ``Algorithm.advantages`` pulls from
+    (Stable-Baselines3's rollout buffer). Rows are prompt-major: row p·G + g is trajectory g of
+    prompt p.
+
+    ``queries`` (B, Q) are the sampling-order steps whose x̂0 was scored (``Algorithm.query_steps``)
+    and ``rewards`` (B, Q) their rewards. :meth:`normalize` turns per-row values, (B,) or (B, T),
+    into advantages with the run's statistics: values of every process gathered, the per-prompt
+    tracker updated, this process's slice returned, so every process normalises identically.
+    """
+
+    traj: Trajectory
+    queries: torch.Tensor
+    rewards: torch.Tensor
+    group_size: int
+    normalizer: Callable[[torch.Tensor, list[str]], torch.Tensor] | None = None
+
+    def normalize(self, values: torch.Tensor) -> torch.Tensor:
+        return self.normalizer(values, self.traj.prompts)
+
+    @property
+    def final_rewards(self) -> torch.Tensor:
+        """(B,) each trajectory's reward of its sample (the last step's x̂0)."""
+        last = self.queries == self.traj.num_steps - 1
+        if not bool((last.sum(1) == 1).all()):
+            raise ValueError("final_rewards needs every row to query its last step exactly once")
+        return self.rewards[last]
+
+    def flat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, steps, rewards) of every query, (B·Q,) each, in scoring order: query column by
+        column (all rows' first query, then all rows' second, ...)."""
+        b, q = self.queries.shape
+        return torch.arange(b).repeat(q), self.queries.T.reshape(-1), self.rewards.T.reshape(-1)
 
 
 def rollout(trainer) -> Trajectory:
@@ -52,3 +91,14 @@ def logged_rewards(trainer, traj: Trajectory, rows, steps, values) -> tuple[torc
         first[missing] = score(trainer, traj, missing, torch.zeros_like(missing))
         trainer.count(log_reward_queries=missing.shape[0])
     return final, first
+
+
+def scored_rollout(trainer, traj: Trajectory) -> tuple[Rollout, torch.Tensor, torch.Tensor]:
+    """Scores the steps the algorithm queries (column by column, see :meth:`Rollout.flat`);
+    returns the rollout and the logged (final, 1-step) rewards."""
+    queries = trainer.algo.query_steps(traj, trainer.shared_rng)
+    b, q = queries.shape
+    rows, steps = torch.arange(b).repeat(q), queries.T.reshape(-1)
+    values = trainer.score(traj, rows, steps)
+    final, first = logged_rewards(trainer, traj, rows, steps, values)
+    return Rollout(traj, queries, values.view(q, b).T.contiguous(), trainer.algo.config.group_size, trainer.normalize), final, first

@@ -140,8 +140,9 @@ class SDPO(Algorithm):
         importance_weights(1, c.lam, c.weighting)
 
     # -- dense rewards -----------------------------------------------------------------------
-    def query_steps(self, x0: torch.Tensor, generator: np.random.Generator) -> torch.Tensor:
-        """(B, Q) sampling-order steps whose x̂0 is decoded and scored."""
+    def query_steps(self, traj, generator: np.random.Generator) -> torch.Tensor:
+        """(B, Q) sampling-order steps whose x̂0 is decoded and scored: first, anchor, last."""
+        x0 = traj.pred_x0.float().cpu()
         b, t = x0.shape[:2]
         mode = self.config.reward_prediction
         first, last = torch.zeros(b, 1, dtype=torch.long), torch.full((b, 1), t - 1, dtype=torch.long)
@@ -161,12 +162,6 @@ class SDPO(Algorithm):
             anchor = torch.full((b,), (t - 1) // 2 if k is None else min(max(int(k), 1), t - 2), dtype=torch.long)
         return torch.cat([first, anchor[:, None], last], 1)
 
-    def reward_queries(self, traj, generator):
-        steps = self.query_steps(traj.pred_x0.float().cpu(), generator)
-        self._queries = steps
-        rows = torch.arange(traj.batch_size)[:, None].expand_as(steps)
-        return rows.reshape(-1), steps.reshape(-1)
-
     def dense_rewards(self, x0: torch.Tensor, steps: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         b, t = x0.shape[:2]
         mode = self.config.reward_prediction
@@ -179,14 +174,11 @@ class SDPO(Algorithm):
             return values.clone()
         return similarity_weighted_rewards(x0, steps, values, self.config.similarity_floor)
 
-    def advantages(self, traj, rows, steps, rewards, tracker, gather) -> EpochData:
-        q = self._queries
-        values = rewards.reshape(q.shape).float()
-        dense = self.dense_rewards(traj.pred_x0.float().cpu(), q, values)
+    def advantages(self, rollout) -> EpochData:
+        x0 = rollout.traj.pred_x0.float().cpu()
+        dense = self.dense_rewards(x0, rollout.queries, rollout.rewards.float())
         returns = discounted_returns(dense, self.config.gamma)
-        all_returns, all_prompts, local = gather(returns, traj.prompts)
-        adv = torch.as_tensor(tracker.update(all_prompts, all_returns.numpy()), dtype=torch.float32)[local]
-        return EpochData(advantages=self.clip_advantages(adv), extra={"dense_rewards": dense})
+        return EpochData(advantages=self.clip_advantages(rollout.normalize(returns)), extra={"dense_rewards": dense})
 
     # -- updates -----------------------------------------------------------------------------
     def compute_exception(self):

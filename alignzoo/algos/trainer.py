@@ -165,6 +165,12 @@ class Trainer:
         """All processes' values/prompts (concatenated by rank) and this process's slice."""
         return distributed.gather(self.accelerator, values, prompts)
 
+    def normalize(self, values: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Advantages from per-row values, (B,) or (B, T): every process's values gathered, the
+        run's tracker updated with them, this process's slice (identical on every process)."""
+        all_values, all_prompts, local = self.gather(values, prompts)
+        return torch.as_tensor(self.tracker.update(all_prompts, all_values.numpy()), dtype=torch.float32)[local]
+
     def count(self, unet: int = 0, grad: bool = False, phase: str = "training", **counts: int) -> None:
         """Adds this process's counts of the epoch (runlog.add_counts); summed over processes at its end."""
         add_counts(self.pending, unet, grad, self.model.uses_cfg, phase, **counts)
@@ -181,16 +187,14 @@ class Trainer:
         b, t = traj.batch_size, traj.num_steps
         self.totals["seconds_sampling"] += time.perf_counter() - t_start
         self._first_ratio, nonfinite_before = None, self.totals["nonfinite_losses"]
-        rows, steps = self.algo.reward_queries(traj, self.shared_rng)
-        values = self.score(traj, rows, steps)
-        final, first = rollouts.logged_rewards(self, traj, rows, steps, values)
+        scored, final, first = rollouts.scored_rollout(self, traj)
         t_update = time.perf_counter()
         stats: dict[str, list[float]] = {}
         if self.algo.update_epoch is not None:
-            stats = {k: [v] for k, v in self.algo.update_epoch(self, traj, rows, steps, values).items()}
+            stats = {k: [v] for k, v in self.algo.update_epoch(self, scored).items()}
             self.count(nonfinite_losses=sum(not math.isfinite(v) for v in stats.get("loss", [])))
         else:
-            data = self.algo.advantages(traj, rows, steps, values, self.tracker, self.gather)
+            data = self.algo.advantages(scored)
             data.advantages = data.advantages.to(self.device)
             if self.algo.needs_reference:
                 data.ref_log_probs = self.log_probs_all(traj, reference=True, num_steps=self.algo.action_steps(t))  # only what the losses read
