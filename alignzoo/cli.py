@@ -4,6 +4,7 @@ Each subcommand lives next to the code it drives and is imported lazily, so ``al
 stays fast. Errors a user can fix (unknown names, missing weights, bad input) are printed as
 one clear message with exit code 2, never as a raw traceback.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """``alignzoo list {models,rewards,algos,suites,prompts}``."""
+
 from __future__ import annotations
 
 import importlib

@@ -23,6 +23,7 @@ call it on any stored log. Each flag is ``{"flag": name, "message": one line}``:
 ``nonfinite_loss``
     a ``loss`` logged as NaN/±inf (the trainer writes the JSON strings "nan", "inf", "-inf").
 """
+
 from __future__ import annotations
 
 import math
@@ -75,9 +76,13 @@ def ratio_flags(records: list[dict], clip_range: float | None = None) -> list[di
     if not bad:
         return []
     e, v = max(bad, key=lambda x: x[1])
-    return [_flag("ratio_not_one_at_first_update",
-                  f"importance ratio ≠ 1 at the first update of {len(bad)} epoch(s) (max |log ratio| {v:.2e} at epoch {e} > {tol:g}): "
-                  f"the recomputed log-probs differ from the sampling ones (dtype, batch shape or scheduler mismatch)")]
+    return [
+        _flag(
+            "ratio_not_one_at_first_update",
+            f"importance ratio ≠ 1 at the first update of {len(bad)} epoch(s) (max |log ratio| {v:.2e} at epoch {e} > {tol:g}): "
+            f"the recomputed log-probs differ from the sampling ones (dtype, batch shape or scheduler mismatch)",
+        )
+    ]
 
 
 def clip_flags(records: list[dict]) -> list[dict]:
@@ -86,11 +91,21 @@ def clip_flags(records: list[dict]) -> list[dict]:
         return []
     values = [v for _, v in fracs]
     if len(values) >= MIN_CLIP_EPOCHS and all(v == 0 for v in values):
-        return [_flag("clip_never_fires", f"the ratio clip never fired (clipfrac 0 in all {len(values)} epochs): the trust region is never "
-                                          f"enforced; check the clip range against the per-step log-ratio scale")]
+        return [
+            _flag(
+                "clip_never_fires",
+                f"the ratio clip never fired (clipfrac 0 in all {len(values)} epochs): the trust region is never "
+                f"enforced; check the clip range against the per-step log-ratio scale",
+            )
+        ]
     if all(v >= ALWAYS_CLIPPED for v in values):
-        return [_flag("clip_always_fires", f"the ratio clip fired on ≥ {ALWAYS_CLIPPED:.0%} of samples in all {len(values)} epochs "
-                                           f"(min clipfrac {min(values):.3f}): almost no sample passes gradient")]
+        return [
+            _flag(
+                "clip_always_fires",
+                f"the ratio clip fired on ≥ {ALWAYS_CLIPPED:.0%} of samples in all {len(values)} epochs "
+                f"(min clipfrac {min(values):.3f}): almost no sample passes gradient",
+            )
+        ]
     return []
 
 
@@ -120,11 +135,16 @@ def reward_fell_flags(records: list[dict]) -> list[dict]:
     recent = rows[1:][-RECENT_EPOCHS:]
     k = len(recent)
     rec_mean = sum(m for _, m, _ in recent) / k
-    se = math.sqrt(start[2] + sum(v for _, _, v in recent) / k ** 2)
+    se = math.sqrt(start[2] + sum(v for _, _, v in recent) / k**2)
     drop = start[1] - rec_mean
     if se > 0 and drop > Z_FALL * se or se == 0 and drop > 0:
-        return [_flag("reward_fell", f"training reward fell from {start[1]:.4g} (epoch {start[0]}) to {rec_mean:.4g} (mean of the last {k} "
-                                     f"epoch(s)), {drop / se if se > 0 else math.inf:.1f} SE below its start")]
+        return [
+            _flag(
+                "reward_fell",
+                f"training reward fell from {start[1]:.4g} (epoch {start[0]}) to {rec_mean:.4g} (mean of the last {k} "
+                f"epoch(s)), {drop / se if se > 0 else math.inf:.1f} SE below its start",
+            )
+        ]
     return []
 
 

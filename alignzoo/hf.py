@@ -5,6 +5,7 @@ load skips on purpose (an aesthetic head loads CLIP's vision tower only); inside
 benchmark log they are noise. Bottom floor of the package graph: models, rewards and the tiny
 world's training use it.
 """
+
 from __future__ import annotations
 
 import contextlib

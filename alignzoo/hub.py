@@ -5,6 +5,7 @@ Offline loads can hang for minutes in DNS retries or silently return empty token
 every loader goes through :func:`resolve_snapshot` / :func:`resolve_file`, which fail with one
 message naming the model id, the files expected, where to put them and the option/env var.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,7 @@ def resolve_snapshot(
             missing = [f for f in files if not (c / f).exists()]
             if missing and local_path and c == Path(local_path):
                 raise MissingWeightsError(
-                    f"{what} folder {str(c)!r} given for {model_id!r} lacks: {', '.join(missing)}. "
-                    f"Put the files of {model_id!r} there in its hub layout."
+                    f"{what} folder {str(c)!r} given for {model_id!r} lacks: {', '.join(missing)}. Put the files of {model_id!r} there in its hub layout."
                 )
             if not missing:
                 return c
@@ -69,13 +69,7 @@ def resolve_snapshot(
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(
-            snapshot_download(
-                model_id,
-                allow_patterns=list(allow_patterns) if allow_patterns else None,
-                local_files_only=offline(),
-            )
-        )
+        path = Path(snapshot_download(model_id, allow_patterns=list(allow_patterns) if allow_patterns else None, local_files_only=offline()))
     except Exception as err:  # hub errors come in many classes; the message is what matters
         raise _missing(what, model_id, files, option, env_var, err) from None
     missing = [f for f in files if not (path / f).exists()]
@@ -85,13 +79,7 @@ def resolve_snapshot(
 
 
 def resolve_file(
-    repo_id: str,
-    filename: str,
-    *,
-    what: str = "model",
-    option: str = "--weights",
-    env_var: str | None = None,
-    local_path: str | os.PathLike | None = None,
+    repo_id: str, filename: str, *, what: str = "model", option: str = "--weights", env_var: str | None = None, local_path: str | os.PathLike | None = None
 ) -> Path:
     """Returns a local file: ``local_path`` (a file, or a folder holding ``filename``), else the hub."""
     local_path = local_path or (os.environ.get(env_var) if env_var else None)

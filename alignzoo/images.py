@@ -3,6 +3,7 @@
 Bottom floor of the package graph: rewards (their preprocessing), the sampler CLI, the benchmark
 runner and the reports all turn [0, 1] float images into pixels here, with one rounding rule.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,12 +26,7 @@ def to_pixels(img: torch.Tensor) -> np.ndarray:
 
 
 def image_grid(
-    images: torch.Tensor,
-    row_labels: Sequence[str],
-    col_labels: Sequence[str],
-    out: str | Path,
-    cell: int | None = None,
-    title: str | None = None,
+    images: torch.Tensor, row_labels: Sequence[str], col_labels: Sequence[str], out: str | Path, cell: int | None = None, title: str | None = None
 ) -> Path:
     """``images``: (R, C, 3, H, W) in [0, 1]. Small images are upscaled (nearest) to ``cell`` px."""
     r, c = images.shape[:2]

@@ -1,4 +1,5 @@
 """Prompt sets, by name: the tiny world's ``seen``/``unseen`` and the SDPO paper's prompts."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,7 @@ UNSEEN_ANIMALS = ["A green colored rabbit", "Four wolves in the park", "A cat an
 
 def _grammar_prompts(module: str, which: str):
     """Loads ``seen_prompts`` / ``unseen_prompts`` of a tiny-world grammar module on first use."""
+
     def load():
         import importlib
 
@@ -33,6 +35,8 @@ def _tiny(which: str):
 
 PROMPT_SETS.register("seen", "the first tiny world's training prompts (tiny_alignment, tiny-sd, tiny-lcm)")(_tiny("seen"))
 PROMPT_SETS.register("unseen", "the first tiny world's held-out combinations (colour, count, composition, location)")(_tiny("unseen"))
+
+
 def _compose(which: str, per_category: int):
     def load():
         from alignzoo.tinyworld.compose.grammar import balanced_prompts

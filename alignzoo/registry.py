@@ -3,6 +3,7 @@
 Every registry lists its entries (``alignzoo list ...``) and an unknown name fails with the
 list of known ones, so a typo never becomes a raw ``KeyError``.
 """
+
 from __future__ import annotations
 
 import difflib

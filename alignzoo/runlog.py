@@ -9,6 +9,7 @@ Counters (CONTRACT.md, "Training log counters"): cumulative, global over process
 name in every epoch record. The trainer adds each process's counts of an epoch with
 :func:`add_counts` and sums them over processes at the epoch's end.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,12 +38,17 @@ FRESH_TOTALS = {
     "reward_queries": 0,  # reward-model calls on images, training and logging
     "log_reward_queries": 0,  # of which only for logging (the 1-step reward)
     "vae_decodes": 0,
-    "unet_evals_sampling": 0, "unet_evals_training": 0,  # the older split of unet_forward (CFG counts 2)
+    "unet_evals_sampling": 0,
+    "unet_evals_training": 0,  # the older split of unet_forward (CFG counts 2)
     "unet_forward": 0,  # every UNet evaluation: sampling, recomputation, reference (CFG counts 2)
     "unet_backward": 0,  # UNet evaluations whose graph was back-propagated
     "updates": 0,  # optimiser steps of the policy
     "nonfinite_losses": 0,  # updates whose loss was NaN/inf (the run stops after the epoch of the first)
-    "seconds_sampling": 0.0, "seconds_decoding": 0.0, "seconds_reward": 0.0, "seconds_update": 0.0, "seconds_total": 0.0,
+    "seconds_sampling": 0.0,
+    "seconds_decoding": 0.0,
+    "seconds_reward": 0.0,
+    "seconds_update": 0.0,
+    "seconds_total": 0.0,
 }
 
 

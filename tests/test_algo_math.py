@@ -1,6 +1,6 @@
 """Algorithm math on hand-made tensors; expected values computed independently here."""
-import math
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from alignzoo.algos import get_algorithm, list_algorithms
-from alignzoo.algos.rollouts import Rollout
 from alignzoo.algos.base import EpochData, Items
 from alignzoo.algos.d3po import preference_signs
-from alignzoo.algos.sdpo import adaptive_anchor, discounted_returns, importance_weights, similarity_weighted_rewards
+from alignzoo.algos.dense_rewards import adaptive_anchor, similarity_weighted_rewards
+from alignzoo.algos.rollouts import Rollout
+from alignzoo.algos.sdpo import discounted_returns, importance_weights
 from alignzoo.algos.stat_tracking import StatTracker
 
 
@@ -303,10 +304,12 @@ def test_sdpo_advantages_end_to_end():
     # 2 pairs (rows 0, 1 and 2, 3: prompt-major), T = 4, hand-made 2-d x̂0; every value below written out here
     from types import SimpleNamespace
 
-    pred = [[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]],
-            [[1.0, 1.0], [1.0, 0.0], [0.5, 1.0], [0.0, 1.0]],
-            [[0.0, 1.0], [1.0, 0.0], [0.9, 0.5], [1.0, 0.2]],
-            [[1.0, 0.0], [0.2, 1.0], [1.0, 1.0], [1.0, -0.3]]]
+    pred = [
+        [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]],
+        [[1.0, 1.0], [1.0, 0.0], [0.5, 1.0], [0.0, 1.0]],
+        [[0.0, 1.0], [1.0, 0.0], [0.9, 0.5], [1.0, 0.2]],
+        [[1.0, 0.0], [0.2, 1.0], [1.0, 1.0], [1.0, -0.3]],
+    ]
     traj = SimpleNamespace(pred_x0=torch.tensor(pred).view(4, 4, 2, 1, 1), prompts=["a", "a", "b", "b"], batch_size=4, num_steps=4)
     cfg = get_algorithm("sdpo").Config(gamma=0.5, adv_clip=1.2, tracker_min_count=16)
     algo = get_algorithm("sdpo")(cfg)

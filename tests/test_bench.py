@@ -1,4 +1,5 @@
 """Suites, the benchmark runner (resume after a kill) and the evaluation's shared noise."""
+
 import json
 import os
 import signal
@@ -11,8 +12,8 @@ import torch
 
 from alignzoo.benchmarks import evaluation
 from alignzoo.benchmarks.runner import BenchmarkRunner
-from alignzoo.runlog import read_lines
 from alignzoo.benchmarks.suites import list_suites, load_suite, parse_suite
+from alignzoo.runlog import read_lines
 
 
 def _base(**kw):
@@ -21,16 +22,19 @@ def _base(**kw):
     return d
 
 
-@pytest.mark.parametrize("change,needle", [
-    ({"bogus": 1}, "unknown key(s) bogus"),
-    ({"algorithms": ["sdpoo"]}, "unknown algorithm 'sdpoo'"),
-    ({"rewards": ["nope"]}, "unknown reward 'nope'"),
-    ({"model": "sd-trubo"}, "unknown model 'sd-trubo'"),
-    ({"eval": {"prompt_sets": ["unsen"]}}, "unknown prompt set 'unsen'"),
-    ({"eval": {"stepz": [1]}}, "[eval]: unknown key(s) stepz"),
-    ({"eval": {"rewards": ["tiny_genevl"]}}, "unknown reward 'tiny_genevl'"),
-    ({"algo": {"sdpo": {"lamda": 0.9}}}, "unknown config key 'lamda'"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"bogus": 1}, "unknown key(s) bogus"),
+        ({"algorithms": ["sdpoo"]}, "unknown algorithm 'sdpoo'"),
+        ({"rewards": ["nope"]}, "unknown reward 'nope'"),
+        ({"model": "sd-trubo"}, "unknown model 'sd-trubo'"),
+        ({"eval": {"prompt_sets": ["unsen"]}}, "unknown prompt set 'unsen'"),
+        ({"eval": {"stepz": [1]}}, "[eval]: unknown key(s) stepz"),
+        ({"eval": {"rewards": ["tiny_genevl"]}}, "unknown reward 'tiny_genevl'"),
+        ({"algo": {"sdpo": {"lamda": 0.9}}}, "unknown config key 'lamda'"),
+    ],
+)
 def test_suite_errors_name_the_problem(change, needle):
     with pytest.raises(ValueError) as err:
         parse_suite(_base(**change))
@@ -56,8 +60,10 @@ def test_shipped_suites_parse():
     assert paper.model == "sd-turbo" and set(paper.rewards) == {"aesthetic", "imagereward", "hpsv2", "pickscore"}
     assert paper.algo_config("sdpo").num_steps == 50
     # LaSRO: 2-step everywhere; the tiny suites keep its own tuned lr over [train]'s
-    for name, model, others in (("tiny-2step", "tiny-lcm-v2", {"rlcm-ddpo", "rlcm-rebel", "sdpo"}),
-                                ("tiny-2step-sd", "tiny-turbo", {"ddpo", "rebel", "d3po", "sdpo"})):
+    for name, model, others in (
+        ("tiny-2step", "tiny-lcm-v2", {"rlcm-ddpo", "rlcm-rebel", "sdpo"}),
+        ("tiny-2step-sd", "tiny-turbo", {"ddpo", "rebel", "d3po", "sdpo"}),
+    ):
         two = load_suite(name)
         assert two.model == model and set(two.algorithms) == others | {"lasro"}
         assert {1, 2, 4} <= set(two.eval.steps)
@@ -94,8 +100,7 @@ def test_small_evaluation_with_several_seeds_warns(recwarn):
 
 
 def test_evaluation_only_rewards_score_every_cell_without_cells_of_their_own(tmp_path):
-    s = parse_suite(_base(rewards=["jpeg_compressibility", "random"],
-                          eval={"rewards": ["jpeg_incompressibility", "jpeg_compressibility"]}))
+    s = parse_suite(_base(rewards=["jpeg_compressibility", "random"], eval={"rewards": ["jpeg_incompressibility", "jpeg_compressibility"]}))
     assert [c[1] for c in s.cells()] == ["jpeg_compressibility", "random"]  # no cells for evaluation-only rewards
     runner = BenchmarkRunner(s, tmp_path, device="cpu", progress=False, log=lambda *_: None)
     assert list(runner.rewards()) == ["jpeg_compressibility", "random", "jpeg_incompressibility"]

@@ -1,5 +1,6 @@
 """Cells in parallel: ``--workers 2`` and the Ray executor give a one-thread sequential run's
 numbers, skip finished cells, and a failing cell names itself without stopping the others."""
+
 import os
 import signal
 import subprocess
@@ -11,8 +12,8 @@ import torch
 
 from alignzoo.benchmarks.executors import CellsFailed
 from alignzoo.benchmarks.runner import BenchmarkRunner
-from alignzoo.runlog import read_lines
 from alignzoo.benchmarks.suites import load_suite, parse_suite
+from alignzoo.runlog import read_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench-parallel")]  # one module-scoped sequential run, shared
 CELLS = ("ddpo__jpeg_compressibility__seed0", "sdpo__jpeg_compressibility__seed0")
@@ -23,7 +24,7 @@ def two_cell_suite(tiny_random_folders, prompt_file, tmp_path_factory):
     f = tmp_path_factory.mktemp("suite") / "duo.toml"
     f.write_text(f'''
 name = "duo"
-model = "{tiny_random_folders['sd']}"
+model = "{tiny_random_folders["sd"]}"
 algorithms = ["ddpo", "sdpo"]
 rewards = ["jpeg_compressibility"]
 samples = 16
@@ -147,8 +148,12 @@ def test_failing_cell_names_itself_and_the_others_finish(tmp_path, monkeypatch):
 def test_bad_executor_options_are_one_line_errors(tmp_path, monkeypatch):
     suite = parse_suite({"name": "e", "model": "tiny-sd", "algorithms": ["ddpo"], "rewards": ["jpeg_compressibility"]})
     runner = BenchmarkRunner(suite, tmp_path, device="cpu", progress=False, log=lambda *_: None)
-    for kw, needle in (({"workers": 0}, "--workers must be >= 1"), ({"executor": "ray", "workers": 2}, "applies to the local executor"),
-                       ({"ray_address": "auto"}, "--ray-address needs --executor ray"), ({"executor": "dask"}, "unknown executor 'dask'")):
+    for kw, needle in (
+        ({"workers": 0}, "--workers must be >= 1"),
+        ({"executor": "ray", "workers": 2}, "applies to the local executor"),
+        ({"ray_address": "auto"}, "--ray-address needs --executor ray"),
+        ({"executor": "dask"}, "unknown executor 'dask'"),
+    ):
         with pytest.raises(ValueError, match=needle):
             runner.run(**kw)
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
@@ -156,5 +161,6 @@ def test_bad_executor_options_are_one_line_errors(tmp_path, monkeypatch):
         runner.run(executor="ray")
     with pytest.raises(ValueError, match="gpus_per_cell must be a number >= 0"):
         parse_suite({"name": "g", "model": "tiny-sd", "algorithms": ["ddpo"], "rewards": ["jpeg_compressibility"], "gpus_per_cell": -1})
-    assert parse_suite({"name": "g", "model": "tiny-sd", "algorithms": ["ddpo"], "rewards": ["jpeg_compressibility"], "gpus_per_cell": 0.5}).gpus_per_cell == 0.5
-
+    assert (
+        parse_suite({"name": "g", "model": "tiny-sd", "algorithms": ["ddpo"], "rewards": ["jpeg_compressibility"], "gpus_per_cell": 0.5}).gpus_per_cell == 0.5
+    )

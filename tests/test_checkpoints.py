@@ -1,6 +1,7 @@
 """Checkpoints: a damaged latest checkpoint is skipped with a warning, the run resumes from the
 newest intact one to the same final LoRA, old checkpoints without checksums still load, and
 pruning never deletes the only intact checkpoint."""
+
 import json
 import shutil
 
@@ -9,14 +10,16 @@ import torch
 from safetensors.torch import load_file
 
 from alignzoo.algos import checkpoints, get_algorithm
-from alignzoo.algos.trainer import Trainer, TrainConfig, read_log
+from alignzoo.algos.trainer import TrainConfig, Trainer, read_log
 
 SAMPLES = 24  # 3 epochs of 8 images; checkpoints epoch_00002 and epoch_00003 are kept
 
 
 def _trainer(folder, prompts, out):
     cfg = get_algorithm("sdpo").Config(num_steps=3, samples_per_epoch=8, train_batch_size=2, learning_rate=0.01)
-    return Trainer(TrainConfig(algo="sdpo", reward="jpeg_compressibility", model=str(folder), prompts=str(prompts), out=str(out), samples=SAMPLES, progress=False), cfg)
+    return Trainer(
+        TrainConfig(algo="sdpo", reward="jpeg_compressibility", model=str(folder), prompts=str(prompts), out=str(out), samples=SAMPLES, progress=False), cfg
+    )
 
 
 def _lora(out):
@@ -75,7 +78,10 @@ def test_every_checkpoint_damaged_is_a_clear_error(finished_run, tiny_random_fol
     out = _copy(finished_run, tmp_path)
     for c in (out / "checkpoints").iterdir():
         _truncate(c / "trainer_state.pt")
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"every checkpoint in \S+ is damaged \(epoch_00003: .*; epoch_00002: .*\); delete the folder"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(ValueError, match=r"every checkpoint in \S+ is damaged \(epoch_00003: .*; epoch_00002: .*\); delete the folder"),
+    ):
         _trainer(tiny_random_folders["sd"], prompt_file, out)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_00002", "epoch_00003"]  # left for a rerun to find
 

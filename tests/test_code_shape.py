@@ -1,4 +1,5 @@
 """Modules a newcomer can read: none over 400 lines, no function over 60 (issue 14)."""
+
 from __future__ import annotations
 
 import ast
@@ -24,14 +25,14 @@ def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[s
 
 
 def test_no_module_over_400_lines():
-    big = [f"{p.relative_to(PACKAGE.parent)}: {n} lines" for p in sorted(PACKAGE.rglob("*.py"))
-           if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    big = [f"{p.relative_to(PACKAGE.parent)}: {n} lines" for p in sorted(PACKAGE.rglob("*.py")) if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
     assert not big, "split these along their seams:\n" + "\n".join(big)
 
 
 def test_no_function_over_60_lines():
-    long = [f"{p.relative_to(PACKAGE.parent)}:{line} {name} ({n} lines)"
-            for p in sorted(PACKAGE.rglob("*.py")) for name, line, n in long_functions(p.read_text())]
+    long = [
+        f"{p.relative_to(PACKAGE.parent)}:{line} {name} ({n} lines)" for p in sorted(PACKAGE.rglob("*.py")) for name, line, n in long_functions(p.read_text())
+    ]
     assert not long, "split these into named steps:\n" + "\n".join(long)
 
 

@@ -1,4 +1,5 @@
 """The compositional world's base models: web captions, tokenizer, reflow math, committed pipelines."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """The compositional tiny world (issue 13): grammar, seen/unseen split, GenEval's rules on
 sampled scenes, and the renderer."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,14 +26,7 @@ from alignzoo.tinyworld.compose.render import DEGRADATIONS, SIZE, degrade, rende
 from alignzoo.tinyworld.compose.sampling import VIOLATIONS, random_scene
 
 # prompts per category (seen, unseen): 3 shapes x 5 colours, counts 1..4, 4 relations
-COUNTS = {
-    "single_object": (2, 1),
-    "two_object": (4, 2),
-    "counting": (9, 3),
-    "colors": (12, 3),
-    "position": (20, 4),
-    "color_attr": (78, 42),
-}
+COUNTS = {"single_object": (2, 1), "two_object": (4, 2), "counting": (9, 3), "colors": (12, 3), "position": (20, 4), "color_attr": (78, 42)}
 
 
 def test_examples_and_categories():
@@ -59,8 +53,7 @@ def test_make_parse_inverse_on_every_prompt():
         assert parse_prompt("  " + s.text.upper() + " ") == s
 
 
-@pytest.mark.parametrize("bad, word", [("a pink circle", "'pink'"), ("a circle near a square", "'near'"),
-                                        ("five circles", "'five'")])
+@pytest.mark.parametrize("bad, word", [("a pink circle", "'pink'"), ("a circle near a square", "'near'"), ("five circles", "'five'")])
 def test_parse_names_the_unknown_word(bad, word):
     with pytest.raises(ValueError) as err:
         parse_prompt(bad)
@@ -68,8 +61,10 @@ def test_parse_names_the_unknown_word(bad, word):
     assert word in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("bad", ["", "circle", "two circle", "one circles", "a circle and a circle",
-                                 "a red circle and a square", "a red circle left of a square", "a red blue circle"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "circle", "two circle", "one circles", "a circle and a circle", "a red circle and a square", "a red circle left of a square", "a red blue circle"],
+)
 def test_parse_rejects_malformed_prompts(bad):
     with pytest.raises(ValueError):
         parse_prompt(bad)
@@ -120,8 +115,7 @@ def test_criteria_examples():
     assert strict(parse_prompt("a circle left of a square"), scene)
     assert not strict(parse_prompt("a circle right of a square"), scene)
     assert not strict(parse_prompt("a circle above a square"), scene)  # same row: within the margin
-    assert criteria(parse_prompt("a blue circle and a red square"), scene) == {
-        "present:circle": True, "present:square": True, "colour": False}
+    assert criteria(parse_prompt("a blue circle and a red square"), scene) == {"present:circle": True, "present:square": True, "colour": False}
     assert strict(parse_prompt("one circle"), scene) and not strict(parse_prompt("two circles"), scene)
     assert not strict(parse_prompt("a triangle"), scene)
 
@@ -129,8 +123,7 @@ def test_criteria_examples():
 def test_style_random_and_neutral():
     rng = np.random.default_rng(1)
     styles = [Style.random(rng) for _ in range(500)]
-    for name, lo, hi in (("size_scale", 0.7, 1.3), ("saturation", 0, 1), ("outline", 0, 1),
-                         ("background", 0, 1), ("bg_tint", 0, 1)):
+    for name, lo, hi in (("size_scale", 0.7, 1.3), ("saturation", 0, 1), ("outline", 0, 1), ("background", 0, 1), ("bg_tint", 0, 1)):
         v = np.array([getattr(s, name) for s in styles])
         assert v.min() >= lo and v.max() <= hi and v.max() - v.min() > 0.8 * (hi - lo), name
     n = Style.neutral()

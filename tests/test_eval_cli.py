@@ -1,4 +1,5 @@
 """`alignzoo eval`: the paired gain of a saved LoRA over its pretrained model."""
+
 import json
 
 import numpy as np
@@ -24,8 +25,26 @@ def _nonzero_lora(folder, out):
 def test_eval_reports_paired_gain_of_a_saved_lora(tiny_random_folders, prompt_file, tmp_path, capsys):
     folder = tiny_random_folders["sd"]
     _nonzero_lora(folder, tmp_path / "lora")
-    rc = main(["eval", str(tmp_path / "lora"), "--model", str(folder), "--reward", "jpeg_compressibility", "--steps", "1,2",
-               "--prompts", str(prompt_file), "--images-per-prompt", "2", "--device", "cpu", "--json", str(tmp_path / "eval.json")])
+    rc = main(
+        [
+            "eval",
+            str(tmp_path / "lora"),
+            "--model",
+            str(folder),
+            "--reward",
+            "jpeg_compressibility",
+            "--steps",
+            "1,2",
+            "--prompts",
+            str(prompt_file),
+            "--images-per-prompt",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "eval.json"),
+        ]
+    )
     assert rc == 0
     rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
     assert [(r["reward"], r["steps"]) for r in rows] == [("jpeg_compressibility", 1), ("jpeg_compressibility", 2)]

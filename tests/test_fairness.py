@@ -5,6 +5,7 @@ unless it declares a named ComputeException; batch numbers are global, so the pl
 update count does not depend on the number of processes. Checked from the plans alone (no model),
 and once with the 2-process launcher.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from alignzoo.algos.base import ComputeException, Items
 from alignzoo.algos.ddpo import DDPO
 from alignzoo.algos.fairness import epoch_compute, run_compute, unequal_compute
 from alignzoo.algos.rebel import REBEL
-from alignzoo.algos.trainer import Trainer, TrainConfig, read_log
+from alignzoo.algos.trainer import TrainConfig, Trainer, read_log
 from alignzoo.benchmarks.suites import list_suites, load_suite
 
 EXCEPTIONS = {"sdpo": "sdpo-step-shuffled", "lasro": "lasro-surrogate-steps"}  # the declared, named ones
@@ -72,7 +73,8 @@ def test_paired_algorithms_update_as_often_as_ddpo_on_half_as_many_pairs():
     suite = load_suite("quick")
     entries = _entries(suite, "tiny_alignment", ["ddpo", "rebel", "d3po", "sdpo"])
     assert {a: entries[a]["updates_per_epoch"] for a in ("ddpo", "rebel", "d3po", "sdpo[step_accumulated]")} == dict.fromkeys(
-        ("ddpo", "rebel", "d3po", "sdpo[step_accumulated]"), 8)
+        ("ddpo", "rebel", "d3po", "sdpo[step_accumulated]"), 8
+    )
     assert entries["sdpo"]["updates_per_epoch"] == 8 * 3  # one per shuffled column: T − 1 = 3 columns
     rebel = get_algorithm("rebel")(suite.algo_config("rebel", "tiny_alignment"))
     plan = rebel.plan(64, 4, np.random.default_rng(0))
@@ -138,8 +140,11 @@ def test_batch_numbers_that_do_not_divide_give_a_one_line_error():
     quick = load_suite("quick")
     with pytest.raises(ValueError, match=r"^ddpo: samples_per_epoch 64 \(global\) does not split .* over 3 process\(es\): make it a multiple of 3$"):
         get_algorithm("ddpo")(quick.algo_config("ddpo")).split_over(3)
-    with pytest.raises(ValueError, match=r"^rebel: train_batch_size × gradient_accumulation_steps = 8 × 1 = 8 images per update \(global\) do not split "
-                                         r"into whole groups of 2 over 8 process\(es\): make it a multiple of 16$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^rebel: train_batch_size × gradient_accumulation_steps = 8 × 1 = 8 images per update \(global\) do not split "
+        r"into whole groups of 2 over 8 process\(es\): make it a multiple of 16$",
+    ):
         get_algorithm("rebel")(quick.algo_config("rebel")).split_over(8)
     get_algorithm("rebel")(quick.algo_config("rebel")).split_over(4)  # 8 images = 4 pairs: one per process
 
@@ -157,12 +162,40 @@ def test_two_processes_make_the_global_update_count_of_one(tiny_random_folders, 
     update); per-process batches gave 1 on two processes. The other global counters agree too;
     the two processes end with the same LoRA and split each epoch's pairs in two. (One
     accelerate launch serves the trainer's two-process checks as well: each costs ~30 s.)"""
-    sets = ["num_steps=3", "samples_per_epoch=8", "train_batch_size=4", "gradient_accumulation_steps=1", "learning_rate=0.01",
-            "update_order=step_accumulated"]
-    common = ["--algo", "sdpo", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]), "--prompts", str(prompt_file),
-              "--samples", "16", "--no-progress"] + [a for kv in sets for a in ("--set", kv)]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "alignzoo", "train", "--cpu", "--out", str(tmp_path / "two")] + common
+    sets = ["num_steps=3", "samples_per_epoch=8", "train_batch_size=4", "gradient_accumulation_steps=1", "learning_rate=0.01", "update_order=step_accumulated"]
+    common = [
+        "--algo",
+        "sdpo",
+        "--reward",
+        "jpeg_compressibility",
+        "--model",
+        str(tiny_random_folders["sd"]),
+        "--prompts",
+        str(prompt_file),
+        "--samples",
+        "16",
+        "--no-progress",
+    ] + [a for kv in sets for a in ("--set", kv)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "alignzoo",
+        "train",
+        "--cpu",
+        "--out",
+        str(tmp_path / "two"),
+    ] + common
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads((tmp_path / "two" / "final" / "processes.json").read_text())
@@ -170,10 +203,22 @@ def test_two_processes_make_the_global_update_count_of_one(tiny_random_folders, 
     assert info["prompts_per_process_per_epoch"] == [2.0, 2.0]  # 8 images = 4 prompts x 2 (pairs), split in two
     ckpt = sorted((tmp_path / "two" / "checkpoints").glob("epoch_*"))[-1]
     assert (ckpt / "rng_rank0.pt").exists() and (ckpt / "rng_rank1.pt").exists() and (ckpt / "COMPLETE").exists()
-    cfg = get_algorithm("sdpo").Config(num_steps=3, samples_per_epoch=8, train_batch_size=4, gradient_accumulation_steps=1, learning_rate=0.01,
-                                       update_order="step_accumulated")
-    Trainer(TrainConfig(algo="sdpo", reward="jpeg_compressibility", model=str(tiny_random_folders["sd"]), prompts=str(prompt_file),
-                        out=str(tmp_path / "one"), samples=16, progress=False, cpu=True), cfg).train()
+    cfg = get_algorithm("sdpo").Config(
+        num_steps=3, samples_per_epoch=8, train_batch_size=4, gradient_accumulation_steps=1, learning_rate=0.01, update_order="step_accumulated"
+    )
+    Trainer(
+        TrainConfig(
+            algo="sdpo",
+            reward="jpeg_compressibility",
+            model=str(tiny_random_folders["sd"]),
+            prompts=str(prompt_file),
+            out=str(tmp_path / "one"),
+            samples=16,
+            progress=False,
+            cpu=True,
+        ),
+        cfg,
+    ).train()
     two, one = read_log(tmp_path / "two"), read_log(tmp_path / "one")
     keys = ("epoch", "samples", "updates", "reward_queries", "log_reward_queries", "vae_decodes", "unet_forward", "unet_backward")
     assert [[r[k] for k in keys] for r in two] == [[r[k] for k in keys] for r in one]

@@ -4,6 +4,7 @@ which ``--dist loadgroup`` sends to one worker. pytest 9.2.0 broke that with pyt
 (a test's node id can no longer be rewritten, so groups were split and every shared fixture ran
 once per worker, ~8 minutes of `make test`); pytest is pinned to 9.1.1 and this test fails if the
 grouping is lost again."""
+
 import pytest
 
 

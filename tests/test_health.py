@@ -1,4 +1,5 @@
 """alignzoo.health: each flag has a log that trips it and one that does not (hand-made records)."""
+
 import json
 import math
 
@@ -9,8 +10,7 @@ def _log(n=6, **over):
     """A healthy run: 64 images per epoch, rising reward, a clip that fires sometimes, ratio ~1."""
     recs = []
     for e in range(1, n + 1):
-        r = {"epoch": e, "samples": 64 * e, "reward_mean": 0.5 + 0.01 * e, "reward_std": 0.1, "loss": 0.3 / e,
-             "clipfrac": 0.1, "first_log_ratio_abs": 1e-6}
+        r = {"epoch": e, "samples": 64 * e, "reward_mean": 0.5 + 0.01 * e, "reward_std": 0.1, "loss": 0.3 / e, "clipfrac": 0.1, "first_log_ratio_abs": 1e-6}
         for k, v in over.items():
             r[k] = v(e) if callable(v) else v
         recs.append(r)
@@ -48,7 +48,7 @@ def test_clip_never_and_always():
 
 def test_reward_fell_uses_two_standard_errors():
     # SE of one 64-image epoch = 0.1 / 8 = 0.0125; start vs mean of 3 recent epochs: SE = sqrt(1 + 1/3) * 0.0125 = 0.01443
-    se = math.sqrt(0.0125 ** 2 * (1 + 1 / 3))
+    se = math.sqrt(0.0125**2 * (1 + 1 / 3))
     fell = _log(reward_mean=lambda e: 0.6 if e == 1 else 0.6 - 2.2 * se)
     assert _names(fell) == ["reward_fell"] and "2.2 SE" in run_flags(fell)[0]["message"]
     assert _names(_log(reward_mean=lambda e: 0.6 if e == 1 else 0.6 - 1.8 * se)) == []
@@ -71,8 +71,7 @@ def test_nonfinite_loss_from_json_strings():
 
 def test_flag_names_and_order_are_the_contract():
     assert FLAGS == ("ratio_not_one_at_first_update", "clip_never_fires", "clip_always_fires", "reward_fell", "nonfinite_loss")
-    recs = _log(first_log_ratio_abs=0.1, clipfrac=0.0, loss=lambda e: "inf" if e == 6 else 0.1,
-                reward_mean=lambda e: 0.9 if e == 1 else 0.1)
+    recs = _log(first_log_ratio_abs=0.1, clipfrac=0.0, loss=lambda e: "inf" if e == 6 else 0.1, reward_mean=lambda e: 0.9 if e == 1 else 0.1)
     names = _names(recs)
     assert names == ["ratio_not_one_at_first_update", "clip_never_fires", "reward_fell", "nonfinite_loss"]
     assert all(isinstance(f["message"], str) and "\n" not in f["message"] for f in run_flags(recs))

@@ -1,4 +1,5 @@
 """Bad training input fails at once with one line naming the setting and the fix (exit code 2)."""
+
 import pytest
 
 from alignzoo.benchmarks.suites import parse_suite
@@ -6,23 +7,53 @@ from alignzoo.cli import main as cli_main
 from alignzoo.rewards import get_reward
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--samples", "0"], "samples must be an integer >= 1 (the total number of images to generate), got 0; set it with --samples N"),
-    (["--samples", "-5"], "samples must be an integer >= 1 (the total number of images to generate), got -5; set it with --samples N"),
-    (["--set", "num_steps=0"], "num_steps must be an integer >= 1 (sampling steps per trajectory), or none for the model's default, got 0; set it with --set num_steps="),
-    (["--set", "samples_per_epoch=-8"], "samples_per_epoch must be an integer >= 1 (images generated per epoch), got -8; set it with --set samples_per_epoch="),
-    (["--set", "train_batch_size=0"], "train_batch_size must be an integer >= 1, got 0; set it with --set train_batch_size="),
-    (["--set", "gradient_accumulation_steps=-1"], "gradient_accumulation_steps must be an integer >= 1, got -1"),
-    (["--set", "learning_rate=0"], "learning_rate must be a finite number > 0, got 0.0"),
-    (["--set", "learning_rate=nan"], "learning_rate must be a finite number > 0, got nan"),
-    (["--reward-arg", "bogus=1"], "reward 'jpeg_compressibility' does not take 'bogus'; its arguments: differentiable, quality"),
-    (["--reward-arg", "device=cpu"], "reward 'jpeg_compressibility' does not take 'device'"),
-    (["--reward-arg", "quality"], "--reward-arg expects key=value, got 'quality'"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--samples", "0"], "samples must be an integer >= 1 (the total number of images to generate), got 0; set it with --samples N"),
+        (["--samples", "-5"], "samples must be an integer >= 1 (the total number of images to generate), got -5; set it with --samples N"),
+        (
+            ["--set", "num_steps=0"],
+            "num_steps must be an integer >= 1 (sampling steps per trajectory), or none for the model's default, got 0; set it with --set num_steps=",
+        ),
+        (
+            ["--set", "samples_per_epoch=-8"],
+            "samples_per_epoch must be an integer >= 1 (images generated per epoch), got -8; set it with --set samples_per_epoch=",
+        ),
+        (["--set", "train_batch_size=0"], "train_batch_size must be an integer >= 1, got 0; set it with --set train_batch_size="),
+        (["--set", "gradient_accumulation_steps=-1"], "gradient_accumulation_steps must be an integer >= 1, got -1"),
+        (["--set", "learning_rate=0"], "learning_rate must be a finite number > 0, got 0.0"),
+        (["--set", "learning_rate=nan"], "learning_rate must be a finite number > 0, got nan"),
+        (["--reward-arg", "bogus=1"], "reward 'jpeg_compressibility' does not take 'bogus'; its arguments: differentiable, quality"),
+        (["--reward-arg", "device=cpu"], "reward 'jpeg_compressibility' does not take 'device'"),
+        (["--reward-arg", "quality"], "--reward-arg expects key=value, got 'quality'"),
+    ],
+)
 def test_train_rejects_bad_input_with_one_line(extra, message, tiny_random_folders, prompt_file, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = cli_main(["train", "--algo", "ddpo", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]), "--prompts", str(prompt_file),
-                   "--out", str(out), "--no-progress", "--set", "num_steps=2", "--set", "samples_per_epoch=4", "--samples", "4", *extra])
+    rc = cli_main(
+        [
+            "train",
+            "--algo",
+            "ddpo",
+            "--reward",
+            "jpeg_compressibility",
+            "--model",
+            str(tiny_random_folders["sd"]),
+            "--prompts",
+            str(prompt_file),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "num_steps=2",
+            "--set",
+            "samples_per_epoch=4",
+            "--samples",
+            "4",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2, err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -38,15 +69,21 @@ def test_reward_arguments_are_checked_where_rewards_are_built():
 SUITE = {"model": "tiny-sd", "algorithms": ["ddpo", "sdpo"], "rewards": ["jpeg_compressibility"], "samples": 64}
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"reward_args": {"jpeg_compressibility": {"qualty": 80}}}, "suite 't' [reward_args.jpeg_compressibility]: reward 'jpeg_compressibility' does not take 'qualty'; its arguments"),
-    ({"train": {"samples_per_epoch": 0}}, "suite 't', ddpo/jpeg_compressibility: samples_per_epoch must be an integer >= 1"),
-    ({"algo": {"sdpo": {"train_batch_size": -2}}}, "suite 't', sdpo/jpeg_compressibility: train_batch_size must be an integer >= 1, got -2"),
-    ({"train": {"learning_rate": -1e-4}}, "learning_rate must be a finite number > 0, got -0.0001"),
-    ({"samples": 0}, "suite 't': samples must be >= 1, got 0"),
-    ({"seeds": [0, -1]}, "suite 't': seeds must be a non-empty list of integers >= 0, got [0, -1]"),
-    ({"eval": {"images_per_prompt": 0}}, "suite 't': eval.images_per_prompt must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            {"reward_args": {"jpeg_compressibility": {"qualty": 80}}},
+            "suite 't' [reward_args.jpeg_compressibility]: reward 'jpeg_compressibility' does not take 'qualty'; its arguments",
+        ),
+        ({"train": {"samples_per_epoch": 0}}, "suite 't', ddpo/jpeg_compressibility: samples_per_epoch must be an integer >= 1"),
+        ({"algo": {"sdpo": {"train_batch_size": -2}}}, "suite 't', sdpo/jpeg_compressibility: train_batch_size must be an integer >= 1, got -2"),
+        ({"train": {"learning_rate": -1e-4}}, "learning_rate must be a finite number > 0, got -0.0001"),
+        ({"samples": 0}, "suite 't': samples must be >= 1, got 0"),
+        ({"seeds": [0, -1]}, "suite 't': seeds must be a non-empty list of integers >= 0, got [0, -1]"),
+        ({"eval": {"images_per_prompt": 0}}, "suite 't': eval.images_per_prompt must be >= 1, got 0"),
+    ],
+)
 def test_suites_reject_bad_values_when_loaded(extra, message):
     """`alignzoo bench` and `train --preset` load suites through parse_suite: a bad value fails
     before any cell runs, not hours in."""

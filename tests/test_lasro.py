@@ -1,6 +1,7 @@
 """LaSRO: Bradley–Terry loss and pairs, gradient routing, exact resume, and on tiny-lcm the
 surrogate's held-out accuracy, the learning test against a random-reward control and the
 fixed-surrogate (reward hacking) ablation. The numbers are recorded in docs/lasro.md."""
+
 import copy
 import json
 import math
@@ -75,8 +76,20 @@ def test_score_normalizer_tracks_and_clips():
 def _tiny_trainer(folder, prompts, out, samples=16, **overrides):
     from alignzoo.models import load_model
 
-    kw = dict(samples_per_epoch=8, group_size=4, pretrain_prompts=4, heldout_prompts=2, pretrain_steps=2, gen_steps=2, k_surr=1,
-              gen_batch_size=4, groups_per_batch=2, reg_batch_size=4, tie_margin=0.0, learning_rate=1e-2)
+    kw = dict(
+        samples_per_epoch=8,
+        group_size=4,
+        pretrain_prompts=4,
+        heldout_prompts=2,
+        pretrain_steps=2,
+        gen_steps=2,
+        k_surr=1,
+        gen_batch_size=4,
+        groups_per_batch=2,
+        reg_batch_size=4,
+        tie_margin=0.0,
+        learning_rate=1e-2,
+    )
     kw.update(overrides)
     cfg = TrainConfig(algo="lasro", reward="jpeg_compressibility", model=str(folder), out=str(out), samples=samples, prompts=str(prompts), progress=False)
     return Trainer(cfg, LaSROConfig(**kw), model=load_model(str(folder)))
@@ -110,7 +123,9 @@ def test_gradients_reach_the_generator_lora_not_the_surrogate_and_back(tiny_rand
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [{}, {"surrogate_backbone": "lora", "objective": "z2", "buffer": "on_policy", "reg_form": "trajectory", "detach_between_steps": True}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"surrogate_backbone": "lora", "objective": "z2", "buffer": "on_policy", "reg_form": "trajectory", "detach_between_steps": True}]
+)
 def test_resume_is_exact(tiny_random_folders, prompt_file, tmp_path, overrides):
     """Two epochs straight vs one epoch, a new process-like Trainer resuming, one more epoch."""
     folder = tiny_random_folders["lcm"]
@@ -149,8 +164,11 @@ EVAL_IMAGES_PER_PROMPT = 16  # 64 seen prompts × 16 held-out noises = 1,024 pai
 
 def _run(reward_name, out, reward, **overrides):
     cfg = LaSROConfig(samples_per_epoch=64, **overrides)
-    tr = Trainer(TrainConfig(algo="lasro", reward=reward_name, model="tiny-lcm", out=str(out), samples=BUDGET, seed=0, progress=False,
-                             checkpoint_every=10**6), cfg, reward=reward)
+    tr = Trainer(
+        TrainConfig(algo="lasro", reward=reward_name, model="tiny-lcm", out=str(out), samples=BUDGET, seed=0, progress=False, checkpoint_every=10**6),
+        cfg,
+        reward=reward,
+    )
     return tr
 
 
@@ -198,8 +216,12 @@ class _PairedEval:
         pretrained model's per-image standard deviation."""
         (l0, t0), (l1, t1), expanded = self.latents(tr, 2)
         s0, s1 = (tr.algo.surrogate_scores(tr, lat, expanded).numpy() for lat in (l0, l1))
-        return {"true_gain_sd": float((t1 - t0).mean() / t0.std()), "surrogate_gain_sd": float((s1 - s0).mean() / s0.std()),
-                "true_gain": float((t1 - t0).mean()), "surrogate_gain": float((s1 - s0).mean())}
+        return {
+            "true_gain_sd": float((t1 - t0).mean() / t0.std()),
+            "surrogate_gain_sd": float((s1 - s0).mean() / s0.std()),
+            "true_gain": float((t1 - t0).mean()),
+            "surrogate_gain": float((s1 - s0).mean()),
+        }
 
 
 _LCM_RUNS: dict = {}  # per worker process: xdist may interleave other modules, which recreates module fixtures
@@ -228,8 +250,14 @@ def _train_lcm_runs(root):
 
     def pretrain_and_keep(trainer):
         stats = stage1(trainer)
-        snap.update(stats=stats, algo=copy.deepcopy(main.algo.state_dict()), shared=copy.deepcopy(trainer.shared_rng.bit_generator.state),
-                    noise=trainer.noise_gen.get_state(), totals=dict(trainer.totals), pending=dict(trainer.pending))
+        snap.update(
+            stats=stats,
+            algo=copy.deepcopy(main.algo.state_dict()),
+            shared=copy.deepcopy(trainer.shared_rng.bit_generator.state),
+            noise=trainer.noise_gen.get_state(),
+            totals=dict(trainer.totals),
+            pending=dict(trainer.pending),
+        )
         return stats
 
     main.algo.pretrain = pretrain_and_keep

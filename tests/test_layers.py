@@ -9,6 +9,7 @@ The layers, bottom up::
     benchmarks, tinyworld-training, reports  (reports read results: foundation only)
     cli          alignzoo.cli, alignzoo.cli_list, every */cli.py (may use anything; nothing uses it)
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,10 +21,16 @@ PACKAGE = Path(alignzoo.__file__).parent
 
 # The tiny world's training stages use models and rewards; its definitions (grammar, renderer,
 # tokenizer, small nets) are data the rewards and prompt sets need, so they sit at the bottom.
-TINYWORLD_TRAINING = ("alignzoo.tinyworld.training", "alignzoo.tinyworld.compose.base_models",
-                      "alignzoo.tinyworld.compose.distill", "alignzoo.tinyworld.compose.evaluate",
-                      "alignzoo.tinyworld.compose.model_eval", "alignzoo.tinyworld.compose.stages",
-                      "alignzoo.tinyworld.compose.train_geneval", "alignzoo.tinyworld.compose.train_preference")
+TINYWORLD_TRAINING = (
+    "alignzoo.tinyworld.training",
+    "alignzoo.tinyworld.compose.base_models",
+    "alignzoo.tinyworld.compose.distill",
+    "alignzoo.tinyworld.compose.evaluate",
+    "alignzoo.tinyworld.compose.model_eval",
+    "alignzoo.tinyworld.compose.stages",
+    "alignzoo.tinyworld.compose.train_geneval",
+    "alignzoo.tinyworld.compose.train_preference",
+)
 
 MAY_USE = {
     "foundation": set(),
@@ -72,9 +79,16 @@ def imports_of(path: Path, module: str) -> list[tuple[str, int]]:
                 base = ".".join(anchor + ([base] if base else []))
             # ``from alignzoo.algos import ddpo`` imports a submodule; ``import name`` of a function
             # resolves to its package, which is the same layer.
-            found += [(f"{base}.{a.name}" if (PACKAGE.parent / f"{base}.{a.name}".replace(".", "/")).exists()
-                       or (PACKAGE.parent / (f"{base}.{a.name}".replace(".", "/") + ".py")).exists() else base, node.lineno)
-                      for a in node.names]
+            found += [
+                (
+                    f"{base}.{a.name}"
+                    if (PACKAGE.parent / f"{base}.{a.name}".replace(".", "/")).exists()
+                    or (PACKAGE.parent / (f"{base}.{a.name}".replace(".", "/") + ".py")).exists()
+                    else base,
+                    node.lineno,
+                )
+                for a in node.names
+            ]
     return [(name, line) for name, line in found if name == "alignzoo" or name.startswith("alignzoo.")]
 
 
@@ -124,8 +138,7 @@ def test_the_checker_sees_function_local_and_relative_imports(tmp_path):
     """A wrong-way import hidden inside a function (how the old cycles hid) is found, and a
     relative import resolves to its absolute module."""
     probe = tmp_path / "probe.py"
-    probe.write_text("from . import sampling\n\ndef f():\n    from alignzoo.benchmarks.runner import BenchmarkRunner\n"
-                     "    return BenchmarkRunner\n")
+    probe.write_text("from . import sampling\n\ndef f():\n    from alignzoo.benchmarks.runner import BenchmarkRunner\n    return BenchmarkRunner\n")
     found = imports_of(probe, "alignzoo.models.probe")
     assert found == [("alignzoo.models.sampling", 1), ("alignzoo.benchmarks.runner", 4)]
     assert layer_of("alignzoo.models.probe") == "models" and "benchmarks" not in MAY_USE["models"]

@@ -1,4 +1,5 @@
 """The LCM timestep schedule: modern diffusers' spacing or RLCM's, chosen per model."""
+
 import pytest
 import torch
 
@@ -7,8 +8,7 @@ from alignzoo.models.sampling import previous_timesteps
 
 # RLCM's scheduler (REFERENCE_NOTES §3.3): c = 1000 // 50 = 20, origin = [19, 39, ..., 999],
 # skip = 50 // N, the first N of origin read backwards with stride skip
-RLCM = {8: [999, 879, 759, 639, 519, 399, 279, 159], 4: [999, 759, 519, 279], 2: [999, 499], 1: [999],
-        16: [999 - 60 * k for k in range(16)]}
+RLCM = {8: [999, 879, 759, 639, 519, 399, 279, 159], 4: [999, 759, 519, 279], 2: [999, 499], 1: [999], 16: [999 - 60 * k for k in range(16)]}
 # modern diffusers' LCMScheduler: indices floor(linspace(0, 50, N, endpoint=False)) of origin backwards
 DIFFUSERS = {8: [999, 879, 759, 639, 499, 379, 259, 139], 4: [999, 759, 499, 259]}
 

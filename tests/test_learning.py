@@ -13,22 +13,30 @@ it is checked by the calibration suite, not here. The first world's cases (tiny-
 tiny_alignment and jpeg_compressibility) ran here until 2026-12-02. Measurements:
 docs/tiny-presets.md ("Learning tests on the compositional world").
 """
+
 import functools
 
 import pytest
 import torch
 
-from alignzoo.algos.trainer import Trainer, TrainConfig
+from alignzoo.algos.trainer import TrainConfig, Trainer
 from alignzoo.benchmarks.evaluation import paired_gains, pretrained_scores
-from alignzoo.prompts import get_prompts
 from alignzoo.benchmarks.suites import load_suite
+from alignzoo.prompts import get_prompts
 from alignzoo.rewards import get_reward
 
 pytestmark = pytest.mark.slow  # trains models / runs suites: `make test` only
 
 TP = "tiny_preference"
-CASES = [("ddpo", "tiny-sd-v2", TP), ("rebel", "tiny-sd-v2", TP), ("d3po", "tiny-sd-v2", TP), ("sdpo", "tiny-sd-v2", TP),
-         ("rlcm-ddpo", "tiny-lcm-v2", TP), ("rlcm-rebel", "tiny-lcm-v2", TP), ("sdpo", "tiny-lcm-v2", TP)]
+CASES = [
+    ("ddpo", "tiny-sd-v2", TP),
+    ("rebel", "tiny-sd-v2", TP),
+    ("d3po", "tiny-sd-v2", TP),
+    ("sdpo", "tiny-sd-v2", TP),
+    ("rlcm-ddpo", "tiny-lcm-v2", TP),
+    ("rlcm-rebel", "tiny-lcm-v2", TP),
+    ("sdpo", "tiny-lcm-v2", TP),
+]
 SUITE_OF = {"tiny-sd-v2": "quick", "tiny-lcm-v2": "tiny-lcm"}
 BUDGET = 384  # generated images per training run (6 epochs of 64)
 NUM_STEPS = 4  # the suites' training length
@@ -56,16 +64,29 @@ def trained(algo: str, model: str, train_reward: str, cfg, budget: int, tmp_root
     if key not in _RUNS:
         out = f"{tmp_root}/{algo}_{model}_{train_reward}_{len(_RUNS)}"
         # no 1-step reward for the log (an extra decode and reward query per image: 14% of a ddpo run)
-        tr = Trainer(TrainConfig(algo=algo, reward=train_reward, model=model, out=out, samples=budget, seed=0, prompts=TRAIN_PROMPTS, progress=False,
-                                 checkpoint_every=10**6, log_first_step_reward=False), cfg, reward=_reward(train_reward))
+        tr = Trainer(
+            TrainConfig(
+                algo=algo,
+                reward=train_reward,
+                model=model,
+                out=out,
+                samples=budget,
+                seed=0,
+                prompts=TRAIN_PROMPTS,
+                progress=False,
+                checkpoint_every=10**6,
+                log_first_step_reward=False,
+            ),
+            cfg,
+            reward=_reward(train_reward),
+        )
         tr.train()
         prompts = get_prompts(EVAL_PROMPTS)
         rewards = {TP: _reward(TP)}
         base_key = (model, tr.num_steps)
         if base_key not in _PRETRAINED:
             _PRETRAINED[base_key] = pretrained_scores(tr.model, rewards, prompts, tr.num_steps, images_per_prompt=EVAL_IMAGES_PER_PROMPT)
-        _RUNS[key] = paired_gains(tr.model, rewards, prompts, tr.num_steps, images_per_prompt=EVAL_IMAGES_PER_PROMPT,
-                                  base=_PRETRAINED[base_key])
+        _RUNS[key] = paired_gains(tr.model, rewards, prompts, tr.num_steps, images_per_prompt=EVAL_IMAGES_PER_PROMPT, base=_PRETRAINED[base_key])
     return _RUNS[key]
 
 

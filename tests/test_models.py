@@ -1,4 +1,5 @@
 """Model adapters: loading real layouts, LoRA round trips, reference policy, offline errors."""
+
 import subprocess
 import sys
 
@@ -97,8 +98,13 @@ def test_offline_error_names_files_option_and_env(monkeypatch, tmp_path):
 
 def test_cli_offline_error_is_one_message_not_a_traceback(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "alignzoo", "sample", "--model", "lcm-dreamshaper-v7", "--prompt", "a cat", "--steps", "1", "--out", str(tmp_path / "g.png")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "alignzoo", "sample", "--model", "lcm-dreamshaper-v7", "--prompt", "a cat", "--steps", "1", "--out", str(tmp_path / "g.png")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "SimianLuo/LCM_Dreamshaper_v7" in out.stderr
 

@@ -3,6 +3,7 @@
 Each case is checked against a value computed here: a closed form where one exists, otherwise a
 straightforward loop implementation of the documented procedure with its own random generator.
 """
+
 import numpy as np
 import pytest
 
@@ -119,15 +120,28 @@ def _results(seeds, with_scores):
         for s in range(seeds):
             cell = f"{algo}__r__seed{s}"
             x = _scores(rng, 1, offset=off, seed_sd=0.01)[0]
-            rows.append({"cell": cell, "algo": algo, "train_reward": "r", "seed": s, "samples": 64, "prompt_set": "seen", "eval_reward": "r",
-                         "steps": 1, "mean": float(x.mean()), "n": len(x)})
+            rows.append(
+                {
+                    "cell": cell,
+                    "algo": algo,
+                    "train_reward": "r",
+                    "seed": s,
+                    "samples": 64,
+                    "prompt_set": "seen",
+                    "eval_reward": "r",
+                    "steps": 1,
+                    "mean": float(x.mean()),
+                    "n": len(x),
+                }
+            )
             if with_scores:
                 scores[cell] = {"seen|r|1": x}
     return Results(run_dir=Path("."), evals=pd.DataFrame(rows), logs=pd.DataFrame(), suite={"eval": {"images_per_prompt": K}}, scores=scores)
 
 
-@pytest.mark.parametrize("seeds, with_scores, basis", [(3, True, "seeds × prompts"), (1, True, "prompts (one seed)"),
-                                                       (3, False, "seed means"), (1, False, "none")])
+@pytest.mark.parametrize(
+    "seeds, with_scores, basis", [(3, True, "seeds × prompts"), (1, True, "prompts (one seed)"), (3, False, "seed means"), (1, False, "none")]
+)
 def test_basis_falls_back_with_the_data(seeds, with_scores, basis):
     from alignzoo.reports.pairwise import pairwise_frame, pairwise_markdown, ranking_lines
 

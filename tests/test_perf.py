@@ -2,6 +2,7 @@
 counts each algorithm's mathematics allows, and the real-size architecture configs (parameter
 counts on the meta device; the SD-size random pipelines are never built here). Timings are not
 asserted: the budgets are checked by the benchmark itself (docs/perf.md)."""
+
 import json
 
 import pytest
@@ -12,8 +13,15 @@ from alignzoo.benchmarks.perf import PerfConfig, run_perf
 
 T = 4
 # LaSRO's stage 1 (surrogate pre-training) shrunk to a few steps; the other algorithms ignore them.
-LASRO_SMALL = {"lasro.pretrain_prompts": 1, "lasro.heldout_prompts": 1, "lasro.pretrain_steps": 2, "lasro.gen_steps": 1,
-               "lasro.gen_batch_size": 4, "lasro.reg_batch_size": 4, "lasro.groups_per_batch": 4}
+LASRO_SMALL = {
+    "lasro.pretrain_prompts": 1,
+    "lasro.heldout_prompts": 1,
+    "lasro.pretrain_steps": 2,
+    "lasro.gen_steps": 1,
+    "lasro.gen_batch_size": 4,
+    "lasro.reg_batch_size": 4,
+    "lasro.groups_per_batch": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +67,7 @@ def test_reward_queries_and_decodes_per_trajectory(perf):
     assert budgets["sdpo_reward"]["limit"] == pytest.approx(3 / T * 1.1)
 
 
-@pytest.mark.parametrize("key, named", [("lasro.pairs_per_batch", "pairs_per_batch"), ("lsaro.groups_per_batch", "lsaro"),
-                                        ("no_such_field", "no_such_field")])
+@pytest.mark.parametrize("key, named", [("lasro.pairs_per_batch", "pairs_per_batch"), ("lsaro.groups_per_batch", "lsaro"), ("no_such_field", "no_such_field")])
 def test_an_override_that_would_change_nothing_is_an_error(tiny_random_folders, key, named):
     cfg = PerfConfig(model=str(tiny_random_folders["sd"]), algos=["ddpo", "lasro"], overrides={key: 4}, quiet=True)
     with pytest.raises(ValueError, match=named):
@@ -71,8 +78,28 @@ def test_an_override_that_would_change_nothing_is_an_error(tiny_random_folders, 
 def test_cli_writes_json_and_markdown(tiny_random_folders, tmp_path, capsys):
     from alignzoo.cli import main
 
-    rc = main(["perf", "--model", str(tiny_random_folders["lcm"]), "--algos", "ddpo", "--steps", "2", "--batch", "2", "--repeats", "1",
-               "--warmup", "0", "--no-budgets", "--channels-last", "--grad-checkpointing", "--out", str(tmp_path)])
+    rc = main(
+        [
+            "perf",
+            "--model",
+            str(tiny_random_folders["lcm"]),
+            "--algos",
+            "ddpo",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--no-budgets",
+            "--channels-last",
+            "--grad-checkpointing",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "perf.json").read_text())
     assert [r["algo"] for r in data["rows"]] == ["ddpo"] and data["model"]["kind"] == "lcm"
@@ -143,10 +170,20 @@ def test_arch_builder_builds_once_and_loads(tmp_path, monkeypatch):
     for sub in ("unet", "vae", "text_encoder"):
         (src / sub).mkdir(parents=True)
     unet = json.loads((real / "unet" / "config.json").read_text())
-    unet.update(block_out_channels=[16, 32], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-                attention_head_dim=[2, 4], cross_attention_dim=32, layers_per_block=1, norm_num_groups=8, sample_size=8)
+    unet.update(
+        block_out_channels=[16, 32],
+        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+        attention_head_dim=[2, 4],
+        cross_attention_dim=32,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=8,
+    )
     vae = json.loads((real / "vae" / "config.json").read_text())
-    vae.update(block_out_channels=[16, 32], down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1, norm_num_groups=8)
+    vae.update(
+        block_out_channels=[16, 32], down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1, norm_num_groups=8
+    )
     te = json.loads((real / "text_encoder" / "config.json").read_text())
     te.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
     for sub, cfg in (("unet", unet), ("vae", vae), ("text_encoder", te)):

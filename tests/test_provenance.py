@@ -1,4 +1,5 @@
 """Evaluation provenance (what determines a number, hashed) and the diversity measure."""
+
 import itertools
 import math
 
@@ -25,8 +26,22 @@ def test_each_ingredient_changes_the_hash(tiny_random_sd):
     assert len(base["hash"]) == len(base["setting_hash"]) == 16
     p = base["provenance"]
     assert p["lora_checksum"] is None and p["reward_checksum"] is None and p["scheduler"] == "ddim-trailing"
-    assert {"model", "model_checksum", "lora_checksum", "reward", "reward_checksum", "reward_args", "steps", "eta", "guidance", "resolution",
-            "prompts_checksum", "images_per_prompt", "noise_seed", "scheduler"} <= set(p)
+    assert {
+        "model",
+        "model_checksum",
+        "lora_checksum",
+        "reward",
+        "reward_checksum",
+        "reward_args",
+        "steps",
+        "eta",
+        "guidance",
+        "resolution",
+        "prompts_checksum",
+        "images_per_prompt",
+        "noise_seed",
+        "scheduler",
+    } <= set(p)
     variants = {
         "steps": _line(m, steps=4),
         "eta": _line(m, eta=0.5),
@@ -82,7 +97,7 @@ def _by_hand(feats: list[list[float]], k: int) -> float:
     """Mean over prompts of the mean over pairs of 1 - cos, with plain Python arithmetic."""
     per_prompt = []
     for p in range(len(feats) // k):
-        group = feats[p * k:(p + 1) * k]
+        group = feats[p * k : (p + 1) * k]
         dists = []
         for u, v in itertools.combinations(group, 2):
             dot = sum(a * b for a, b in zip(u, v))
@@ -92,8 +107,14 @@ def _by_hand(feats: list[list[float]], k: int) -> float:
 
 
 def test_pairwise_diversity_equals_hand_computation():
-    feats = [[1.0, 0.0], [0.0, 2.0], [3.0, 3.0],  # prompt 0: 1-cos = 1, 1-1/√2, 1-1/√2
-             [1.0, 1.0], [2.0, 2.0], [-1.0, -1.0]]  # prompt 1: 0, 2, 2
+    feats = [
+        [1.0, 0.0],
+        [0.0, 2.0],
+        [3.0, 3.0],  # prompt 0: 1-cos = 1, 1-1/√2, 1-1/√2
+        [1.0, 1.0],
+        [2.0, 2.0],
+        [-1.0, -1.0],
+    ]  # prompt 1: 0, 2, 2
     d = evaluation.pairwise_diversity(torch.tensor(feats), 3)
     assert d.shape == (2,)
     assert d[0] == pytest.approx((1 + 2 * (1 - 1 / math.sqrt(2))) / 3, abs=1e-12)
@@ -157,9 +178,17 @@ def test_runner_evaluates_every_suite_reward_with_provenance(tiny_random_folders
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cat\na blue dog\n")
-    suite = parse_suite({"name": "t", "model": str(tiny_random_folders["sd"]), "algorithms": ["ddpo"],
-                         "rewards": ["jpeg_compressibility", "tiny_aesthetic"], "reward_args": {"jpeg_compressibility": {"quality": 80}},
-                         "eval": {"steps": [1, 2], "prompt_sets": [str(prompts)], "images_per_prompt": 2}}, None)
+    suite = parse_suite(
+        {
+            "name": "t",
+            "model": str(tiny_random_folders["sd"]),
+            "algorithms": ["ddpo"],
+            "rewards": ["jpeg_compressibility", "tiny_aesthetic"],
+            "reward_args": {"jpeg_compressibility": {"quality": 80}},
+            "eval": {"steps": [1, 2], "prompt_sets": [str(prompts)], "images_per_prompt": 2},
+        },
+        None,
+    )
     runner = BenchmarkRunner(suite, root=tmp_path / "runs", device="cpu", progress=False)
     fields = {"cell": "ddpo__jpeg_compressibility__seed0", "algo": "ddpo", "train_reward": "jpeg_compressibility", "seed": 0, "samples": 8}
     lines, scores, diversity, _ = runner.run_eval(load_model(str(tiny_random_folders["sd"])), 0.0, False, fields)

@@ -1,6 +1,7 @@
 """The README's "Adding an algorithm" example is whole and runnable: copied to a file, it is
 listed by `alignzoo list algos --plugin` and trained by `alignzoo train --plugin`, and its
 group advantages are what its one-line formula says."""
+
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def readme_plugin(tmp_path) -> Path:
     text = README.read_text()
-    section = text[text.index("## Adding an algorithm"):]
+    section = text[text.index("## Adding an algorithm") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert len(code.strip().splitlines()) <= 40, "the README's example should stay a short read"
     path = tmp_path / "group_ppo.py"
@@ -46,10 +47,34 @@ def test_the_readme_plugin_normalises_within_groups(tmp_path):
 @pytest.mark.slow
 def test_the_readme_plugin_trains(tiny_random_folders, prompt_file, tmp_path):
     out = tmp_path / "run"
-    rc = cli_main(["train", "--plugin", str(readme_plugin(tmp_path)), "--algo", "group-ppo", "--reward", "jpeg_compressibility",
-                   "--model", str(tiny_random_folders["sd"]), "--prompts", str(prompt_file), "--samples", "16", "--out", str(out),
-                   "--no-progress", "--set", "num_steps=2", "--set", "samples_per_epoch=8", "--set", "train_batch_size=4",
-                   "--set", "learning_rate=0.05"])
+    rc = cli_main(
+        [
+            "train",
+            "--plugin",
+            str(readme_plugin(tmp_path)),
+            "--algo",
+            "group-ppo",
+            "--reward",
+            "jpeg_compressibility",
+            "--model",
+            str(tiny_random_folders["sd"]),
+            "--prompts",
+            str(prompt_file),
+            "--samples",
+            "16",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "num_steps=2",
+            "--set",
+            "samples_per_epoch=8",
+            "--set",
+            "train_batch_size=4",
+            "--set",
+            "learning_rate=0.05",
+        ]
+    )
     assert rc == 0
     log = read_log(out)
     assert len(log) == 2 and log[-1]["samples"] == 16 and log[-1]["updates"] == 4 and log[-1]["loss"] != 0

@@ -2,6 +2,7 @@
 × 2 rewards × 3 seeds on the tiny random pipeline, then the report is built from that folder. The
 synthetic-folder tests (test_reports_seeds.py) check every formula; this one checks that a run the
 runner really wrote carries everything those sections need, with the run's own numbers."""
+
 import json
 import math
 import warnings
@@ -11,9 +12,9 @@ import pandas as pd
 import pytest
 
 from alignzoo.benchmarks.runner import BenchmarkRunner
-from alignzoo.runlog import read_lines
 from alignzoo.benchmarks.suites import load_suite
 from alignzoo.cli import main as cli_main
+from alignzoo.runlog import read_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("report-real-run")]
 ALGOS, REWARDS, SEEDS, STEPS = ("ddpo", "rebel"), ("jpeg_compressibility", "jpeg_incompressibility"), (0, 1, 2), (1, 2)
@@ -23,9 +24,10 @@ ALGOS, REWARDS, SEEDS, STEPS = ("ddpo", "rebel"), ("jpeg_compressibility", "jpeg
 def run(tiny_random_folders, prompt_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("real3")
     f = root / "real3.toml"
-    f.write_text(f'''
+    f.write_text(
+        f'''
 name = "real3"
-model = "{tiny_random_folders['sd']}"
+model = "{tiny_random_folders["sd"]}"
 algorithms = {list(ALGOS)}
 rewards = {list(REWARDS)}
 seeds = {list(SEEDS)}
@@ -42,7 +44,8 @@ steps = {list(STEPS)}
 prompt_sets = ["{prompt_file}"]
 images_per_prompt = 2
 grid_images = 1
-'''.replace("'", '"'))
+'''.replace("'", '"')
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # fewer than 256 evaluation images: a test-sized run
         folder = BenchmarkRunner(load_suite(str(f)), root / "runs", device="cpu", progress=False, log=lambda *_: None).run()

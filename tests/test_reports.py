@@ -3,6 +3,7 @@
 2 algorithms × 2 rewards × 2 seeds + pretrained, steps 1–50, 2 prompt sets, 2 evaluation points.
 Every expected number is recomputed here from the values the fixture wrote.
 """
+
 import json
 import math
 import re
@@ -31,7 +32,7 @@ def _strip(path, color, k=4, size=32):
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.zeros((size, size * k, 3), np.uint8)
     for i in range(k):
-        arr[:, i * size:(i + 1) * size] = [(color[0] + 40 * i) % 256, color[1], color[2]]
+        arr[:, i * size : (i + 1) * size] = [(color[0] + 40 * i) % 256, color[1], color[2]]
     Image.fromarray(arr).save(path)
 
 
@@ -44,8 +45,10 @@ def _build(root, seeds=SEEDS):
     """Write the folder; return {"pre": {(set, reward, steps): (mean, std)}, "final": {(algo, reward, seed, set, steps): row}, "logs": {...}}."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True)
-    (root / "suite.toml").write_text('name = "synthetic"\nmodel = "tiny-sd"\nalgorithms = ["sdpo", "ddpo"]\nrewards = ["ra", "rb"]\n'
-                                     '[train]\nnum_steps = 4\n[eval]\nsteps = [1, 2, 4, 8, 16, 50]\nprompt_sets = ["seen", "unseen"]\n')
+    (root / "suite.toml").write_text(
+        'name = "synthetic"\nmodel = "tiny-sd"\nalgorithms = ["sdpo", "ddpo"]\nrewards = ["ra", "rb"]\n'
+        '[train]\nnum_steps = 4\n[eval]\nsteps = [1, 2, 4, 8, 16, 50]\nprompt_sets = ["seen", "unseen"]\n'
+    )
     base = {"ra": 0.5, "rb": 20.0}
     pre, pre_rows = {}, []
     for ps in SETS:
@@ -53,8 +56,23 @@ def _build(root, seeds=SEEDS):
             for n in STEPS:
                 m, s = base[r] + 0.02 * math.log2(n) + rng.normal(0, 0.01), 0.1 + 0.01 * rng.random()
                 pre[(ps, r, n)] = (m, s)
-                pre_rows.append({"cell": "pretrained", "algo": "pretrained", "train_reward": None, "seed": None, "samples": 0, "prompt_set": ps,
-                                 "eval_reward": r, "steps": n, "mean": m, "std": s, "n": N_IMG, "diff_mean": None, "diff_se": None})
+                pre_rows.append(
+                    {
+                        "cell": "pretrained",
+                        "algo": "pretrained",
+                        "train_reward": None,
+                        "seed": None,
+                        "samples": 0,
+                        "prompt_set": ps,
+                        "eval_reward": r,
+                        "steps": n,
+                        "mean": m,
+                        "std": s,
+                        "n": N_IMG,
+                        "diff_mean": None,
+                        "diff_se": None,
+                    }
+                )
     _lines(root / "pretrained" / "eval.jsonl", pre_rows)
     for n in STEPS:
         _strip(root / "pretrained" / "images" / f"steps_{n}.png", (10, 10, 10))
@@ -73,9 +91,22 @@ def _build(root, seeds=SEEDS):
                                 if er == "rb":
                                     gain = (0.3 if n <= 4 else 0.1) if algo == "ddpo" else (0.1 if n <= 4 else 0.3)
                                 m = pre[(ps, er, n)][0] + gain * samples / POINTS[-1] + rng.normal(0, 0.02)
-                                row = {"cell": cell.name, "algo": algo, "train_reward": r, "seed": seed, "samples": samples, "epoch": samples // 64,
-                                       "prompt_set": ps, "eval_reward": er, "steps": n, "mean": m, "std": 0.1 + 0.01 * rng.random(), "n": N_IMG,
-                                       "diff_mean": m - pre[(ps, er, n)][0], "diff_se": 0.01 + 0.02 * rng.random()}
+                                row = {
+                                    "cell": cell.name,
+                                    "algo": algo,
+                                    "train_reward": r,
+                                    "seed": seed,
+                                    "samples": samples,
+                                    "epoch": samples // 64,
+                                    "prompt_set": ps,
+                                    "eval_reward": er,
+                                    "steps": n,
+                                    "mean": m,
+                                    "std": 0.1 + 0.01 * rng.random(),
+                                    "n": N_IMG,
+                                    "diff_mean": m - pre[(ps, er, n)][0],
+                                    "diff_se": 0.01 + 0.02 * rng.random(),
+                                }
                                 rows.append(row)
                                 if samples == POINTS[-1]:
                                     final[(algo, r, seed, ps, er, n)] = row
@@ -84,11 +115,26 @@ def _build(root, seeds=SEEDS):
                 log = []
                 for e in (1, 2, 3, 4):
                     t = (10.0 + 3 * a_i + seed) * e
-                    log.append({"epoch": e, "samples": 64 * e, "reward_mean": 0.5 + 0.05 * e * (a_i + 1) + 0.01 * seed, "reward_std": 0.1,
-                                "reward_1step_mean": 0.4 + 0.01 * e, "loss": 1.0 / e, "seconds_total": t, "seconds_sampling": 0.4 * t,
-                                "seconds_decoding": 0.1 * t, "seconds_reward": 0.1 * t, "seconds_update": 0.4 * t,
-                                "unet_evals_sampling": 256 * e, "unet_evals_training": (256 + 128 * a_i) * e, "vae_decodes": 64 * e * (1 + a_i),
-                                "reward_queries": (192 if algo == "sdpo" else 64) * e, "log_reward_queries": (0 if algo == "sdpo" else 64) * e})
+                    log.append(
+                        {
+                            "epoch": e,
+                            "samples": 64 * e,
+                            "reward_mean": 0.5 + 0.05 * e * (a_i + 1) + 0.01 * seed,
+                            "reward_std": 0.1,
+                            "reward_1step_mean": 0.4 + 0.01 * e,
+                            "loss": 1.0 / e,
+                            "seconds_total": t,
+                            "seconds_sampling": 0.4 * t,
+                            "seconds_decoding": 0.1 * t,
+                            "seconds_reward": 0.1 * t,
+                            "seconds_update": 0.4 * t,
+                            "unet_evals_sampling": 256 * e,
+                            "unet_evals_training": (256 + 128 * a_i) * e,
+                            "vae_decodes": 64 * e * (1 + a_i),
+                            "reward_queries": (192 if algo == "sdpo" else 64) * e,
+                            "log_reward_queries": (0 if algo == "sdpo" else 64) * e,
+                        }
+                    )
                 logs[(algo, r, seed)] = log
                 _lines(cell / "log.jsonl", log)
                 for n in STEPS:
@@ -184,8 +230,11 @@ def test_latex_bold_and_groups(report):
     data = report["data"]
     tex = (report["out"] / "table_seen.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "\\multicolumn{6}{c}{ra}" in tex and "\\multicolumn{6}{c}{rb}" in tex
-    rows = {line.split(" & ")[0]: [c.strip().removesuffix("\\\\").strip() for c in line.split(" & ")[1:]]
-            for line in tex.splitlines() if line.startswith(("pretrained &", "sdpo &", "ddpo &"))}
+    rows = {
+        line.split(" & ")[0]: [c.strip().removesuffix("\\\\").strip() for c in line.split(" & ")[1:]]
+        for line in tex.splitlines()
+        if line.startswith(("pretrained &", "sdpo &", "ddpo &"))
+    }
     for k, (r, n) in enumerate((r, n) for r in REWARDS for n in STEPS):
         best = _bold(data, "seen", r, n)
         for m, cells in rows.items():

@@ -7,6 +7,7 @@ collapsing diversity; ddpo's gain on rb equals its random-reward control's; sdpo
 close on rb; rebel__ra__seed1's clip never fires; sdpo__rb__seed2 logged a NaN loss. Expected
 numbers are recomputed here from what the helper wrote.
 """
+
 import hashlib
 import json
 import math
@@ -15,11 +16,11 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from test_pairwise import _loop_bootstrap
 
 from alignzoo.cli import main as cli_main
 from alignzoo.reports.compute import evals_with_x, logs_with_x
 from alignzoo.reports.results import load_results
-from test_pairwise import _loop_bootstrap
 
 ALGOS = ["sdpo", "ddpo", "rebel"]
 REWARDS = ["ra", "rb"]
@@ -28,8 +29,15 @@ STEPS = [1, 4]
 PS = "seen"
 P, K = 8, 2
 POINTS = [64, 192]  # evaluation points; 192 (epoch 3) is final
-GAIN = {("sdpo", "ra"): {"ra": 0.20, "rb": -0.10}, ("ddpo", "ra"): {"ra": 0.05}, ("rebel", "ra"): {"ra": 0.06},
-        ("sdpo", "rb"): {"rb": 0.10}, ("ddpo", "rb"): {"rb": 0.02}, ("rebel", "rb"): {"rb": 0.09}, ("ddpo", "random"): {"rb": 0.02}}
+GAIN = {
+    ("sdpo", "ra"): {"ra": 0.20, "rb": -0.10},
+    ("ddpo", "ra"): {"ra": 0.05},
+    ("rebel", "ra"): {"ra": 0.06},
+    ("sdpo", "rb"): {"rb": 0.10},
+    ("ddpo", "rb"): {"rb": 0.02},
+    ("rebel", "rb"): {"rb": 0.09},
+    ("ddpo", "random"): {"rb": 0.02},
+}
 SHIFT = {0: -0.01, 1: 0.0, 2: 0.012}  # run-to-run drift of seed s (× 1, 2, 3 for sdpo, ddpo, rebel)
 JITTER = {0: -0.004, 1: 0.001, 2: 0.003}  # diversity drift per seed (mean 0)
 DIV_PRE = {1: 0.40, 4: 0.50}
@@ -40,15 +48,44 @@ def _hash(prov):
 
 
 def _line(cell, algo, train, seed, samples, reward, n, scores, pre, diversity, lora):
-    prov = {"model": "tiny-sd", "model_checksum": "m0", "lora_checksum": lora, "reward": reward, "reward_checksum": None, "reward_args": {},
-            "steps": n, "eta": 0.0, "guidance": 1.0, "resolution": 32, "prompts_checksum": "p0", "images_per_prompt": K, "noise_seed": 1234,
-            "scheduler": "ddim-trailing"}
+    prov = {
+        "model": "tiny-sd",
+        "model_checksum": "m0",
+        "lora_checksum": lora,
+        "reward": reward,
+        "reward_checksum": None,
+        "reward_args": {},
+        "steps": n,
+        "eta": 0.0,
+        "guidance": 1.0,
+        "resolution": 32,
+        "prompts_checksum": "p0",
+        "images_per_prompt": K,
+        "noise_seed": 1234,
+        "scheduler": "ddim-trailing",
+    }
     d = scores - pre if pre is not None else None
-    return {"cell": cell, "algo": algo, "train_reward": train, "seed": seed, "samples": samples, "epoch": samples // 64, "prompt_set": PS,
-            "eval_reward": reward, "steps": n, "mean": float(scores.mean()), "std": float(scores.std(ddof=1)), "n": len(scores),
-            "diff_mean": None if d is None else float(d.mean()), "diff_se": None if d is None else float(d.std(ddof=1) / math.sqrt(len(d))),
-            "provenance": prov, "hash": _hash(prov), "setting_hash": _hash({k: v for k, v in prov.items() if k != "lora_checksum"}),
-            "diversity": diversity, "diversity_space": "tiny_alignment.backbone"}
+    return {
+        "cell": cell,
+        "algo": algo,
+        "train_reward": train,
+        "seed": seed,
+        "samples": samples,
+        "epoch": samples // 64,
+        "prompt_set": PS,
+        "eval_reward": reward,
+        "steps": n,
+        "mean": float(scores.mean()),
+        "std": float(scores.std(ddof=1)),
+        "n": len(scores),
+        "diff_mean": None if d is None else float(d.mean()),
+        "diff_se": None if d is None else float(d.std(ddof=1) / math.sqrt(len(d))),
+        "provenance": prov,
+        "hash": _hash(prov),
+        "setting_hash": _hash({k: v for k, v in prov.items() if k != "lora_checksum"}),
+        "diversity": diversity,
+        "diversity_space": "tiny_alignment.backbone",
+    }
 
 
 def _write(path, obj):
@@ -59,22 +96,40 @@ def _write(path, obj):
 def _log(algo, a_i, seed, clip_never=False, nan_at=None):
     recs = []
     for e in (1, 2, 3):
-        recs.append({"epoch": e, "samples": 64 * e, "reward_mean": 0.5 + 0.02 * e, "reward_std": 0.1, "loss": "nan" if e == nan_at else 0.1,
-                     "clipfrac": 0.0 if clip_never else 0.1, "first_log_ratio_abs": 1e-7, "reward_queries": (192 if algo == "sdpo" else 128) * e,
-                     "unet_forward": (256 + 64 * a_i) * e, "unet_backward": 128 * e, "vae_decodes": 64 * e * (3 if algo == "sdpo" else 1),
-                     "updates": (8 if algo == "sdpo" else 4) * e, "seconds_total": (10.0 + a_i + seed) * e})
+        recs.append(
+            {
+                "epoch": e,
+                "samples": 64 * e,
+                "reward_mean": 0.5 + 0.02 * e,
+                "reward_std": 0.1,
+                "loss": "nan" if e == nan_at else 0.1,
+                "clipfrac": 0.0 if clip_never else 0.1,
+                "first_log_ratio_abs": 1e-7,
+                "reward_queries": (192 if algo == "sdpo" else 128) * e,
+                "unet_forward": (256 + 64 * a_i) * e,
+                "unet_backward": 128 * e,
+                "vae_decodes": 64 * e * (3 if algo == "sdpo" else 1),
+                "updates": (8 if algo == "sdpo" else 4) * e,
+                "seconds_total": (10.0 + a_i + seed) * e,
+            }
+        )
     return "".join(json.dumps(r) + "\n" for r in recs)
 
 
 def build(root):
     """Write the folder; returns {"pre": {(reward, n): scores}, "runs": {(algo, train, seed, reward, n): (scores, line)}, "logs": ...}."""
     rng = np.random.default_rng(7)
-    _write(root / "suite.toml", 'name = "seeds3"\nmodel = "tiny-sd"\nalgorithms = ["sdpo", "ddpo", "rebel"]\nrewards = ["ra", "rb", "random"]\n'
-                                'seeds = [0, 1, 2]\n[train]\nnum_steps = 4\n[eval]\nsteps = [1, 4]\nprompt_sets = ["seen"]\nimages_per_prompt = 2\n')
+    _write(
+        root / "suite.toml",
+        'name = "seeds3"\nmodel = "tiny-sd"\nalgorithms = ["sdpo", "ddpo", "rebel"]\nrewards = ["ra", "rb", "random"]\n'
+        'seeds = [0, 1, 2]\n[train]\nnum_steps = 4\n[eval]\nsteps = [1, 4]\nprompt_sets = ["seen"]\nimages_per_prompt = 2\n',
+    )
     prompts = np.repeat(np.linspace(0.3, 0.7, P), K)
     pre = {(r, n): prompts + 0.02 * math.log2(n) + rng.normal(0, 0.05, P * K) for r in REWARDS for n in STEPS}
-    _write(root / "pretrained" / "eval.jsonl", "".join(json.dumps(_line("pretrained", "pretrained", None, None, 0, r, n, s, None, DIV_PRE[n], None))
-                                                      + "\n" for (r, n), s in pre.items()))
+    _write(
+        root / "pretrained" / "eval.jsonl",
+        "".join(json.dumps(_line("pretrained", "pretrained", None, None, 0, r, n, s, None, DIV_PRE[n], None)) + "\n" for (r, n), s in pre.items()),
+    )
     _write(root / "pretrained" / "scores.json", {f"{PS}|{r}|{n}": s.tolist() for (r, n), s in pre.items()})
     runs, logs = {}, {}
     cells = [(a, r, s) for a in ALGOS for r in REWARDS for s in SEEDS] + [("ddpo", "random", s) for s in SEEDS]
@@ -206,15 +261,35 @@ def test_provenance_table(rep):
     assert f"`{line['setting_hash']}`" in rep["md"] and "carry no provenance" not in rep["md"]
     rows = [[c.strip() for c in x.strip("|").split("|")] for x in (rep["out"] / "provenance.md").read_text().splitlines() if x.startswith("| ")]
     assert len(rows) == 1 + len(prov)  # header + one line per row
-    want = ["seen", "rb", "4", f"`{line['setting_hash']}`", str(1 + cells * len(POINTS)), str(1 + cells), str(1 + cells * len(POINTS)),
-            "tiny-sd", "ddim-trailing", "0.0", "1.0", "32", "2", "1234", "p0", "–"]
+    want = [
+        "seen",
+        "rb",
+        "4",
+        f"`{line['setting_hash']}`",
+        str(1 + cells * len(POINTS)),
+        str(1 + cells),
+        str(1 + cells * len(POINTS)),
+        "tiny-sd",
+        "ddim-trailing",
+        "0.0",
+        "1.0",
+        "32",
+        "2",
+        "1234",
+        "p0",
+        "–",
+    ]
     assert want in rows
 
 
 def test_flags(rep):
     flags = pd.read_csv(rep["out"] / "flags.csv")
-    assert set(zip(flags["scope"], flags["flag"])) == {("rebel__ra__seed1", "clip_never_fires"), ("sdpo__rb__seed2", "nonfinite_loss"),
-                                                       ("ddpo on rb", "gain_not_above_control"), ("sdpo on ra", "heldout_fell")}
+    assert set(zip(flags["scope"], flags["flag"])) == {
+        ("rebel__ra__seed1", "clip_never_fires"),
+        ("sdpo__rb__seed2", "nonfinite_loss"),
+        ("ddpo on rb", "gain_not_above_control"),
+        ("sdpo on ra", "heldout_fell"),
+    }
     hack = flags.loc[flags["flag"] == "heldout_fell", "message"].item()
     assert "at 1 step (ra +0.2): rb -0.0" in hack and "at 4 steps (ra +0.2): rb -0.1" in hack and "diversity -0.1" in hack
     ctl = flags.loc[flags["flag"] == "gain_not_above_control", "message"].item()

@@ -1,5 +1,6 @@
 """LAION aesthetic predictor: tiny random CLIP + a real-shaped MLP saved in the official layouts
 (a transformers CLIP folder, the ``.pth`` state dict), loaded through ``get_reward('aesthetic')``."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,17 @@ def weights(tmp_path_factory):
     root = tmp_path_factory.mktemp("aesthetic")
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=16, bos_token_id=62, eos_token_id=63, pad_token_id=63),
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=62,
+            eos_token_id=63,
+            pad_token_id=63,
+        ),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=224, patch_size=32),
         projection_dim=PROJ,
     )

@@ -1,4 +1,5 @@
 """``alignzoo score``: table + mean ± std, prompts as lines or JSON, clear errors."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """The `random` control reward: deterministic, in [0, 1), prompt- and image-dependent, no signal."""
+
 from __future__ import annotations
 
 import pytest

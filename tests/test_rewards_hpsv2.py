@@ -1,6 +1,7 @@
 """HPSv2: a tiny open_clip config registered with ``open_clip.add_model_config``, random weights
 saved as the HPS checkpoint layout ({'state_dict': ...} in HPS_v2.1_compressed.pt), loaded through
 ``get_reward('hpsv2', model_name=...)`` (the same path as ViT-H-14 with the real file)."""
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,7 @@ def test_matches_official_recipe(weights, reward):
     assert ref.std() > 0.02
     torch.testing.assert_close(ours, ref, rtol=0, atol=0.05 * float(ref.std()))
     with torch.no_grad():  # identical pixels -> identical score
-        exact = (reward.model.encode_image(pixels, normalize=True) * reward.model.encode_text(
-            reward.tokenizer(PROMPTS), normalize=True)).sum(-1)
+        exact = (reward.model.encode_image(pixels, normalize=True) * reward.model.encode_text(reward.tokenizer(PROMPTS), normalize=True)).sum(-1)
     torch.testing.assert_close(exact, ref, rtol=1e-5, atol=1e-5)
     assert (ours.abs() <= 1 + 1e-6).all()  # a cosine
 

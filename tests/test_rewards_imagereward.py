@@ -1,6 +1,7 @@
 """ImageReward on transformers' BLIP: official key mapping, numerics against an independent
 re-statement of the official forward pass, preprocessing, and the loading path (tiny random model
 saved in the official layout: a folder with ImageReward.pt + med_config.json, and a BERT vocab)."""
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,7 @@ import torch.nn.functional as F
 
 from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards import get_reward
-from alignzoo.rewards.imagereward import (
-    SCORE_MEAN,
-    SCORE_STD,
-    ImageRewardModel,
-    convert_official_state_dict,
-)
+from alignzoo.rewards.imagereward import SCORE_MEAN, SCORE_STD, ImageRewardModel, convert_official_state_dict
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "rewards_imagereward_official_tiny.json").read_text())
 PROMPTS = ["a photo of a cat", "a dog on the moon", "zebra", "the cat"]
@@ -152,8 +148,7 @@ def test_official_keys_map_with_nothing_missing_or_unexpected():
     conv = convert_official_state_dict(sd)
     assert conv.unknown == []
     assert sorted(conv.ignored) == sorted(
-        ["blip.vision_proj.weight", "blip.vision_proj.bias", "blip.text_proj.weight", "blip.text_proj.bias",
-         "blip.text_encoder.embeddings.position_ids"]
+        ["blip.vision_proj.weight", "blip.vision_proj.bias", "blip.text_proj.weight", "blip.text_proj.bias", "blip.text_encoder.embeddings.position_ids"]
     )
     from alignzoo.rewards.imagereward import text_config_from_med, vision_config_from_state_dict
 
@@ -224,12 +219,14 @@ def test_preprocessing_matches_official_transform(reward):
     from PIL import Image
     from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
-    official = Compose([
-        Resize(224, interpolation=InterpolationMode.BICUBIC),
-        CenterCrop(224),
-        ToTensor(),
-        Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-    ])
+    official = Compose(
+        [
+            Resize(224, interpolation=InterpolationMode.BICUBIC),
+            CenterCrop(224),
+            ToTensor(),
+            Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+        ]
+    )
     for h, w in [(48, 40), (300, 253), (227, 224)]:  # 227: odd margin, torchvision's rounding crops at 2
         x = _images(seed=h, b=2, h=h, w=w)
         ours = reward.transform(x)
@@ -338,12 +335,17 @@ def official_param_shapes(c: dict) -> dict[str, list[int]]:
     vit.py / med.py / blip_pretrain.py and ImageReward's MLP (checked against the fixture below)."""
     D, P, T, n = c["vision_width"], c["patch"], c["text_hidden"], (c["image_size"] // c["patch"]) ** 2
     v, t = "blip.visual_encoder.", "blip.text_encoder."
-    out = {v + "cls_token": [1, 1, D], v + "pos_embed": [1, n + 1, D], v + "patch_embed.proj.weight": [D, 3, P, P],
-           v + "patch_embed.proj.bias": [D]}
+    out = {v + "cls_token": [1, 1, D], v + "pos_embed": [1, n + 1, D], v + "patch_embed.proj.weight": [D, 3, P, P], v + "patch_embed.proj.bias": [D]}
     for i in range(c["vision_depth"]):
         b = f"{v}blocks.{i}."
-        for name, shape in (("norm1", [D]), ("attn.qkv", [3 * D, D]), ("attn.proj", [D, D]), ("norm2", [D]),
-                            ("mlp.fc1", [c["vision_mlp"], D]), ("mlp.fc2", [D, c["vision_mlp"]])):
+        for name, shape in (
+            ("norm1", [D]),
+            ("attn.qkv", [3 * D, D]),
+            ("attn.proj", [D, D]),
+            ("norm2", [D]),
+            ("mlp.fc1", [c["vision_mlp"], D]),
+            ("mlp.fc2", [D, c["vision_mlp"]]),
+        ):
             out[f"{b}{name}.weight"], out[f"{b}{name}.bias"] = shape, [shape[0]]
     out[v + "norm.weight"], out[v + "norm.bias"] = [D], [D]
     out[t + "embeddings.position_ids"] = [1, c["max_pos"]]
@@ -353,11 +355,9 @@ def official_param_shapes(c: dict) -> dict[str, list[int]]:
     for i in range(c["text_layers"]):
         b = f"{t}encoder.layer.{i}."
         for att, kv in (("attention", T), ("crossattention", D)):
-            for name, shape in (("self.query", [T, T]), ("self.key", [T, kv]), ("self.value", [T, kv]),
-                                ("output.dense", [T, T]), ("output.LayerNorm", [T])):
+            for name, shape in (("self.query", [T, T]), ("self.key", [T, kv]), ("self.value", [T, kv]), ("output.dense", [T, T]), ("output.LayerNorm", [T])):
                 out[f"{b}{att}.{name}.weight"], out[f"{b}{att}.{name}.bias"] = shape, [shape[0]]
-        for name, shape in (("intermediate.dense", [c["text_intermediate"], T]), ("output.dense", [T, c["text_intermediate"]]),
-                            ("output.LayerNorm", [T])):
+        for name, shape in (("intermediate.dense", [c["text_intermediate"], T]), ("output.dense", [T, c["text_intermediate"]]), ("output.LayerNorm", [T])):
             out[f"{b}{name}.weight"], out[f"{b}{name}.bias"] = shape, [shape[0]]
     for name, width in (("vision_proj", D), ("text_proj", T)):
         out[f"blip.{name}.weight"], out[f"blip.{name}.bias"] = [c["embed_dim"], width], [c["embed_dim"]]
@@ -374,10 +374,30 @@ def test_real_size_official_keys_map_onto_real_size_modules():
     """ImageReward-v1.0 at full size (ViT-L/16 224 px, BERT-base, vocab 30524), on the meta device."""
     from alignzoo.rewards.imagereward import text_config_from_med, vision_config_from_state_dict
 
-    real = dict(vision_width=1024, vision_depth=24, patch=16, image_size=224, vision_mlp=4096, text_hidden=768,
-                text_layers=12, text_heads=12, text_intermediate=3072, max_pos=512, vocab=30524, embed_dim=256)
-    med = dict(FIXTURE["med_config"], hidden_size=768, intermediate_size=3072, max_position_embeddings=512,
-               num_attention_heads=12, num_hidden_layers=12, vocab_size=30524, encoder_width=768)
+    real = dict(
+        vision_width=1024,
+        vision_depth=24,
+        patch=16,
+        image_size=224,
+        vision_mlp=4096,
+        text_hidden=768,
+        text_layers=12,
+        text_heads=12,
+        text_intermediate=3072,
+        max_pos=512,
+        vocab=30524,
+        embed_dim=256,
+    )
+    med = dict(
+        FIXTURE["med_config"],
+        hidden_size=768,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        num_attention_heads=12,
+        num_hidden_layers=12,
+        vocab_size=30524,
+        encoder_width=768,
+    )
     sd = {k: torch.empty(v, device="meta") for k, v in official_param_shapes(real).items()}
     conv = convert_official_state_dict(sd)
     assert conv.unknown == [] and len(conv.ignored) == 5

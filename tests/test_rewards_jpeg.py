@@ -1,4 +1,5 @@
 """JPEG (in)compressibility: the size PIL writes at quality 95, computed independently here."""
+
 from __future__ import annotations
 
 import io

@@ -1,5 +1,6 @@
 """PickScore: a tiny random CLIPModel saved as a transformers folder plus a processor folder
 (tokenizer + preprocessor_config.json), loaded through ``get_reward('pickscore')``."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,17 @@ def weights(tmp_path_factory):
     root = tmp_path_factory.mktemp("pickscore")
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=54, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         max_position_embeddings=77, bos_token_id=52, eos_token_id=53, pad_token_id=53),
+        text_config=dict(
+            vocab_size=54,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=52,
+            eos_token_id=53,
+            pad_token_id=53,
+        ),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=224, patch_size=32),
         projection_dim=16,
     )

@@ -1,4 +1,5 @@
 """Tensor preprocessing against the reference processors (transformers, open_clip, torchvision)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -86,8 +87,14 @@ def test_batched_differentiable_and_on_device():
 
 
 def test_from_processor_config():
-    cfg = {"size": {"shortest_edge": 256}, "crop_size": {"height": 240, "width": 240}, "image_mean": [0.5] * 3,
-           "image_std": [0.25] * 3, "resample": 3, "do_center_crop": True}
+    cfg = {
+        "size": {"shortest_edge": 256},
+        "crop_size": {"height": 240, "width": 240},
+        "image_mean": [0.5] * 3,
+        "image_std": [0.25] * 3,
+        "resample": 3,
+        "do_center_crop": True,
+    }
     t = ImageTransform.from_processor_config(cfg)
     assert (t.size, t.crop, t.mean, t.std) == (256, (240, 240), (0.5,) * 3, (0.25,) * 3)
     assert t(torch.full((1, 3, 300, 400), 0.5)).shape == (1, 3, 240, 240)

@@ -1,6 +1,7 @@
 """The trainer's compute counters and health fields in log.jsonl (CONTRACT.md), on a tiny random
 model: first_log_ratio_abs per epoch, a non-finite loss logged as a JSON string and then a clear
 error, and alignzoo.health's flags printed and written to health.json."""
+
 from __future__ import annotations
 
 import json
@@ -10,13 +11,15 @@ import types
 import pytest
 
 from alignzoo.algos import get_algorithm
-from alignzoo.algos.trainer import Trainer, TrainConfig, read_log
+from alignzoo.algos.trainer import TrainConfig, Trainer, read_log
 
 
 def _trainer(folder, prompts, out, algo="ddpo", samples=8, **kw):
     cfg = get_algorithm(algo).Config(**{"num_steps": 3, "samples_per_epoch": 4, "train_batch_size": 2, "gradient_accumulation_steps": 1, **kw})
-    return Trainer(TrainConfig(algo=algo, reward="jpeg_compressibility", model=str(folder), prompts=str(prompts), out=str(out), samples=samples,
-                               progress=False, cpu=True), cfg)
+    return Trainer(
+        TrainConfig(algo=algo, reward="jpeg_compressibility", model=str(folder), prompts=str(prompts), out=str(out), samples=samples, progress=False, cpu=True),
+        cfg,
+    )
 
 
 def test_counters_and_first_ratio_in_every_record(tiny_random_folders, prompt_file, tmp_path):

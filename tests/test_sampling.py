@@ -1,4 +1,5 @@
 """The shared sampler: step kernels checked against independent Gaussian densities."""
+
 import math
 
 import pytest

@@ -1,5 +1,6 @@
 """tiny_geneval and tiny_geneval_judge2 (committed weights): accuracy on fresh renders, near
 misses rejected, soft score ordering, gradients, metadata, missing weights."""
+
 from __future__ import annotations
 
 import numpy as np

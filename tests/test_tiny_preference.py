@@ -1,5 +1,6 @@
 """tiny_preference (committed weights) and the hidden utility it learns: accuracy, scale, ordering,
 prompt independence, gradients, missing weights; the utility on hand-made scenes."""
+
 from __future__ import annotations
 
 import math

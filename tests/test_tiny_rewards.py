@@ -1,4 +1,5 @@
 """The tiny world's reward models (committed weights): accuracy, ranking, gradients, invariances."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,8 +59,7 @@ def test_alignment_prefers_the_prompted_colour(alignment):
 
 def test_alignment_score_falls_as_attributes_go_wrong(alignment):
     p = "two blue squares on the left"
-    imgs = render_batch([p, "two red squares on the left", "two red circles on the left", "three red circles at the top"] * 4,
-                        seed=HELD_OUT_SEED)
+    imgs = render_batch([p, "two red squares on the left", "two red circles on the left", "three red circles at the top"] * 4, seed=HELD_OUT_SEED)
     s = alignment(imgs, [p] * 16).view(4, 4).mean(0)
     assert s[0] > s[1] > s[2] > s[3]
 

@@ -1,4 +1,5 @@
 """The tiny world: grammar, prompt split, tokenizer, renderer, degradations, shipped pipelines."""
+
 from __future__ import annotations
 
 import json
@@ -279,8 +280,13 @@ def test_shipped_tiny_sd_pipeline_layout_and_sampling():
     assert sum(p.numel() for p in pipe.unet.parameters()) < 1_000_000
     assert pipe.unet.config.time_cond_proj_dim is None
     assert json.loads((folder / "alignzoo.json").read_text())["guidance_scale"] == 1.0
-    out = pipe(["a red circle", "two blue squares on the left"], num_inference_steps=4, guidance_scale=1.0,
-               generator=torch.Generator().manual_seed(0), output_type="pt").images
+    out = pipe(
+        ["a red circle", "two blue squares on the left"],
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
     assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
 
 
@@ -297,8 +303,13 @@ def test_shipped_tiny_lcm_pipeline_layout_and_sampling():
     assert pipe.unet.config.time_cond_proj_dim is not None
     meta = json.loads((folder / "alignzoo.json").read_text())
     assert 1.0 <= meta["guidance_scale"] <= 3.0
-    out = pipe(["a red circle", "three green triangles at the top"], num_inference_steps=4, guidance_scale=meta["guidance_scale"],
-               generator=torch.Generator().manual_seed(0), output_type="pt").images
+    out = pipe(
+        ["a red circle", "three green triangles at the top"],
+        num_inference_steps=4,
+        guidance_scale=meta["guidance_scale"],
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
     assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
 
 
@@ -309,8 +320,11 @@ def test_shipped_weights_fit_the_budget():
 
     # what git stores: each distinct file content once (the few-step pipelines carry their
     # teacher's VAE and text encoder byte for byte; git keeps one blob of each)
-    blobs = {hashlib.sha1(f.read_bytes()).hexdigest(): f.stat().st_size
-             for f in weights_dir().rglob("*") if f.is_file() and not any(p.endswith("-snapshots") for p in f.parts)}  # local, gitignored
+    blobs = {
+        hashlib.sha1(f.read_bytes()).hexdigest(): f.stat().st_size
+        for f in weights_dir().rglob("*")
+        if f.is_file() and not any(p.endswith("-snapshots") for p in f.parts)
+    }  # local, gitignored
     assert sum(blobs.values()) <= 25 * 1024 * 1024
     assert (weights_dir() / "rewards" / "tiny_alignment.safetensors").is_file()
 

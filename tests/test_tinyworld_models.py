@@ -1,4 +1,5 @@
 """The committed tiny-world models, sampled with alignzoo's own sampler (issue 2's quality bar)."""
+
 import functools
 
 import pytest
@@ -22,7 +23,7 @@ def accuracy(name: str, steps: int) -> dict:
     prompts = seen_prompts()
     noise = evaluation_noise(model.latent_shape, len(prompts), 2, seed=777, prompt_set="quality")
     expanded = [p for p in prompts for _ in range(2)]
-    images = torch.cat([generate(model, expanded[i:i + 64], steps, eta=0.0, init_noise=noise[i:i + 64]) for i in range(0, len(expanded), 64)])
+    images = torch.cat([generate(model, expanded[i : i + 64], steps, eta=0.0, init_noise=noise[i : i + 64]) for i in range(0, len(expanded), 64)])
     return evaluate_attribute_accuracy(images, expanded)
 
 

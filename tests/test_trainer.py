@@ -1,4 +1,5 @@
 """The shared trainer: exact resume after a kill, plugins, fairness, multi-process runs."""
+
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignzoo.algos import get_algorithm
-from alignzoo.algos.trainer import Trainer, TrainConfig, read_log
+from alignzoo.algos.trainer import TrainConfig, Trainer, read_log
 from alignzoo.cli import main as cli_main
 
 FAST = ["--set", "num_steps=3", "--set", "samples_per_epoch=8", "--set", "train_batch_size=2", "--set", "learning_rate=0.01"]
@@ -23,8 +24,27 @@ def _env():
 
 
 def _train_cmd(folder, prompts, out, algo="sdpo", samples=48, extra=()):
-    return [sys.executable, "-m", "alignzoo", "train", "--algo", algo, "--reward", "jpeg_compressibility", "--model", str(folder),
-            "--prompts", str(prompts), "--samples", str(samples), "--out", str(out), "--no-progress", *FAST, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "alignzoo",
+        "train",
+        "--algo",
+        algo,
+        "--reward",
+        "jpeg_compressibility",
+        "--model",
+        str(folder),
+        "--prompts",
+        str(prompts),
+        "--samples",
+        str(samples),
+        "--out",
+        str(out),
+        "--no-progress",
+        *FAST,
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -62,9 +82,43 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_random_folders, prompt_
 def test_cli_errors_are_clear(tiny_random_folders, prompt_file, tmp_path, capsys):
     assert cli_main(["train", "--algo", "nope", "--reward", "jpeg_compressibility", "--out", str(tmp_path / "x")]) == 2
     assert "Known algorithms: d3po, ddpo" in capsys.readouterr().err
-    assert cli_main(["train", "--algo", "sdpo", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]), "--out", str(tmp_path / "y"), "--set", "lamda=0.9"]) == 2
+    assert (
+        cli_main(
+            [
+                "train",
+                "--algo",
+                "sdpo",
+                "--reward",
+                "jpeg_compressibility",
+                "--model",
+                str(tiny_random_folders["sd"]),
+                "--out",
+                str(tmp_path / "y"),
+                "--set",
+                "lamda=0.9",
+            ]
+        )
+        == 2
+    )
     assert "unknown config key 'lamda'" in capsys.readouterr().err
-    assert cli_main(["train", "--algo", "rlcm-ddpo", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["sd"]), "--prompts", str(prompt_file), "--out", str(tmp_path / "z")]) == 2
+    assert (
+        cli_main(
+            [
+                "train",
+                "--algo",
+                "rlcm-ddpo",
+                "--reward",
+                "jpeg_compressibility",
+                "--model",
+                str(tiny_random_folders["sd"]),
+                "--prompts",
+                str(prompt_file),
+                "--out",
+                str(tmp_path / "z"),
+            ]
+        )
+        == 2
+    )
     assert "runs on lcm models" in capsys.readouterr().err
 
 
@@ -83,10 +137,12 @@ def test_train_preset_starts_from_a_suites_settings(monkeypatch, tmp_path, capsy
 
     monkeypatch.setattr(trainer_module, "Trainer", fake_trainer)
     suite = tmp_path / "preset.toml"
-    suite.write_text('name = "preset"\nmodel = "tiny-lcm"\nalgorithms = ["rlcm-ddpo"]\nrewards = ["tiny_alignment", "jpeg_compressibility"]\n'
-                     '[train]\nnum_steps = 4\nsamples_per_epoch = 64\ntrain_batch_size = 8\nlearning_rate = 3e-4\nlora_rank = 4\n'
-                     '[algo.rlcm-ddpo]\nclip_range = 0.1\n'
-                     '[algo_reward.rlcm-ddpo.tiny_alignment]\nlearning_rate = 2e-4\ntrain_batch_size = 16\nadv_clip = 2.0\n')
+    suite.write_text(
+        'name = "preset"\nmodel = "tiny-lcm"\nalgorithms = ["rlcm-ddpo"]\nrewards = ["tiny_alignment", "jpeg_compressibility"]\n'
+        "[train]\nnum_steps = 4\nsamples_per_epoch = 64\ntrain_batch_size = 8\nlearning_rate = 3e-4\nlora_rank = 4\n"
+        "[algo.rlcm-ddpo]\nclip_range = 0.1\n"
+        "[algo_reward.rlcm-ddpo.tiny_alignment]\nlearning_rate = 2e-4\ntrain_batch_size = 16\nadv_clip = 2.0\n"
+    )
     args = ["train", "--algo", "rlcm-ddpo", "--model", "tiny-lcm", "--out", str(tmp_path / "p"), "--preset", str(suite), "--set", "num_steps=2"]
     with pytest.raises(Captured):
         cli_main(args + ["--reward", "tiny_alignment"])
@@ -105,7 +161,18 @@ def test_train_preset_starts_from_a_suites_settings(monkeypatch, tmp_path, capsy
 @pytest.mark.parametrize("algo", ["ddpo", "sdpo"])
 def test_every_algorithm_uses_the_same_images_per_epoch(algo, tiny_random_folders, prompt_file, tmp_path):
     cfg = get_algorithm(algo).Config(num_steps=4, samples_per_epoch=8)
-    tr = Trainer(TrainConfig(algo=algo, reward="jpeg_compressibility", model=str(tiny_random_folders["sd"]), prompts=str(prompt_file), out=str(tmp_path / algo), samples=8, progress=False), cfg)
+    tr = Trainer(
+        TrainConfig(
+            algo=algo,
+            reward="jpeg_compressibility",
+            model=str(tiny_random_folders["sd"]),
+            prompts=str(prompt_file),
+            out=str(tmp_path / algo),
+            samples=8,
+            progress=False,
+        ),
+        cfg,
+    )
     rec = tr.train()[-1]
     assert rec["samples"] == 8
     # SDPO: 3 per trajectory (the first step among them); DDPO: the sample's, plus its 1-step x̂0 for the log
@@ -122,11 +189,52 @@ def test_two_processes_lasro_agree_on_lora_and_surrogate(tiny_random_folders, pr
     """LaSRO averages its surrogate's gradients itself: both processes must end with the same
     surrogate as well as the same LoRA (the trainer checks replicated_parameters and records them)."""
     out = tmp_path / "ddp_lasro"
-    sets = ["num_steps=2", "samples_per_epoch=8", "group_size=4", "pretrain_prompts=4", "heldout_prompts=2", "pretrain_steps=2",
-            "gen_steps=2", "k_surr=1", "gen_batch_size=2", "groups_per_batch=1", "reg_batch_size=4", "tie_margin=0.0", "learning_rate=0.01"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "alignzoo", "train", "--cpu", "--algo", "lasro", "--reward", "jpeg_compressibility", "--model", str(tiny_random_folders["lcm"]),
-           "--prompts", str(prompt_file), "--samples", "56", "--out", str(out), "--no-progress"] + [a for kv in sets for a in ("--set", kv)]
+    sets = [
+        "num_steps=2",
+        "samples_per_epoch=8",
+        "group_size=4",
+        "pretrain_prompts=4",
+        "heldout_prompts=2",
+        "pretrain_steps=2",
+        "gen_steps=2",
+        "k_surr=1",
+        "gen_batch_size=2",
+        "groups_per_batch=1",
+        "reg_batch_size=4",
+        "tie_margin=0.0",
+        "learning_rate=0.01",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "alignzoo",
+        "train",
+        "--cpu",
+        "--algo",
+        "lasro",
+        "--reward",
+        "jpeg_compressibility",
+        "--model",
+        str(tiny_random_folders["lcm"]),
+        "--prompts",
+        str(prompt_file),
+        "--samples",
+        "56",
+        "--out",
+        str(out),
+        "--no-progress",
+    ] + [a for kv in sets for a in ("--set", kv)]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads((out / "final" / "processes.json").read_text())

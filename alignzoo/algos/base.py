@@ -18,6 +18,7 @@ An algorithm (one module, registered with ``@register_algorithm``) declares:
 
 It owns no loops, devices, logging or checkpoints: :mod:`alignzoo.algos.trainer` does.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -269,9 +270,11 @@ class Algorithm:
         c, unit = self.config, self.config.group_size * self.world_size
         n = self.images_per_update()
         if n < unit or n % unit:
-            raise ValueError(f"{self.name}: train_batch_size × gradient_accumulation_steps = {c.train_batch_size} × {c.gradient_accumulation_steps} = {n} "
-                             f"images per update (global) do not split into whole groups of {c.group_size} over {self.world_size} process(es): "
-                             f"make it a multiple of {unit}")
+            raise ValueError(
+                f"{self.name}: train_batch_size × gradient_accumulation_steps = {c.train_batch_size} × {c.gradient_accumulation_steps} = {n} "
+                f"images per update (global) do not split into whole groups of {c.group_size} over {self.world_size} process(es): "
+                f"make it a multiple of {unit}"
+            )
         return n // unit
 
     def compute_exception(self) -> ComputeException | None:
@@ -302,8 +305,10 @@ class Algorithm:
         spe, unit = self.config.samples_per_epoch, self.config.group_size
         n = spe // unit
         if spe % unit or n % world_size:
-            raise ValueError(f"{self.name}: samples_per_epoch {spe} (global) does not split into whole groups of {unit} "
-                             f"over {world_size} process(es): make it a multiple of {unit * world_size}")
+            raise ValueError(
+                f"{self.name}: samples_per_epoch {spe} (global) does not split into whole groups of {unit} "
+                f"over {world_size} process(es): make it a multiple of {unit * world_size}"
+            )
         return n // world_size
 
     def query_steps(self, traj, generator: np.random.Generator) -> torch.Tensor:
@@ -354,8 +359,10 @@ class Algorithm:
         if self.config.train_unrendered_step:
             return num_steps
         if num_steps < 2:
-            raise ValueError(f"{self.name}: with 1 sampling step the only transition is never rendered (the image is step 0's x̂0), "
-                             "so a log-prob objective has nothing to train; use num_steps >= 2, or --set train_unrendered_step=true")
+            raise ValueError(
+                f"{self.name}: with 1 sampling step the only transition is never rendered (the image is step 0's x̂0), "
+                "so a log-prob objective has nothing to train; use num_steps >= 2, or --set train_unrendered_step=true"
+            )
         return num_steps - 1
 
     def trained_steps(self, num_steps: int) -> int:
@@ -367,7 +374,7 @@ class Algorithm:
         (train_batch_size × gradient_accumulation_steps images), each run's Items made by
         ``make_items(groups)`` from its (n,) group indices."""
         per_update = self.units_per_update()
-        return [make_items(torch.as_tensor(order[start:start + per_update])) for start in range(0, len(order), per_update)]
+        return [make_items(torch.as_tensor(order[start : start + per_update])) for start in range(0, len(order), per_update)]
 
     def all_steps_plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         """DDPO-style updates: shuffle the groups, permute each group's steps, and put all

@@ -18,6 +18,7 @@ checkpoints whose ``COMPLETE`` holds only the epoch number have no checksums; th
 before, and only an unreadable file marks them damaged. Pruning (``keep_checkpoints``) never
 deletes the newest intact checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -169,12 +170,17 @@ def resume(trainer) -> Path | None:
             break
         damaged.append((ckpt, problem))
         if acc.is_main_process:
-            warnings.warn(f"checkpoint {ckpt} is damaged: {problem}; moving it aside to damaged_{ckpt.name} "
-                          "and resuming from an older checkpoint", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"checkpoint {ckpt} is damaged: {problem}; moving it aside to damaged_{ckpt.name} and resuming from an older checkpoint",
+                UserWarning,
+                stacklevel=3,
+            )
     if chosen is None:
         if damaged:  # left in place: a rerun must not quietly start over
-            raise ValueError(f"every checkpoint in {trainer.ckpt_dir} is damaged ({'; '.join(f'{c.name}: {p}' for c, p in damaged)}); "
-                             "delete the folder to start over or use another --out")
+            raise ValueError(
+                f"every checkpoint in {trainer.ckpt_dir} is damaged ({'; '.join(f'{c.name}: {p}' for c, p in damaged)}); "
+                "delete the folder to start over or use another --out"
+            )
         return None
     cfg = state["train_config"]
     if cfg["algo"] != trainer.config.algo or cfg["reward"] != trainer.config.reward:

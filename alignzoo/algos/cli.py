@@ -1,4 +1,5 @@
 """``alignzoo train``: fine-tune a model with a registered algorithm."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,17 @@ def add_arguments(p) -> None:
     p.add_argument("--samples", type=int, default=256, help="total generated images (sample budget)")
     p.add_argument("--out", required=True, help="run folder (log.jsonl, checkpoints/, final/ LoRA)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompts", default=None, help="prompt set name or file (default: the model's own, e.g. geneval_train for "
-                   "the compositional tiny world; alignzoo list prompts)")
-    p.add_argument("--preset", default=None, metavar="SUITE",
-                   help="start from a bench suite's settings for this algorithm and reward (e.g. tiny-lcm); --set overrides them")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="prompt set name or file (default: the model's own, e.g. geneval_train for the compositional tiny world; alignzoo list prompts)",
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        metavar="SUITE",
+        help="start from a bench suite's settings for this algorithm and reward (e.g. tiny-lcm); --set overrides them",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an algorithm config field (repeatable)")
     p.add_argument("--reward-arg", action="append", metavar="KEY=VALUE", help="keyword argument for the reward (repeatable)")
     p.add_argument("--plugin", action="append", help="Python file that registers extra algorithms")
@@ -27,7 +35,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from alignzoo.algos.base import config_from_strings, get_algorithm, load_plugin, parse_assignments
-    from alignzoo.algos.trainer import Trainer, TrainConfig
+    from alignzoo.algos.trainer import TrainConfig, Trainer
 
     for plugin in args.plugin or []:
         load_plugin(plugin)
@@ -40,9 +48,19 @@ def run(args) -> int:
     algo_config = config_from_strings(algo_cls.Config, base, parse_assignments(args.set))
     reward_kwargs = {k: _literal(v) for k, v in parse_assignments(args.reward_arg, "--reward-arg").items()}
     cfg = TrainConfig(
-        algo=args.algo, reward=args.reward, model=args.model, model_path=args.model_path, out=args.out, samples=args.samples,
-        seed=args.seed, prompts=args.prompts, mixed_precision=args.mixed_precision, cpu=args.cpu,
-        log_with=tuple(args.log_with or ()), reward_kwargs=reward_kwargs, progress=not args.no_progress,
+        algo=args.algo,
+        reward=args.reward,
+        model=args.model,
+        model_path=args.model_path,
+        out=args.out,
+        samples=args.samples,
+        seed=args.seed,
+        prompts=args.prompts,
+        mixed_precision=args.mixed_precision,
+        cpu=args.cpu,
+        log_with=tuple(args.log_with or ()),
+        reward_kwargs=reward_kwargs,
+        progress=not args.no_progress,
     )
     trainer = Trainer(cfg, algo_config)
     if trainer.resumed_from is not None and trainer.accelerator.is_main_process:

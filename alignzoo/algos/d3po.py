@@ -10,6 +10,7 @@ against the *pretrained* model (LoRA disabled; D3PO's frozen reference UNet) cla
 
 All steps of a micro-batch of pairs accumulate into one update (D3PO's accum × T).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,6 +11,7 @@ min count 16), clipped to ±5, one per trajectory, broadcast to its steps. All (
 timesteps of a micro-batch accumulate into one update, as ``accelerate``'s
 gradient_accumulation_steps = accum × T does in ddpo-pytorch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

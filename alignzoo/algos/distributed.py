@@ -4,6 +4,7 @@ Every process runs the same loop on its share of the global batch (Algorithm.spl
 helpers gather statistics, average gradients, sum the compute counters and check at the end
 that the processes agree. With one process each is a no-op (no collective is issued).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ def average_gradients(accelerator, params) -> None:
     flat = accelerator.reduce(torch.cat([p.grad.reshape(-1) for p in params]), reduction="mean")
     offset = 0
     for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
         offset += p.numel()
 
 
@@ -62,17 +63,25 @@ def max_over_processes(accelerator, value: float | None) -> float | None:
 def check_processes_agree(trainer) -> None:
     """Every process must end with the same LoRA weights (and the algorithm's other replicated
     tensors, e.g. LaSRO's surrogate); writes what each one did to ``final/processes.json``."""
+
     def checksums(tensors):
         flat = torch.cat([p.detach().double().reshape(-1) for p in tensors]) if tensors else torch.zeros(1, dtype=torch.float64)
-        return [float(flat.sum()), float((flat ** 2).sum())]
+        return [float(flat.sum()), float((flat**2).sum())]
 
     acc = trainer.accelerator
-    mine = torch.tensor(checksums(list(trainer.model.trainable_parameters())) + checksums(trainer.algo.replicated_parameters())
-                        + [float(trainer.prompts_per_process)], dtype=torch.float64, device=trainer.device)
+    mine = torch.tensor(
+        checksums(list(trainer.model.trainable_parameters())) + checksums(trainer.algo.replicated_parameters()) + [float(trainer.prompts_per_process)],
+        dtype=torch.float64,
+        device=trainer.device,
+    )
     every = acc.gather(mine[None]).cpu() if acc.num_processes > 1 else mine[None].cpu()
     if acc.is_main_process:
-        info = {"processes": acc.num_processes, "lora_checksums": every[:, :2].tolist(), "algo_checksums": every[:, 2:4].tolist(),
-                "prompts_per_process_per_epoch": every[:, 4].tolist()}
+        info = {
+            "processes": acc.num_processes,
+            "lora_checksums": every[:, :2].tolist(),
+            "algo_checksums": every[:, 2:4].tolist(),
+            "prompts_per_process_per_epoch": every[:, 4].tolist(),
+        }
         path = Path(trainer.out) / "final" / "processes.json"
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(info, indent=1))

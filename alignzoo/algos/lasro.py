@@ -11,6 +11,7 @@ and generator steps. Ablations of the paper (notes §8): ``surrogate_mode`` "onl
 refits after stage 1), ``objective`` "z1z2" | "z2", ``buffer`` "off_policy" | "on_policy" (the buffer
 only holds the newest generator's samples).
 """
+
 from __future__ import annotations
 
 import math
@@ -92,9 +93,13 @@ class LaSRO(SurrogateFitting, Algorithm):
     def __init__(self, config=None):
         super().__init__(config)
         c = self.config
-        for name, value, allowed in (("surrogate_mode", c.surrogate_mode, SURROGATE_MODES), ("objective", c.objective, OBJECTIVES),
-                                     ("buffer", c.buffer, BUFFERS), ("surrogate_backbone", c.surrogate_backbone, BACKBONES),
-                                     ("reg_form", c.reg_form, REG_FORMS)):
+        for name, value, allowed in (
+            ("surrogate_mode", c.surrogate_mode, SURROGATE_MODES),
+            ("objective", c.objective, OBJECTIVES),
+            ("buffer", c.buffer, BUFFERS),
+            ("surrogate_backbone", c.surrogate_backbone, BACKBONES),
+            ("reg_form", c.reg_form, REG_FORMS),
+        ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if c.group_size < 2:
@@ -108,8 +113,11 @@ class LaSRO(SurrogateFitting, Algorithm):
 
     # -- compute: equal in images, not in updates ----------------------------------------------
     def compute_exception(self):
-        return ComputeException("lasro-surrogate-steps", "gen_steps generator steps per epoch back-propagate a learned surrogate through their own fresh "
-                                "1–2 step rollouts, alternating K_gen:K_surr with surrogate steps (Jia et al., Fig. 3); equal in images (budget), not updates")
+        return ComputeException(
+            "lasro-surrogate-steps",
+            "gen_steps generator steps per epoch back-propagate a learned surrogate through their own fresh "
+            "1–2 step rollouts, alternating K_gen:K_surr with surrogate steps (Jia et al., Fig. 3); equal in images (budget), not updates",
+        )
 
     def update_schedule(self, num_steps, world_size=1, seed=0):
         return [self.config.gen_batch_size * world_size] * self.config.gen_steps  # gen_batch_size is per process
@@ -131,12 +139,21 @@ class LaSRO(SurrogateFitting, Algorithm):
     def setup(self, trainer) -> None:
         c = self.config
         seed = int(trainer.config.seed)
-        self.surrogate = build_surrogate(trainer.model, trainer.device, init_seed=seed * 7919 + 11, backbone=c.surrogate_backbone,
-                                         head_channels=c.head_channels, timestep=c.surrogate_timestep, pool=c.head_pool,
-                                         lora_rank=c.surrogate_lora_rank, lora_targets=c.surrogate_lora_targets)
+        self.surrogate = build_surrogate(
+            trainer.model,
+            trainer.device,
+            init_seed=seed * 7919 + 11,
+            backbone=c.surrogate_backbone,
+            head_channels=c.head_channels,
+            timestep=c.surrogate_timestep,
+            pool=c.head_pool,
+            lora_rank=c.surrogate_lora_rank,
+            lora_targets=c.surrogate_lora_targets,
+        )
         self._trainable = [n for n, p in self.surrogate.named_parameters() if p.requires_grad]
-        self.surrogate_optimizer = torch.optim.AdamW(self.surrogate.optimizer_groups(c.surrogate_lr_head, c.surrogate_lr_backbone),
-                                                     weight_decay=c.surrogate_weight_decay)
+        self.surrogate_optimizer = torch.optim.AdamW(
+            self.surrogate.optimizer_groups(c.surrogate_lr_head, c.surrogate_lr_backbone), weight_decay=c.surrogate_weight_decay
+        )
         self.buffer = ReplayBuffer(c.buffer_size)
         self.heldout = ReplayBuffer(10**9)
         self.norm = {k: ScoreNormalizer(c.norm_ema, c.norm_floor, c.norm_clip) for k in ("z1", "z2")}
@@ -152,9 +169,12 @@ class LaSRO(SurrogateFitting, Algorithm):
         return {
             "surrogate": {n: sd[n].detach().cpu().clone() for n in self._trainable},
             "surrogate_optimizer": self.surrogate_optimizer.state_dict(),
-            "buffer": self.buffer.state_dict(), "heldout": self.heldout.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "heldout": self.heldout.state_dict(),
             "norm": {k: v.state_dict() for k, v in self.norm.items()},
-            "rng": self.rng.bit_generator.state, "pretrained": self.pretrained, "counts": dict(self.counts),
+            "rng": self.rng.bit_generator.state,
+            "pretrained": self.pretrained,
+            "counts": dict(self.counts),
         }
 
     def replicated_parameters(self) -> list[torch.Tensor]:
@@ -197,9 +217,18 @@ class LaSRO(SurrogateFitting, Algorithm):
             x = (mean + std * z).detach()
             states.append(x)
             x0s.append(x0)
-        return Trajectory(prompts=list(prompts), prompt_embeds=embeds, neg_embeds=neg, timesteps=timesteps, prev_timesteps=prev,
-                          latents=torch.stack(states, 1), pred_x0=torch.stack(x0s, 1), log_probs=torch.full((b, t), float("nan")),
-                          eta=float(self.config.eta), kernel="lcm" if model.kind == "lcm" else "ddim")
+        return Trajectory(
+            prompts=list(prompts),
+            prompt_embeds=embeds,
+            neg_embeds=neg,
+            timesteps=timesteps,
+            prev_timesteps=prev,
+            latents=torch.stack(states, 1),
+            pred_x0=torch.stack(x0s, 1),
+            log_probs=torch.full((b, t), float("nan")),
+            eta=float(self.config.eta),
+            kernel="lcm" if model.kind == "lcm" else "ddim",
+        )
 
     def regulariser(self, trainer, traj: Trajectory) -> torch.Tensor:
         """L_reg (notes §5) = mean ‖f_θ(z_τ, τ, c) − f_θ0(z_τ, τ, c)‖² (per-element mean); f_θ0 = the
@@ -227,7 +256,7 @@ class LaSRO(SurrogateFitting, Algorithm):
         """L_reg on ``reg_batch_size`` buffer latents z noised to a timestep τ of the sampling
         schedule: z_τ = √ᾱ_τ z + √(1−ᾱ_τ) ε."""
         model, n = trainer.model, self.config.reg_batch_size
-        idx = self.rng.integers(0, len(self.buffer), size=n * trainer.world)[trainer.rank * n:(trainer.rank + 1) * n]
+        idx = self.rng.integers(0, len(self.buffer), size=n * trainer.world)[trainer.rank * n : (trainer.rank + 1) * n]
         z = self.buffer.latents[torch.as_tensor(idx)].to(trainer.device)
         prompts = self.buffer.prompts_of(idx)
         schedule = model.timesteps(trainer.num_steps)
@@ -249,7 +278,7 @@ class LaSRO(SurrogateFitting, Algorithm):
             L_gen(θ) = c·L_reg(θ) − c1·S[R_ψ(z1, c)] − c2·S[R_ψ(z2, c)]
         (c = ``reg_weight``, c1 and c2 = ``reward_weight_z1`` and ``_z2``; objective "z2" drops z1)."""
         n = self.config.gen_batch_size
-        idx = trainer.shared_rng.integers(0, len(trainer.prompt_set), size=n * trainer.world)[trainer.rank * n:(trainer.rank + 1) * n]
+        idx = trainer.shared_rng.integers(0, len(trainer.prompt_set), size=n * trainer.world)[trainer.rank * n : (trainer.rank + 1) * n]
         prompts = [trainer.prompt_set[i] for i in idx]
         s = self.surrogate
         flags = [p.requires_grad for p in s.parameters()]

@@ -5,6 +5,7 @@ surrogate batch (fresh groups hold the newest generator's samples, the rest are 
 running normaliser S[·] of surrogate scores in the generator loss, and ``SurrogateFitting``, the
 part of LaSRO that collects scored latents (stage 1, every epoch's rollout) and fits R_ψ on them.
 """
+
 from __future__ import annotations
 
 import math
@@ -111,12 +112,16 @@ class ReplayBuffer:
         return [self.prompts[i] for i in ids.tolist()]
 
     def push(self, latents, rewards, prompts, kinds, version: int) -> None:
-        new = {"latents": latents.detach().float().cpu(), "rewards": rewards.detach().float().cpu(),
-               "prompt_ids": torch.tensor([self.prompt_id(p) for p in prompts], dtype=torch.long),
-               "kinds": torch.as_tensor(kinds, dtype=torch.long).cpu(), "versions": torch.full((len(prompts),), int(version), dtype=torch.long)}
+        new = {
+            "latents": latents.detach().float().cpu(),
+            "rewards": rewards.detach().float().cpu(),
+            "prompt_ids": torch.tensor([self.prompt_id(p) for p in prompts], dtype=torch.long),
+            "kinds": torch.as_tensor(kinds, dtype=torch.long).cpu(),
+            "versions": torch.full((len(prompts),), int(version), dtype=torch.long),
+        }
         for k, v in new.items():
             old = getattr(self, k)
-            setattr(self, k, (v if old is None else torch.cat([old, v]))[-self.capacity:])
+            setattr(self, k, (v if old is None else torch.cat([old, v]))[-self.capacity :])
 
     def clear(self) -> None:
         for k in self.FIELDS:
@@ -211,8 +216,8 @@ class SurrogateFitting:
         out = []
         with torch.no_grad(), trainer.accelerator.autocast():
             for i in range(0, latents.shape[0], chunk):
-                z = latents[i:i + chunk].to(trainer.device)
-                out.append(self.surrogate(z, self.embeds(trainer.model, prompts[i:i + chunk])).float().cpu())
+                z = latents[i : i + chunk].to(trainer.device)
+                out.append(self.surrogate(z, self.embeds(trainer.model, prompts[i : i + chunk])).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
     def buffer_accuracy(self, trainer, buf: ReplayBuffer) -> float:
@@ -239,14 +244,14 @@ class SurrogateFitting:
         model, k, world = trainer.model, self.config.group_size, trainer.world
         per_proc = math.ceil(n_prompts / world)
         n_set = len(trainer.prompt_set)  # stratified: whole permutations of the prompt set first
-        idx = np.concatenate([trainer.shared_rng.permutation(n_set) for _ in range(math.ceil(per_proc * world / n_set))])[:per_proc * world]
-        mine = [trainer.prompt_set[i] for i in idx[trainer.rank * per_proc:(trainer.rank + 1) * per_proc]]
+        idx = np.concatenate([trainer.shared_rng.permutation(n_set) for _ in range(math.ceil(per_proc * world / n_set))])[: per_proc * world]
+        mine = [trainer.prompt_set[i] for i in idx[trainer.rank * per_proc : (trainer.rank + 1) * per_proc]]
         prompts = [p for p in mine for _ in range(k)]
         parts = []
         bs = max(k, self.config.sample_batch_size // k * k)
         with torch.no_grad(), trainer.accelerator.autocast(), model.reference():
             for i in range(0, len(prompts), bs):
-                parts.append(sample(model, prompts[i:i + bs], trainer.num_steps, self.config.eta, trainer.noise_gen))
+                parts.append(sample(model, prompts[i : i + bs], trainer.num_steps, self.config.eta, trainer.noise_gen))
         traj = Trajectory.cat(parts)
         queries = self.query_steps(traj, None)  # scored column by column, as the trainer's rollout
         rows, steps = torch.arange(traj.batch_size).repeat(queries.shape[1]), queries.T.reshape(-1)
@@ -283,7 +288,7 @@ class SurrogateFitting:
         if not replay:
             return None
         chosen = draw_groups(replay, fresh, c.groups_per_batch * trainer.world, c.fresh_fraction, self.config.group_size, self.rng)
-        chosen = chosen[trainer.rank * c.groups_per_batch:(trainer.rank + 1) * c.groups_per_batch]
+        chosen = chosen[trainer.rank * c.groups_per_batch : (trainer.rank + 1) * c.groups_per_batch]
         items, w, l = group_pairs(chosen, self.buffer.rewards, c.tie_margin)
         z = self.buffer.latents[items].to(trainer.device)
         prompts = self.buffer.prompts_of(items)
@@ -316,8 +321,15 @@ class SurrogateFitting:
     def fit_surrogate(self, trainer, steps: int) -> dict:
         groups = self.buffer.ranked_groups(self.config.tie_margin)
         out = [r for r in (self.surrogate_step(trainer, groups) for _ in range(steps)) if r is not None]
-        return {} if not out else {"surr_loss": float(np.mean([r["loss"] for r in out])), "surr_acc_train": float(np.nanmean([r["acc"] for r in out])),
-                                   "surr_pairs_per_step": float(np.mean([r["pairs"] for r in out]))}
+        return (
+            {}
+            if not out
+            else {
+                "surr_loss": float(np.mean([r["loss"] for r in out])),
+                "surr_acc_train": float(np.nanmean([r["acc"] for r in out])),
+                "surr_pairs_per_step": float(np.mean([r["pairs"] for r in out])),
+            }
+        )
 
     def _rollout_stats(self, trainer, lat, vals, prompts, kinds, version) -> dict[str, list[float]]:
         """The surrogate's mean score and pairwise accuracy per step kind on the newest generator's

@@ -1,4 +1,5 @@
 """The policy's optimiser and learning-rate schedule from an algorithm's config."""
+
 from __future__ import annotations
 
 import torch

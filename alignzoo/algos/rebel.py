@@ -13,6 +13,7 @@ scalar when the train batch is > 1; REFERENCE_NOTES §3.4) — do not copy that.
 Pairs start from the same x_T by default (as in the SDPO paper's comparison); RLCM samples them
 independently: ``shared_noise=False``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -9,6 +9,7 @@ LR decay stepped per epoch, PPO clip 1e-4, advantage clip 10, grad-norm clip 5, 
 tracker 32/16; REBEL with 1/η = ``rebel_lr`` = 1, no ratio/grad/advantage clipping and
 independent initial noise.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from alignzoo.algos.base import register_algorithm
 from alignzoo.algos.ddpo import DDPO, DDPOConfig
 from alignzoo.algos.rebel import REBEL, REBELConfig
-
 
 
 @dataclass

@@ -4,6 +4,7 @@ trainer's rollout and scoring steps (methods of :class:`~alignzoo.algos.trainer.
 Every generated image and every decode/reward call is counted here (``trainer.count``), so the
 epoch records' ``samples``, ``vae_decodes`` and ``reward_queries`` cover training and logging alike.
 """
+
 from __future__ import annotations
 
 import time
@@ -57,7 +58,7 @@ def rollout(trainer) -> Trajectory:
     sampled ``group_size`` times (rows prompt-major)."""
     n, algo = trainer.prompts_per_process, trainer.algo
     idx = trainer.shared_rng.integers(0, len(trainer.prompt_set), size=n * trainer.world)
-    prompts = [trainer.prompt_set[i] for i in idx[trainer.rank * n:(trainer.rank + 1) * n]]
+    prompts = [trainer.prompt_set[i] for i in idx[trainer.rank * n : (trainer.rank + 1) * n]]
     c = algo.config
     with torch.no_grad(), trainer.accelerator.autocast():
         traj = sample_groups(trainer.model, prompts, c.group_size, trainer.num_steps, c.eta, trainer.noise_gen, shared_noise=c.shared_noise)

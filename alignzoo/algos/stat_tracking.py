@@ -12,6 +12,7 @@ trajectories a key is normalised with the *whole batch's* mean/std (at that step
 tracking, over all steps for per-prompt), as the reference code does; std gets +1e-6.
 The state is a plain dict so that checkpoints can save it and resume exactly.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -53,16 +54,22 @@ class StatTracker:
             buf = self.buffers.setdefault((p,), deque(maxlen=self.buffer_size))
             held = len(buf[-1]) if buf and isinstance(buf[-1], list) else (None if not buf else 0)
             if held is not None and held != (0 if squeeze else v.shape[1]):  # 0: one value per trajectory
-                raise ValueError(f"prompt {p!r}: the tracker holds entries of {held or 1} value(s) per trajectory, "
-                                 f"got {1 if squeeze else v.shape[1]}; use one trajectory length per run")
+                raise ValueError(
+                    f"prompt {p!r}: the tracker holds entries of {held or 1} value(s) per trajectory, "
+                    f"got {1 if squeeze else v.shape[1]}; use one trajectory length per run"
+                )
             buf.extend(v[idx, 0].tolist() if squeeze else v[idx].tolist())
             ref = v if len(buf) < self.min_count else np.asarray(buf)
             out[idx] = (v[idx] - ref.mean()) / (ref.std() + 1e-6)
         return out[:, 0] if squeeze else out
 
     def state_dict(self) -> dict:
-        return {"mode": self.mode, "buffer_size": self.buffer_size, "min_count": self.min_count,
-                "buffers": [[list(k), list(b)] for k, b in self.buffers.items()]}
+        return {
+            "mode": self.mode,
+            "buffer_size": self.buffer_size,
+            "min_count": self.min_count,
+            "buffers": [[list(k), list(b)] for k, b in self.buffers.items()],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.mode, self.buffer_size, self.min_count = state["mode"], state["buffer_size"], state["min_count"]

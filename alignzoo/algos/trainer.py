@@ -23,6 +23,7 @@ Exact resume: every random draw comes from generators whose states are checkpoin
 generator for prompts and plans shared by all processes, a torch CPU generator per process for
 the sampler's noise), so an interrupted run continues to the same final numbers on CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,10 +41,10 @@ import torch
 from alignzoo.algos import distributed, rollouts
 from alignzoo.algos.base import Algorithm, get_algorithm
 from alignzoo.algos.optim import make_optimizer
-from alignzoo.prompts import get_prompts
-from alignzoo.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
 from alignzoo.algos.stat_tracking import StatTracker
 from alignzoo.models.sampling import Trajectory, recompute_log_probs
+from alignzoo.prompts import get_prompts
+from alignzoo.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
 
 
 @dataclass
@@ -108,8 +109,7 @@ class Trainer:
 
         config = self.config
         self.accelerator = accelerator or Accelerator(
-            mixed_precision=config.mixed_precision, cpu=config.cpu, log_with=list(config.log_with) or None,
-            project_dir=config.out if config.log_with else None,
+            mixed_precision=config.mixed_precision, cpu=config.cpu, log_with=list(config.log_with) or None, project_dir=config.out if config.log_with else None
         )
         self.device = self.accelerator.device
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -157,8 +157,10 @@ class Trainer:
         first, per_epoch = self.algo.images_before_training(self.world), self.algo.images_per_epoch(self.world)
         self.num_epochs = max(1, math.ceil((config.samples - first) / per_epoch))  # the budget's epochs, as train() will find them
         if first + per_epoch > config.samples and self.accelerator.is_main_process:
-            print(f"alignzoo: warning: {config.algo} generates {first + per_epoch:,} images in its first epoch, beyond the sample budget {config.samples:,}",
-                  file=sys.stderr)
+            print(
+                f"alignzoo: warning: {config.algo} generates {first + per_epoch:,} images in its first epoch, beyond the sample budget {config.samples:,}",
+                file=sys.stderr,
+            )
 
     # ------------------------------------------------------------------------ distributed
     def gather(self, values: torch.Tensor, prompts: list[str]):
@@ -241,7 +243,7 @@ class Trainer:
         steps = torch.arange(n).repeat(b)
         out = []
         chunk = self.config.max_transitions_per_forward
-        with torch.no_grad(), self.accelerator.autocast(), (self.model.reference() if reference else contextlib.nullcontext()):
+        with torch.no_grad(), self.accelerator.autocast(), self.model.reference() if reference else contextlib.nullcontext():
             for r, s in zip(rows.split(chunk), steps.split(chunk)):
                 out.append(recompute_log_probs(self.model, traj, s, r).float())
         self.count(unet=b * n)
@@ -307,8 +309,10 @@ class Trainer:
                     self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["samples"])
             if self.nonfinite_loss:
                 self._health()
-                raise RuntimeError(f"{self.config.algo}: non-finite loss ({record.get('loss')}) at epoch {self.epoch} (logged in {self.log_path}); "
-                                   "lower learning_rate or check the reward for NaN/inf values")
+                raise RuntimeError(
+                    f"{self.config.algo}: non-finite loss ({record.get('loss')}) at epoch {self.epoch} (logged in {self.log_path}); "
+                    "lower learning_rate or check the reward for NaN/inf values"
+                )
             self.num_epochs = max(self.num_epochs, self.epoch + (self.totals["samples"] < self.config.samples))
             if self.epoch % self.config.checkpoint_every == 0 or self.totals["samples"] >= self.config.samples:
                 self.save_checkpoint()
@@ -355,5 +359,3 @@ class Trainer:
         from alignzoo.algos.checkpoints import resume
 
         return resume(self)
-
-

@@ -9,6 +9,7 @@ model's default) or ending in a traceback deep in a loop.
 An algorithm whose ``Config`` has settings of its own can check them in a ``validate()`` method
 of that dataclass (it should raise ``ValueError``); :func:`validate_algo_config` calls it.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,9 @@ def validate_algo_config(cfg):
     """Raises ``ValueError`` naming the first out-of-range shared setting; returns ``cfg``."""
     for name, (ok, must) in ALGO_RULES.items():
         if hasattr(cfg, name) and not ok(getattr(cfg, name)):
-            raise ValueError(f"{name} must be {must}, got {getattr(cfg, name)!r}; set it with --set {name}=VALUE "
-                             "(in a suite: its [train] or [algo.NAME] section)")
+            raise ValueError(
+                f"{name} must be {must}, got {getattr(cfg, name)!r}; set it with --set {name}=VALUE (in a suite: its [train] or [algo.NAME] section)"
+            )
     own = getattr(cfg, "validate", None)
     if callable(own):
         own()

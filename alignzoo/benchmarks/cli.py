@@ -1,4 +1,5 @@
 """``alignzoo bench [SUITE]``: run a suite's cells and evaluations (then ``alignzoo report``)."""
+
 from __future__ import annotations
 
 
@@ -9,10 +10,18 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--estimate", action="store_true", help="print the estimated cost and exit")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--workers", type=int, default=None,
-                   help="run N cells at once on this machine, one process and one thread each (default: one at a time, in this process)")
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="ray: each cell a Ray task with one CPU and the suite's gpus_per_cell (pip install 'alignzoo[ray]')")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run N cells at once on this machine, one process and one thread each (default: one at a time, in this process)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: each cell a Ray task with one CPU and the suite's gpus_per_cell (pip install 'alignzoo[ray]')",
+    )
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (e.g. auto, or HOST:6379); default: a local Ray instance")
 
 
@@ -60,8 +69,8 @@ def run_eval(args) -> int:
     from tabulate import tabulate
 
     from alignzoo.benchmarks.evaluation import paired_gain
-    from alignzoo.prompts import get_prompts
     from alignzoo.models import load_model
+    from alignzoo.prompts import get_prompts
     from alignzoo.rewards import get_reward
 
     try:
@@ -80,8 +89,14 @@ def run_eval(args) -> int:
         for n in steps:
             g = paired_gain(model, reward, prompts, n, images_per_prompt=args.images_per_prompt, seed=args.seed)
             rows.append({"reward": name, "steps": n, **g, "z": g["gain"] / g["se"] if g["se"] > 0 else float("nan")})
-    print(tabulate([[r["reward"], r["steps"], r["before"], r["after"], r["gain"], r["se"], r["z"], r["n"]] for r in rows],
-                   headers=["reward", "steps", "pretrained", "fine-tuned", "gain", "SE", "z", "images"], floatfmt=".4f", tablefmt="github"))
+    print(
+        tabulate(
+            [[r["reward"], r["steps"], r["before"], r["after"], r["gain"], r["se"], r["z"], r["n"]] for r in rows],
+            headers=["reward", "steps", "pretrained", "fine-tuned", "gain", "SE", "z", "images"],
+            floatfmt=".4f",
+            tablefmt="github",
+        )
+    )
     if args.json:
         from pathlib import Path
 

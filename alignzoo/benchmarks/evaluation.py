@@ -9,6 +9,7 @@ Diversity (:func:`pairwise_diversity`) is measured on the same images, once per 
 step count), in one feature space per suite (:func:`feature_space`), so collapse shows beside
 the rewards.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -39,9 +40,19 @@ class EvalResult:
 
     def summary(self, baseline: np.ndarray | None = None) -> dict:
         n = len(self.scores)
-        out = {"prompt_set": self.prompt_set, "eval_reward": self.reward, "steps": self.steps, "mean": float(self.scores.mean()),
-               "std": float(self.scores.std(ddof=1)) if n > 1 else 0.0, "n": n, "diff_mean": None, "diff_se": None,
-               "diversity": None, "diversity_se": None, "diversity_space": self.diversity_space}
+        out = {
+            "prompt_set": self.prompt_set,
+            "eval_reward": self.reward,
+            "steps": self.steps,
+            "mean": float(self.scores.mean()),
+            "std": float(self.scores.std(ddof=1)) if n > 1 else 0.0,
+            "n": n,
+            "diff_mean": None,
+            "diff_se": None,
+            "diversity": None,
+            "diversity_se": None,
+            "diversity_space": self.diversity_space,
+        }
         if self.diversity is not None:
             d = self.diversity
             out["diversity"] = float(d.mean())
@@ -95,9 +106,19 @@ def pairwise_diversity(features: torch.Tensor, images_per_prompt: int) -> np.nda
 
 
 @torch.no_grad()
-def evaluate(model, rewards: dict, prompt_sets: dict[str, list[str]], steps: Sequence[int], images_per_prompt: int = 2, eta: float = 0.0,
-             seed: int = 1234, batch_size: int = 64, keep_images: int = 0, image_prompt_set: str | None = None,
-             features: tuple[str, Callable] | None = None):
+def evaluate(
+    model,
+    rewards: dict,
+    prompt_sets: dict[str, list[str]],
+    steps: Sequence[int],
+    images_per_prompt: int = 2,
+    eta: float = 0.0,
+    seed: int = 1234,
+    batch_size: int = 64,
+    keep_images: int = 0,
+    image_prompt_set: str | None = None,
+    features: tuple[str, Callable] | None = None,
+):
     """Returns (results, strips): EvalResults for every (prompt set, reward, steps), and for the
     first ``keep_images`` images of ``image_prompt_set`` the images at each step count (S, K, 3, H, W).
 
@@ -111,24 +132,29 @@ def evaluate(model, rewards: dict, prompt_sets: dict[str, list[str]], steps: Seq
         for n in steps:
             images = []
             for start in range(0, len(expanded), batch_size):
-                part = expanded[start:start + batch_size]
+                part = expanded[start : start + batch_size]
                 gen = torch.Generator().manual_seed(int(seed) + start)  # only used when eta > 0
-                traj = sample(model, part, n, eta=eta, generator=gen, init_noise=noise[start:start + batch_size])
+                traj = sample(model, part, n, eta=eta, generator=gen, init_noise=noise[start : start + batch_size])
                 images.append(decode_steps(model, traj, [-1])[:, 0])
             images = torch.cat(images)
             diversity, space = None, features[0] if features is not None else None
             if features is not None and images_per_prompt >= 2:
-                diversity = pairwise_diversity(torch.cat([features[1](images[i:i + batch_size]) for i in range(0, len(expanded), batch_size)]), images_per_prompt)
+                diversity = pairwise_diversity(
+                    torch.cat([features[1](images[i : i + batch_size]) for i in range(0, len(expanded), batch_size)]), images_per_prompt
+                )
             for rname, reward in rewards.items():
-                scores = torch.cat([reward(images[i:i + batch_size].to(reward.device), expanded[i:i + batch_size]) for i in range(0, len(expanded), batch_size)])
+                scores = torch.cat(
+                    [reward(images[i : i + batch_size].to(reward.device), expanded[i : i + batch_size]) for i in range(0, len(expanded), batch_size)]
+                )
                 results.append(EvalResult(set_name, rname, int(n), scores.cpu().numpy().astype(np.float64), diversity, space))
             if keep_images and set_name == (image_prompt_set or next(iter(prompt_sets))):
                 strips[int(n)] = images[:keep_images].cpu()
     return results, strips
 
 
-def pretrained_scores(model, rewards: Mapping[str, torch.nn.Module], prompts: list[str], steps: int, images_per_prompt: int = 2,
-                      seed: int = 4321, batch_size: int = 64) -> dict[str, np.ndarray]:
+def pretrained_scores(
+    model, rewards: Mapping[str, torch.nn.Module], prompts: list[str], steps: int, images_per_prompt: int = 2, seed: int = 4321, batch_size: int = 64
+) -> dict[str, np.ndarray]:
     """Per-image scores of the pretrained model (the same UNet, LoRA disabled) for each reward:
     the paired baseline of :func:`paired_gains`, which runs that share it can compute once."""
     with model.reference():
@@ -136,8 +162,16 @@ def pretrained_scores(model, rewards: Mapping[str, torch.nn.Module], prompts: li
     return {r.reward: r.scores for r in results}
 
 
-def paired_gains(model, rewards: Mapping[str, torch.nn.Module], prompts: list[str], steps: int, images_per_prompt: int = 2, seed: int = 4321,
-                 batch_size: int = 64, base: Mapping[str, np.ndarray] | None = None) -> dict[str, dict]:
+def paired_gains(
+    model,
+    rewards: Mapping[str, torch.nn.Module],
+    prompts: list[str],
+    steps: int,
+    images_per_prompt: int = 2,
+    seed: int = 4321,
+    batch_size: int = 64,
+    base: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, dict]:
     """Reward gains of the fine-tuned model over the pretrained one, on the same prompts and
     held-out noise (images sampled once, scored by every reward): per reward, the mean and
     standard error of per-image differences. ``base``: :func:`pretrained_scores` computed before."""
@@ -148,8 +182,13 @@ def paired_gains(model, rewards: Mapping[str, torch.nn.Module], prompts: list[st
     for r in tuned:
         b = base[r.reward]
         d = r.scores - b
-        out[r.reward] = {"before": float(b.mean()), "after": float(r.scores.mean()), "gain": float(d.mean()),
-                         "se": float(d.std(ddof=1) / np.sqrt(len(d))), "n": int(len(d))}
+        out[r.reward] = {
+            "before": float(b.mean()),
+            "after": float(r.scores.mean()),
+            "gain": float(d.mean()),
+            "se": float(d.std(ddof=1) / np.sqrt(len(d))),
+            "n": int(len(d)),
+        }
     return out
 
 

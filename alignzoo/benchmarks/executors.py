@@ -19,6 +19,7 @@ ends with :class:`CellsFailed`, naming each failed cell. A rerun retries only th
 cells (finished ones have DONE and are skipped; a killed or failed one resumes from its last
 checkpoint), so the same command is also the recovery.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -115,8 +116,7 @@ def run_local_pool(suite, root: Path, device: str, cells: list, workers: int, on
 
     from alignzoo.runlog import cell_name
 
-    with one_thread_env(), ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                               initializer=pin_one_thread) as pool:
+    with one_thread_env(), ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=pin_one_thread) as pool:
         baseline = pool.submit(pretrained_job, suite, str(root), device).result()
         futures = {pool.submit(cell_job, suite, str(root), device, c, baseline): c for c in cells}
         try:
@@ -124,8 +124,10 @@ def run_local_pool(suite, root: Path, device: str, cells: list, workers: int, on
                 on_result(fut.result())
         except BrokenProcessPool:  # a worker was killed (e.g. out of memory): the pool cannot go on
             left = [cell_name(*c) for f, c in futures.items() if f.cancelled() or not f.done() or f.exception() is not None]
-            raise CellsFailed(f"a worker process died (killed or out of memory); unfinished cells: {', '.join(left)}. "
-                              "Rerun the same command: they resume from their last checkpoints") from None
+            raise CellsFailed(
+                f"a worker process died (killed or out of memory); unfinished cells: {', '.join(left)}. "
+                "Rerun the same command: they resume from their last checkpoints"
+            ) from None
         except BaseException:  # Ctrl-C: drop queued cells, keep finished work (killed cells resume later)
             pool.shutdown(wait=False, cancel_futures=True)
             raise

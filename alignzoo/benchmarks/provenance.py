@@ -21,6 +21,7 @@ model built in memory and the same weights in another folder agree). The model a
 checksums are computed once per loaded object and cached on it; the LoRA checksum is computed at
 every evaluation point, so two points of one cell differ in ``hash`` but not in ``setting_hash``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -124,17 +125,34 @@ class ProvenanceBuilder:
     reward, step count and prompt set of one line.
     """
 
-    def __init__(self, model, rewards: Mapping[str, torch.nn.Module], reward_args: Mapping[str, Mapping], prompt_sets: Mapping[str, Sequence[str]],
-                 images_per_prompt: int, eta: float, noise_seed: int, batch_size: int):
+    def __init__(
+        self,
+        model,
+        rewards: Mapping[str, torch.nn.Module],
+        reward_args: Mapping[str, Mapping],
+        prompt_sets: Mapping[str, Sequence[str]],
+        images_per_prompt: int,
+        eta: float,
+        noise_seed: int,
+        batch_size: int,
+    ):
         self.model = model
-        self.common = {"model": getattr(getattr(model, "spec", None), "name", None), "model_checksum": model_checksum(model),
-                       "lora_checksum": lora_checksum(model), "eta": float(eta), "guidance": float(model.guidance_scale),
-                       "resolution": int(model.resolution), "scheduler": scheduler_name(model), "images_per_prompt": int(images_per_prompt),
-                       "noise_seed": int(noise_seed)}
+        self.common = {
+            "model": getattr(getattr(model, "spec", None), "name", None),
+            "model_checksum": model_checksum(model),
+            "lora_checksum": lora_checksum(model),
+            "eta": float(eta),
+            "guidance": float(model.guidance_scale),
+            "resolution": int(model.resolution),
+            "scheduler": scheduler_name(model),
+            "images_per_prompt": int(images_per_prompt),
+            "noise_seed": int(noise_seed),
+        }
         if float(eta) != 0.0:
             self.common["batch_size"] = int(batch_size)
-        self.rewards = {name: {"reward": name, "reward_checksum": reward_checksum(r), "reward_args": _plain(dict(reward_args.get(name, {})))}
-                        for name, r in rewards.items()}
+        self.rewards = {
+            name: {"reward": name, "reward_checksum": reward_checksum(r), "reward_args": _plain(dict(reward_args.get(name, {})))} for name, r in rewards.items()
+        }
         self.prompts = {name: prompts_checksum(p) for name, p in prompt_sets.items()}
         self._timesteps: dict[int, list[int]] = {}
 
@@ -145,6 +163,12 @@ class ProvenanceBuilder:
 
     def line(self, prompt_set: str, reward: str, steps: int) -> dict:
         """``{"provenance": ..., "hash": ..., "setting_hash": ...}`` for one evaluation line."""
-        prov = {**self.common, **self.rewards[reward], "steps": int(steps), "timesteps": self.timesteps(steps),
-                "prompt_set": prompt_set, "prompts_checksum": self.prompts[prompt_set]}
+        prov = {
+            **self.common,
+            **self.rewards[reward],
+            "steps": int(steps),
+            "timesteps": self.timesteps(steps),
+            "prompt_set": prompt_set,
+            "prompts_checksum": self.prompts[prompt_set],
+        }
         return {"provenance": prov, **hashes(prov)}

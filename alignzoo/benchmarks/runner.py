@@ -19,6 +19,7 @@ half-written line; rerunning skips finished cells (DONE) and resumes an unfinish
 last checkpoint (one per epoch), dropping evaluation lines newer than that checkpoint. The final
 point writes scores.json before its lines, so a cell whose final lines exist has its scores.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,9 @@ import numpy as np
 import torch
 
 from alignzoo.benchmarks.evaluation import evaluate, feature_space
-from alignzoo.prompts import get_prompts
 from alignzoo.benchmarks.suites import Suite, suite_to_toml
 from alignzoo.images import save_strip
+from alignzoo.prompts import get_prompts
 from alignzoo.runlog import append_lines, cell_name, read_lines, rewrite_lines, write_json
 
 
@@ -84,23 +85,33 @@ class BenchmarkRunner:
         # before sampling: the LoRA checksum of the weights that make these images
         prov = ProvenanceBuilder(model, rewards, self.suite.reward_args, self.prompt_sets, ev.images_per_prompt, eta, ev.seed, ev.batch_size)
         t0 = time.perf_counter()
-        results, strips = evaluate(model, rewards, self.prompt_sets, ev.steps, ev.images_per_prompt, eta, ev.seed, ev.batch_size,
-                                   keep_images=ev.grid_images if keep_images else 0, features=feature_space(rewards))
+        results, strips = evaluate(
+            model,
+            rewards,
+            self.prompt_sets,
+            ev.steps,
+            ev.images_per_prompt,
+            eta,
+            ev.seed,
+            ev.batch_size,
+            keep_images=ev.grid_images if keep_images else 0,
+            features=feature_space(rewards),
+        )
         seconds = round(time.perf_counter() - t0, 3)
         lines, scores, diversity = [], {}, {}
         for r in results:
             key = _key(r.prompt_set, r.reward, r.steps)
             base = (baseline or {}).get(key)
-            lines.append({**fields, **r.summary(np.asarray(base) if base is not None else None), "eval_seconds": seconds,
-                          **prov.line(r.prompt_set, r.reward, r.steps)})
+            lines.append(
+                {**fields, **r.summary(np.asarray(base) if base is not None else None), "eval_seconds": seconds, **prov.line(r.prompt_set, r.reward, r.steps)}
+            )
             scores[key] = r.scores.tolist()
             if r.diversity is not None:
                 diversity[f"{r.prompt_set}|{r.steps}"] = r.diversity.tolist()
         return lines, scores, diversity, strips
 
     # ---------------------------------------------------------------------------- the run
-    def run(self, only: dict[str, set[str]] | None = None, workers: int | None = None, executor: str = "local",
-            ray_address: str | None = None) -> Path:
+    def run(self, only: dict[str, set[str]] | None = None, workers: int | None = None, executor: str = "local", ray_address: str | None = None) -> Path:
         """Runs the selected cells: in this process (default), on ``workers`` one-thread processes,
         or as Ray tasks (:mod:`alignzoo.benchmarks.executors`). Finished cells (DONE) are skipped;
         a failed cell does not stop the others, and :class:`CellsFailed` names it at the end."""
@@ -110,9 +121,11 @@ class BenchmarkRunner:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "suite.toml").write_text(suite_to_toml(self.suite))
         cost = self.suite.estimated_cost()
-        self.log(f"suite {self.suite.name}: {cost['cells']} cells on {self.suite.model}; estimated UNet evaluations "
-                 f"{cost['unet_evals_training']:,} (training) + {cost['unet_evals_evaluation']:,} (evaluation), reward queries "
-                 f"{cost['reward_queries_training']:,} + {cost['reward_queries_evaluation']:,}")
+        self.log(
+            f"suite {self.suite.name}: {cost['cells']} cells on {self.suite.model}; estimated UNet evaluations "
+            f"{cost['unet_evals_training']:,} (training) + {cost['unet_evals_evaluation']:,} (evaluation), reward queries "
+            f"{cost['reward_queries_training']:,} + {cost['reward_queries_evaluation']:,}"
+        )
         start = time.perf_counter()
         cells = [c for c in self.suite.cells() if _selected(c, only)]
         todo = [c for c in cells if not (self.dir / cell_name(*c) / "DONE").exists()]
@@ -152,8 +165,10 @@ class BenchmarkRunner:
             bar.close()
         if failed:
             names = "; ".join(f"{r['cell']} ({r['error']})" for r in failed)
-            raise CellsFailed(f"{len(failed)} of {len(todo)} cells failed: {names}. Tracebacks in <cell>/error.txt; "
-                              f"rerun the same command to retry them (finished cells are kept)")
+            raise CellsFailed(
+                f"{len(failed)} of {len(todo)} cells failed: {names}. Tracebacks in <cell>/error.txt; "
+                f"rerun the same command to retry them (finished cells are kept)"
+            )
         self.log(f"suite {self.suite.name} done in {time.perf_counter() - start:.0f} s: {self.dir}")
         return self.dir
 
@@ -176,15 +191,25 @@ class BenchmarkRunner:
         return scores
 
     def run_cell(self, algo: str, reward: str, seed: int, baseline: dict) -> Path:
-        from alignzoo.algos.trainer import Trainer, TrainConfig
+        from alignzoo.algos.trainer import TrainConfig, Trainer
 
         d = self.dir / cell_name(algo, reward, seed)
         if (d / "DONE").exists():
             return d
         algo_cfg = self.suite.algo_config(algo, reward)
-        cfg = TrainConfig(algo=algo, reward=reward, model=self.suite.model, model_path=self.suite.model_path, out=str(d), samples=self.suite.samples,
-                          seed=seed, prompts=self.suite.train_prompts, reward_kwargs=self.suite.reward_args.get(reward, {}), progress=self.progress,
-                          cpu=self.device == "cpu")
+        cfg = TrainConfig(
+            algo=algo,
+            reward=reward,
+            model=self.suite.model,
+            model_path=self.suite.model_path,
+            out=str(d),
+            samples=self.suite.samples,
+            seed=seed,
+            prompts=self.suite.train_prompts,
+            reward_kwargs=self.suite.reward_args.get(reward, {}),
+            progress=self.progress,
+            cpu=self.device == "cpu",
+        )
         rewards = self.rewards()
         trainer = Trainer(cfg, algo_cfg, model=self.load_model(), reward=rewards[reward])
         eval_path = d / "eval.jsonl"

@@ -17,14 +17,16 @@ user's own file works too. Schema (every key optional except model, algorithms, 
                    seed = 1234, grid_images = 4, batch_size = 64
     [reward_args.<reward>]  keyword arguments of a reward
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from alignzoo.registry import Registry
 
@@ -32,8 +34,25 @@ SUITE_DIR = Path(__file__).resolve().parent / "suites"
 MIN_EVAL_IMAGES = 256  # per (cell, step count, prompt set) for seed-level intervals (issue 12)
 SUITES: Registry = Registry("suite")
 
-TOP_KEYS = {"name", "description", "model", "model_path", "lcm_schedule", "algorithms", "rewards", "seeds", "samples", "eval_interval", "train_prompts",
-            "gpus_per_cell", "train", "algo", "algo_reward", "eval", "reward_args"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "model",
+    "model_path",
+    "lcm_schedule",
+    "algorithms",
+    "rewards",
+    "seeds",
+    "samples",
+    "eval_interval",
+    "train_prompts",
+    "gpus_per_cell",
+    "train",
+    "algo",
+    "algo_reward",
+    "eval",
+    "reward_args",
+}
 EVAL_KEYS = {"rewards", "steps", "prompt_sets", "images_per_prompt", "prompts_per_set", "eta", "seed", "grid_images", "batch_size"}
 
 
@@ -158,8 +177,15 @@ class Suite:
         n_eval_models = 1 + len(self.cells()) * evals_per_cell
         unet_eval = n_eval_models * n_images * sum(self.eval.steps)
         reward_eval = n_eval_models * n_images * len(self.eval.steps) * len(self.rewards)
-        return {"cells": len(self.cells()), "images_training": images, "updates_training": updates, "unet_evals_training": unet_train,
-                "unet_evals_evaluation": unet_eval, "reward_queries_training": reward_q, "reward_queries_evaluation": reward_eval}
+        return {
+            "cells": len(self.cells()),
+            "images_training": images,
+            "updates_training": updates,
+            "unet_evals_training": unet_train,
+            "unet_evals_evaluation": unet_eval,
+            "reward_queries_training": reward_q,
+            "reward_queries_evaluation": reward_eval,
+        }
 
 
 def _algo(name: str, cfg):
@@ -209,12 +235,23 @@ def parse_suite(data: dict, source: str | None = None) -> Suite:
     if data.get("lcm_schedule") is not None:  # it rides on the model name, so training and evaluation share it
         model = f"{_base_model(model)}@{data['lcm_schedule']}"
     suite = Suite(
-        name=name, model=model, algorithms=list(data["algorithms"]), rewards=list(data["rewards"]), description=data.get("description", ""),
-        model_path=data.get("model_path"), seeds=[int(s) for s in data.get("seeds", [0])], samples=int(data.get("samples", 512)),
-        eval_interval=int(data.get("eval_interval", 0)), train_prompts=data.get("train_prompts", "seen"), train=dict(data.get("train", {})),
+        name=name,
+        model=model,
+        algorithms=list(data["algorithms"]),
+        rewards=list(data["rewards"]),
+        description=data.get("description", ""),
+        model_path=data.get("model_path"),
+        seeds=[int(s) for s in data.get("seeds", [0])],
+        samples=int(data.get("samples", 512)),
+        eval_interval=int(data.get("eval_interval", 0)),
+        train_prompts=data.get("train_prompts", "seen"),
+        train=dict(data.get("train", {})),
         algo={k: dict(v) for k, v in data.get("algo", {}).items()},
-        algo_reward={a: {r: dict(v) for r, v in rs.items()} for a, rs in data.get("algo_reward", {}).items()}, eval=EvalSpec(**ev), reward_args={k: dict(v) for k, v in data.get("reward_args", {}).items()},
-        source=source, gpus_per_cell=data.get("gpus_per_cell", 0),
+        algo_reward={a: {r: dict(v) for r, v in rs.items()} for a, rs in data.get("algo_reward", {}).items()},
+        eval=EvalSpec(**ev),
+        reward_args={k: dict(v) for k, v in data.get("reward_args", {}).items()},
+        source=source,
+        gpus_per_cell=data.get("gpus_per_cell", 0),
     )
     _validate(suite)
     return suite
@@ -287,8 +324,12 @@ def _warn_small_eval(suite: Suite) -> None:
         if n < MIN_EVAL_IMAGES:
             small.append(f"{p} ({n})")
     if small:
-        warnings.warn(f"suite {suite.name!r} runs {len(suite.seeds)} seeds but evaluates fewer than {MIN_EVAL_IMAGES} images per "
-                      f"prompt set: {', '.join(small)}; raise [eval] images_per_prompt or prompts_per_set", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"suite {suite.name!r} runs {len(suite.seeds)} seeds but evaluates fewer than {MIN_EVAL_IMAGES} images per "
+            f"prompt set: {', '.join(small)}; raise [eval] images_per_prompt or prompts_per_set",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -317,6 +358,7 @@ def list_suites() -> list[str]:
 
 def suite_to_toml(suite: Suite) -> str:
     """A TOML rendering of a parsed suite (written beside its results)."""
+
     def val(v):
         if isinstance(v, str):
             return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'

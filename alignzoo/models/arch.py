@@ -13,6 +13,7 @@ The pipeline is materialised once, lazily, in the diffusers folder layout under
 the ordinary adapter classes. Weights are stored in fp16 (about 2.6 GB for sd-turbo-arch);
 ``load_model`` upcasts them to the dtype it is asked for.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,8 +50,8 @@ def _fingerprint(src: Path) -> str:
 
 
 def _words() -> list[str]:
-    from alignzoo.prompts import SIMPLE_ANIMALS, UNSEEN_ANIMALS
     from alignzoo.models.tiny_random import WORDS
+    from alignzoo.prompts import SIMPLE_ANIMALS, UNSEEN_ANIMALS
 
     words = list(WORDS) + list(_EXTRA_WORDS) + list(SIMPLE_ANIMALS)
     words += [w.lower() for p in UNSEEN_ANIMALS for w in p.split()]

@@ -17,6 +17,7 @@ step kernel) and :class:`~alignzoo.models.lcm.LatentConsistencyModel` (LCM step 
 Registered entries (``alignzoo list models``) name a hub id or a packaged folder plus the
 sampling defaults of that model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,14 @@ from alignzoo.registry import Registry
 MODELS: Registry = Registry("model")
 
 # Files a diffusers text-to-image folder must hold (weights are checked by from_pretrained).
-PIPELINE_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
-                  "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json")
+PIPELINE_FILES = (
+    "model_index.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "tokenizer/tokenizer_config.json",
+    "scheduler/scheduler_config.json",
+)
 PIPELINE_PATTERNS = ("*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors")
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -62,8 +69,15 @@ class ModelSpec:
     def resolve(self, local_path: str | os.PathLike | None = None) -> Path:
         if self.builder is not None and local_path is None:
             return Path(self.builder())
-        return resolve_snapshot(self.source, PIPELINE_FILES, what=f"model {self.name}", option="--model-path", env_var=self.env_var,
-                                local_path=local_path, allow_patterns=PIPELINE_PATTERNS)
+        return resolve_snapshot(
+            self.source,
+            PIPELINE_FILES,
+            what=f"model {self.name}",
+            option="--model-path",
+            env_var=self.env_var,
+            local_path=local_path,
+            allow_patterns=PIPELINE_PATTERNS,
+        )
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
@@ -161,8 +175,9 @@ class DiffusionModel:
         self.lora_config = None
 
     # ----------------------------------------------------------------------------- fast paths
-    def enable_fast_paths(self, channels_last: bool = False, compile: bool = False, gradient_checkpointing: bool = False,
-                          compile_mode: str | None = None) -> dict[str, bool]:
+    def enable_fast_paths(
+        self, channels_last: bool = False, compile: bool = False, gradient_checkpointing: bool = False, compile_mode: str | None = None
+    ) -> dict[str, bool]:
         """Opt-in speed/memory options (each measured by ``alignzoo perf``; all off by default).
 
         * ``channels_last``: UNet and VAE convolution weights in NHWC layout (faster convolutions
@@ -269,7 +284,14 @@ class DiffusionModel:
         return torch.cat(out)
 
     # ----------------------------------------------------------------------------- LoRA
-    def add_lora(self, rank: int = 4, alpha: float | None = None, target_modules: Sequence[str] = DEFAULT_LORA_TARGETS, init: str | bool = "gaussian", seed: int | None = None) -> None:
+    def add_lora(
+        self,
+        rank: int = 4,
+        alpha: float | None = None,
+        target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+        init: str | bool = "gaussian",
+        seed: int | None = None,
+    ) -> None:
         """Attaches a PEFT LoRA adapter named ``default``; its parameters are fp32 and trainable."""
         from peft import LoraConfig
 
@@ -321,7 +343,7 @@ class DiffusionModel:
         if not file.exists():
             raise FileNotFoundError(f"no LoRA weights at {file}: expected a folder written by save_lora / save_lora_weights")
         sd = load_file(str(file))
-        sd = {k[len("unet."):]: v for k, v in sd.items() if k.startswith("unet.")}
+        sd = {k[len("unet.") :]: v for k, v in sd.items() if k.startswith("unet.")}
         if not sd:
             raise ValueError(f"{file} holds no 'unet.' LoRA weights")
         if self.lora_config is None:

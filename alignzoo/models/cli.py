@@ -1,4 +1,5 @@
 """``alignzoo sample``: an image grid over step counts (rows: prompts × seeds)."""
+
 from __future__ import annotations
 
 import torch
@@ -28,9 +29,9 @@ def add_sample_arguments(p) -> None:
 
 
 def run_sample(args) -> int:
+    from alignzoo.images import image_grid
     from alignzoo.models import load_model
     from alignzoo.models.sampling import generate
-    from alignzoo.images import image_grid
 
     steps = parse_int_list(args.steps, "--steps")
     if min(steps) < 1:

@@ -18,6 +18,7 @@ and every evaluation sample with the same one. Choose it per model name with a s
 ``lcm-dreamshaper-v7@rlcm`` (a suite's ``lcm_schedule = "rlcm"`` adds it), or
 ``load_model(..., lcm_schedule="rlcm")``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -125,6 +126,12 @@ class LatentConsistencyModel(DiffusionModel):
         from diffusers import LatentConsistencyModelPipeline
 
         return LatentConsistencyModelPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )

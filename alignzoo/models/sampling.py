@@ -23,6 +23,7 @@ Two batched step kernels:
 * LCM-with-logprob (RLCM §3.3): x_τ' ~ N(√ᾱ_τ'·f_θ(x_τ, τ), (1−ᾱ_τ')·I) with τ' the next
   timestep of the schedule; the last step re-noises to its own timestep. No η.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,9 +71,16 @@ class Trajectory:
                 raise ValueError("cannot concatenate trajectories with different schedules")
         cat = lambda name: None if getattr(first, name) is None else torch.cat([getattr(p, name) for p in parts])  # noqa: E731
         return Trajectory(
-            prompts=[q for p in parts for q in p.prompts], prompt_embeds=cat("prompt_embeds"), neg_embeds=cat("neg_embeds"),
-            timesteps=first.timesteps, prev_timesteps=first.prev_timesteps, latents=cat("latents"), pred_x0=cat("pred_x0"),
-            log_probs=cat("log_probs"), eta=first.eta, kernel=first.kernel,
+            prompts=[q for p in parts for q in p.prompts],
+            prompt_embeds=cat("prompt_embeds"),
+            neg_embeds=cat("neg_embeds"),
+            timesteps=first.timesteps,
+            prev_timesteps=first.prev_timesteps,
+            latents=cat("latents"),
+            pred_x0=cat("pred_x0"),
+            log_probs=cat("log_probs"),
+            eta=first.eta,
+            kernel=first.kernel,
         )
 
 
@@ -143,14 +151,22 @@ def sample(
             states.append(x)
             x0s.append(x0)
     return Trajectory(
-        prompts=prompts, prompt_embeds=embeds, neg_embeds=neg, timesteps=timesteps, prev_timesteps=prev,
-        latents=torch.stack(states, 1), pred_x0=torch.stack(x0s, 1), log_probs=torch.stack(logps, 1),
-        eta=float(eta), kernel="lcm" if model.kind == "lcm" else "ddim",
+        prompts=prompts,
+        prompt_embeds=embeds,
+        neg_embeds=neg,
+        timesteps=timesteps,
+        prev_timesteps=prev,
+        latents=torch.stack(states, 1),
+        pred_x0=torch.stack(x0s, 1),
+        log_probs=torch.stack(logps, 1),
+        eta=float(eta),
+        kernel="lcm" if model.kind == "lcm" else "ddim",
     )
 
 
-def sample_groups(model, prompts: Sequence[str], group_size: int, num_steps: int, eta: float = 1.0, generator: torch.Generator | None = None,
-                  shared_noise: bool = True) -> Trajectory:
+def sample_groups(
+    model, prompts: Sequence[str], group_size: int, num_steps: int, eta: float = 1.0, generator: torch.Generator | None = None, shared_noise: bool = True
+) -> Trajectory:
     """G trajectories per prompt, rows prompt-major: row p·G + g is trajectory g of prompt p.
 
     ``shared_noise``: the G trajectories of a prompt start from one x_T (SDPO, D3PO, DanceGRPO)

@@ -4,6 +4,7 @@ SD-Turbo ships an EulerDiscrete scheduler config; like the SDPO/DDPO code we sam
 ``DDIMScheduler.from_config`` and *trailing* timestep spacing, so that N-step sampling starts at
 t = 999 for every N (with "leading" spacing 1-step sampling would start at t = 1).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,6 +60,12 @@ class StableDiffusionModel(DiffusionModel):
         from diffusers import StableDiffusionPipeline
 
         return StableDiffusionPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )

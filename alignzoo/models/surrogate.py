@@ -7,6 +7,7 @@ other times, with other optimisers and (backbone "full") on all its weights, so 
 modules with the generator's UNet; only the generator's own reference uses ``model.reference()`` (no
 second generator copy).
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,8 +49,13 @@ class LatentSurrogate(nn.Module):
         channels = int(cfg.block_out_channels[-1])
         h1, h2 = (int(h) for h in head_channels)
         self.head = nn.Sequential(
-            nn.Conv2d(channels, h1, 3, padding=1), nn.SiLU(), nn.Conv2d(h1, h2, 3, stride=2, padding=1), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(h2 * pool * pool, 1),
+            nn.Conv2d(channels, h1, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(h1, h2, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(pool),
+            nn.Flatten(),
+            nn.Linear(h2 * pool * pool, 1),
         )
         self.register_buffer("timestep", torch.tensor(int(timestep), dtype=torch.long), persistent=False)
         self.register_buffer("time_cond", None if time_cond is None else time_cond.detach().float().reshape(1, -1).clone(), persistent=False)

@@ -3,6 +3,7 @@
 Used by tests (the adapters must load exactly what ``save_pretrained`` writes) and as a
 template for the tiny world. Nothing is downloaded: the tokenizer is a hand-written CLIP BPE.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,36 +47,60 @@ def write_word_tokenizer(folder: Path, words, max_length: int = 16):
 
 def build_tiny_pipeline(folder, kind: str = "sd", seed: int = 0, sample_size: int = 8, vae_downsamples: int = 1) -> Path:
     """Writes a random tiny SD (DDIM, trailing) or LCM (LCMScheduler, w-embedding) pipeline."""
-    from diffusers import AutoencoderKL, DDIMScheduler, LCMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler, LCMScheduler
+    from diffusers import LatentConsistencyModelPipeline as LCMPipe
+    from diffusers import StableDiffusionPipeline as SDPipe
 
     folder = Path(folder)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the text encoder, VAE and UNet draw their weights in this order
     tok = write_word_tokenizer(folder / "tokenizer", WORDS)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    ))
-    blocks = (16,) + (32,) * vae_downsamples
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=blocks, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * len(blocks), up_block_types=("UpDecoderBlock2D",) * len(blocks), norm_num_groups=8,
+    text_encoder, vae, unet = _tiny_text_encoder(tok), _tiny_vae(vae_downsamples), _tiny_unet(sample_size, lcm=kind == "lcm")
+    schedule = dict(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
-    unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
-        time_cond_proj_dim=32 if kind == "lcm" else None,
-    )
-    common = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     if kind == "lcm":
-        from diffusers import LatentConsistencyModelPipeline as Pipe
-
-        scheduler = LCMScheduler(original_inference_steps=50, timestep_spacing="leading", **common)
+        pipe_cls, scheduler = LCMPipe, LCMScheduler(original_inference_steps=50, timestep_spacing="leading", **schedule)
     else:
-        from diffusers import StableDiffusionPipeline as Pipe
-
-        scheduler = DDIMScheduler(timestep_spacing="trailing", **common)
-    pipe = Pipe(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe_cls, scheduler = SDPipe, DDIMScheduler(timestep_spacing="trailing", **schedule)
+    pipe = pipe_cls(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder)
     return folder
+
+
+def _tiny_text_encoder(tok):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    return CLIPTextModel(config)
+
+
+def _tiny_vae(downsamples: int):
+    from diffusers import AutoencoderKL
+
+    blocks = (16,) + (32,) * downsamples
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=blocks, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks), up_block_types=("UpDecoderBlock2D",) * len(blocks), norm_num_groups=8,
+    )  # fmt: skip
+
+
+def _tiny_unet(sample_size: int, lcm: bool):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=4, norm_num_groups=8, time_cond_proj_dim=32 if lcm else None,
+    )  # fmt: skip

@@ -7,6 +7,7 @@ attribution) and averaged, first per run, then over seeds; ``overall`` is the me
 categories, as GenEval reports it. Only evaluation rewards whose name ends in ``strict`` or
 that are 0/1-valued are tabulated (GenEval's table is a strict pass rate).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,7 @@ import pandas as pd
 
 from alignzoo.reports.results import PRETRAINED, Results, parse_cell_name, slug
 
-NOTE = ("Per-category strict pass rates of the final checkpoints (mean over seeds), GenEval's layout: overall = "
-        "the mean over the six categories.")
+NOTE = "Per-category strict pass rates of the final checkpoints (mean over seeds), GenEval's layout: overall = the mean over the six categories."
 
 
 def prompt_categories(prompt_set: str, n_prompts: int) -> list[str] | None:
@@ -57,9 +57,18 @@ def category_frame(results: Results) -> pd.DataFrame:
                 continue
             per_image = np.repeat(np.array(cats), k)
             for c in dict.fromkeys(cats):
-                rows.append({"algo": algo, "train_reward": train_reward, "seed": seed, "prompt_set": prompt_set,
-                             "eval_reward": reward, "steps": int(steps), "category": c,
-                             "mean": float(values[per_image == c].mean())})
+                rows.append(
+                    {
+                        "algo": algo,
+                        "train_reward": train_reward,
+                        "seed": seed,
+                        "prompt_set": prompt_set,
+                        "eval_reward": reward,
+                        "steps": int(steps),
+                        "category": c,
+                        "mean": float(values[per_image == c].mean()),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -68,14 +77,12 @@ def category_markdown(frame: pd.DataFrame) -> str:
 
     runs = frame.groupby(["algo", "train_reward", "eval_reward", "steps", "category"], dropna=False)["mean"].mean().reset_index()
     cols = [c for c in CATEGORIES if c in set(runs["category"])]
-    lines = ["| algorithm | trained on | scored by | steps | " + " | ".join(cols) + " | overall |",
-             "|---" * (len(cols) + 5) + "|"]
+    lines = ["| algorithm | trained on | scored by | steps | " + " | ".join(cols) + " | overall |", "|---" * (len(cols) + 5) + "|"]
     for (algo, tr, er, steps), part in runs.groupby(["algo", "train_reward", "eval_reward", "steps"], dropna=False, sort=False):
         by_cat = dict(zip(part["category"], part["mean"]))
         vals = [by_cat.get(c, np.nan) for c in cols]
         tr_text = "-" if tr is None or (isinstance(tr, float) and np.isnan(tr)) else tr
-        lines.append(f"| {algo} | {tr_text} | {er} | {steps} | " + " | ".join(f"{v:.3f}" for v in vals)
-                     + f" | {np.nanmean(vals):.3f} |")
+        lines.append(f"| {algo} | {tr_text} | {er} | {steps} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.nanmean(vals):.3f} |")
     return "\n".join(lines)
 
 

@@ -1,15 +1,18 @@
 """``alignzoo report RUN_DIR [--out DIR]``: tables, plots, grids and report.md from stored results."""
+
 from __future__ import annotations
 
 
 def add_arguments(p) -> None:
     p.add_argument("run_dir", help="a benchmark folder written by `alignzoo bench` (runs/<suite>)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR)")
-    p.add_argument("--grid-images", type=int, default=4, metavar="K",
-                   help="images per cell of the image grids, from each stored strip (default: 4)")
-    p.add_argument("--x", default="images", choices=["images", "unet", "seconds"],
-                   help="x axis of the learning and step-generalisation curves: training images, UNet evaluations "
-                        "(forward + backward) or wall seconds (default: images)")
+    p.add_argument("--grid-images", type=int, default=4, metavar="K", help="images per cell of the image grids, from each stored strip (default: 4)")
+    p.add_argument(
+        "--x",
+        default="images",
+        choices=["images", "unet", "seconds"],
+        help="x axis of the learning and step-generalisation curves: training images, UNet evaluations (forward + backward) or wall seconds (default: images)",
+    )
 
 
 def run(args) -> int:

@@ -11,6 +11,7 @@ Logs written before those counters existed are read with what they have: ``unet_
 backward) or ``seconds_total``; an evaluation point is joined to the log record of the same cell
 with the same cumulative ``samples`` (the model evaluated is the one after that epoch).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,20 @@ from alignzoo.reports.results import PRETRAINED
 
 DASH = "–"
 COUNTERS = ["samples", "reward_queries", "unet_forward", "unet_backward", "vae_decodes", "updates", "seconds_total"]
-HEADERS = ["method", "reward", "seeds", "epochs", "images", "reward queries", "UNet forward", "UNet backward", "VAE decodes",
-           "updates", "updates / epoch", "wall s"]
+HEADERS = [
+    "method",
+    "reward",
+    "seeds",
+    "epochs",
+    "images",
+    "reward queries",
+    "UNet forward",
+    "UNet backward",
+    "VAE decodes",
+    "updates",
+    "updates / epoch",
+    "wall s",
+]
 X_AXES = {"images": "training images generated", "unet": "UNet evaluations (forward + backward)", "seconds": "training wall time (s)"}
 
 
@@ -74,9 +87,23 @@ def _fmt(x: float, fmt: str = ",.0f") -> str:
 def compute_markdown(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(no training logs)"
-    rows = [[r.method, r.reward, str(r.seeds), _fmt(r.epochs, ",.1f"), _fmt(r.samples), _fmt(r.reward_queries), _fmt(r.unet_forward),
-             _fmt(r.unet_backward), _fmt(r.vae_decodes), _fmt(r.updates), _fmt(r.updates_per_epoch, ",.1f"), _fmt(r.seconds_total, ",.1f")]
-            for r in frame.itertuples(index=False)]
+    rows = [
+        [
+            r.method,
+            r.reward,
+            str(r.seeds),
+            _fmt(r.epochs, ",.1f"),
+            _fmt(r.samples),
+            _fmt(r.reward_queries),
+            _fmt(r.unet_forward),
+            _fmt(r.unet_backward),
+            _fmt(r.vae_decodes),
+            _fmt(r.updates),
+            _fmt(r.updates_per_epoch, ",.1f"),
+            _fmt(r.seconds_total, ",.1f"),
+        ]
+        for r in frame.itertuples(index=False)
+    ]
     return tabulate(rows, headers=HEADERS, tablefmt="pipe", disable_numparse=True, colalign=["left", "left"] + ["right"] * (len(HEADERS) - 2))
 
 
@@ -88,8 +115,11 @@ def updates_note(frame: pd.DataFrame) -> str | None:
         return None
     common = per.round(6).mode().iloc[0]
     odd = [f"{m} ({v:,.1f})" for m, v in per.items() if not np.isclose(v, common)]
-    return (f"Optimiser updates per epoch differ between algorithms: most make {common:,.1f}, while " + ", ".join(odd)
-            + " (a deliberate exception such as SDPO's one update per shuffled step column shows here as more updates).")
+    return (
+        f"Optimiser updates per epoch differ between algorithms: most make {common:,.1f}, while "
+        + ", ".join(odd)
+        + " (a deliberate exception such as SDPO's one update per shuffled step column shows here as more updates)."
+    )
 
 
 def images_note(frame: pd.DataFrame) -> str | None:
@@ -101,15 +131,20 @@ def images_note(frame: pd.DataFrame) -> str | None:
         return None
     common = per.round(6).mode().iloc[0]
     odd = [f"{m} ({v:,.0f})" for m, v in per.items() if not np.isclose(v, common)]
-    return (f"Training images differ between algorithms: most generated {common:,.0f}, while " + ", ".join(odd)
-            + ": compare their rewards with that in mind (every generated image counts towards a run's budget; an epoch that "
-            "alone exceeds the budget still runs once).")
+    return (
+        f"Training images differ between algorithms: most generated {common:,.0f}, while "
+        + ", ".join(odd)
+        + ": compare their rewards with that in mind (every generated image counts towards a run's budget; an epoch that "
+        "alone exceeds the budget still runs once)."
+    )
 
 
-COMPUTE_NOTE = ("Each run's last training-log record (cumulative, all processes together), mean over seeds: images generated for "
-                "training, reward-model calls, UNet forward evaluations (sampling, recomputation and reference; guidance counts 2), "
-                "UNet evaluations whose graph was backpropagated, VAE decodes, optimiser updates and training wall time. "
-                "Logs without these counters show the old ones (forward = sampling + training evaluations) and – for the rest.")
+COMPUTE_NOTE = (
+    "Each run's last training-log record (cumulative, all processes together), mean over seeds: images generated for "
+    "training, reward-model calls, UNet forward evaluations (sampling, recomputation and reference; guidance counts 2), "
+    "UNet evaluations whose graph was backpropagated, VAE decodes, optimiser updates and training wall time. "
+    "Logs without these counters show the old ones (forward = sampling + training evaluations) and – for the rest."
+)
 
 
 def x_column(x: str) -> str:

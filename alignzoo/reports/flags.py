@@ -14,6 +14,7 @@ Report-level flags:
 ``heldout_fell``
     see :func:`alignzoo.reports.heldout.hacking_flags`.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,17 @@ def cell_flags(results: Results) -> pd.DataFrame:
         else:
             continue
         for f in flags:
-            rows.append({"cell": c.cell, "algo": c.algo, "train_reward": c.train_reward, "seed": int(c.seed), "flag": f.get("flag"),
-                         "message": f.get("message"), "source": source})
+            rows.append(
+                {
+                    "cell": c.cell,
+                    "algo": c.algo,
+                    "train_reward": c.train_reward,
+                    "seed": int(c.seed),
+                    "flag": f.get("flag"),
+                    "message": f.get("message"),
+                    "source": source,
+                }
+            )
     return pd.DataFrame(rows, columns=["cell", "algo", "train_reward", "seed", "flag", "message", "source"])
 
 
@@ -80,13 +90,19 @@ def control_flags(results: Results, algos: list[str], rewards: list[str]) -> lis
                 if pre.empty or run.empty or ctl.empty:
                     continue
                 (g, se_g), (c, se_c) = _gain(run, float(pre["mean"].iloc[-1])), _gain(ctl, float(pre["mean"].iloc[-1]))
-                se = math.sqrt(se_g ** 2 + se_c ** 2) if np.isfinite(se_g) and np.isfinite(se_c) else np.nan
+                se = math.sqrt(se_g**2 + se_c**2) if np.isfinite(se_g) and np.isfinite(se_c) else np.nan
                 if not (np.isfinite(se) and g - c > Z_CONTROL * se):
-                    found.append(f"{ps} prompts, {int(n)} step{'s' if int(n) != 1 else ''}: gain {g:+.3g} vs the control's {c:+.3g} "
-                                 f"(difference {g - c:+.3g} ± {se:.2g})")
+                    found.append(
+                        f"{ps} prompts, {int(n)} step{'s' if int(n) != 1 else ''}: gain {g:+.3g} vs the control's {c:+.3g} (difference {g - c:+.3g} ± {se:.2g})"
+                    )
             if found:
-                flags.append({"scope": f"{algo} on {reward}", "flag": "gain_not_above_control",
-                              "message": f"gain no larger than the random-reward control's (within {Z_CONTROL:g} SE): " + "; ".join(found)})
+                flags.append(
+                    {
+                        "scope": f"{algo} on {reward}",
+                        "flag": "gain_not_above_control",
+                        "message": f"gain no larger than the random-reward control's (within {Z_CONTROL:g} SE): " + "; ".join(found),
+                    }
+                )
     return flags
 
 
@@ -105,7 +121,9 @@ def flags_markdown(cells: pd.DataFrame, report_flags: list[dict], checked: int) 
     return "\n\n".join(parts)
 
 
-FLAGS_NOTE = ("Run flags come from each run's health.json or, without one, from its training log: importance ratio ≠ 1 at an "
-              "epoch's first update, a ratio clip that never or always fires, a training reward more than 2 SE below its start, "
-              "non-finite losses. Report-level flags: a gain no larger than the random-reward control's, and a trained reward that "
-              "rose while a held-out reward or the diversity fell by more than 2 SE.")
+FLAGS_NOTE = (
+    "Run flags come from each run's health.json or, without one, from its training log: importance ratio ≠ 1 at an "
+    "epoch's first update, a ratio clip that never or always fires, a training reward more than 2 SE below its start, "
+    "non-finite losses. Report-level flags: a gain no larger than the random-reward control's, and a trained reward that "
+    "rose while a held-out reward or the diversity fell by more than 2 SE."
+)

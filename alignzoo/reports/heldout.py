@@ -17,6 +17,7 @@ model's ``scores.json``) when they exist, else the standard error across seeds o
 run, so its SE is across seeds; with one seed it is sqrt(se_run² + se_pretrained²) from the lines'
 ``diversity_se`` (the evaluation's SE over prompts), and without that it is not flagged.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,15 +64,37 @@ def heldout_frame(results: Results, prompt_set: str, reward: str, algos: list[st
         for col in order:
             for n, g in rows[rows["eval_reward"] == col].groupby("steps"):
                 mean, err, _kind, k = seed_summary(g)
-                records.append({"prompt_set": prompt_set, "train_reward": reward, "method": method, "column": col, "heldout": col != reward,
-                                "steps": int(n), "mean": mean, "err": err, "seeds": k})
+                records.append(
+                    {
+                        "prompt_set": prompt_set,
+                        "train_reward": reward,
+                        "method": method,
+                        "column": col,
+                        "heldout": col != reward,
+                        "steps": int(n),
+                        "mean": mean,
+                        "err": err,
+                        "seeds": k,
+                    }
+                )
         if DIVERSITY in rows.columns and rows[DIVERSITY].notna().any():
             for n, g in rows.dropna(subset=[DIVERSITY]).groupby("steps"):
                 mean, err, _kind, k = seed_summary(g.drop_duplicates("cell"), DIVERSITY)
                 if k == 1:  # one seed: the evaluation's own standard error of the diversity, when recorded
                     err = _diversity_se(g.iloc[0])
-                records.append({"prompt_set": prompt_set, "train_reward": reward, "method": method, "column": DIVERSITY, "heldout": False,
-                                "steps": int(n), "mean": mean, "err": err, "seeds": k})
+                records.append(
+                    {
+                        "prompt_set": prompt_set,
+                        "train_reward": reward,
+                        "method": method,
+                        "column": DIVERSITY,
+                        "heldout": False,
+                        "steps": int(n),
+                        "mean": mean,
+                        "err": err,
+                        "seeds": k,
+                    }
+                )
     frame = pd.DataFrame(records, columns=COLUMNS)
     return frame if (frame["method"] != PRETRAINED).any() else frame.iloc[0:0]
 
@@ -99,11 +122,16 @@ def heldout_markdown(frame: pd.DataFrame) -> str:
 
 def heldout_note(frame: pd.DataFrame, space: str | None) -> str:
     where = f"the {space}" if space else "a fixed"
-    div = (f" Diversity: mean pairwise distance between the images of one prompt in {where} feature space (higher = more varied; "
-           f"one seed: ± the evaluation's diversity_se when recorded)." if DIVERSITY in set(frame["column"])
-           else " No diversity was recorded.")
-    return ("Runs trained on the first reward, evaluated on every reward (held-out rewards marked): mean over seeds ± the standard "
-            "error across seeds (one seed: ± the evaluation's standard error)." + div)
+    div = (
+        f" Diversity: mean pairwise distance between the images of one prompt in {where} feature space (higher = more varied; "
+        f"one seed: ± the evaluation's diversity_se when recorded)."
+        if DIVERSITY in set(frame["column"])
+        else " No diversity was recorded."
+    )
+    return (
+        "Runs trained on the first reward, evaluated on every reward (held-out rewards marked): mean over seeds ± the standard "
+        "error across seeds (one seed: ± the evaluation's standard error)." + div
+    )
 
 
 def diversity_space(results: Results) -> str | None:
@@ -177,7 +205,11 @@ def hacking_flags(results: Results, prompt_set: str, reward: str, algos: list[st
             if fell:
                 found.append(f"at {n} step{'s' if n != 1 else ''} ({reward} {d_r:+.3g}): " + ", ".join(fell))
         if found:
-            flags.append({"scope": f"{algo} on {reward}", "flag": "heldout_fell",
-                          "message": f"{prompt_set} prompts, trained reward rose while a held-out reward or diversity fell by > "
-                                     f"{Z_FALL:g} SE " + "; ".join(found)})
+            flags.append(
+                {
+                    "scope": f"{algo} on {reward}",
+                    "flag": "heldout_fell",
+                    "message": f"{prompt_set} prompts, trained reward rose while a held-out reward or diversity fell by > {Z_FALL:g} SE " + "; ".join(found),
+                }
+            )
     return flags

@@ -28,6 +28,7 @@ With one seed per algorithm the interval covers the evaluation's prompts and noi
 (:func:`seed_bootstrap`) resamples the runs' means (needs ≥ 2 seeds per algorithm; marked †);
 otherwise the cell is "–". A ranking is stated only where the interval excludes zero.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -68,8 +69,9 @@ def _seed_weights(k: int, n_boot: int, rng) -> np.ndarray:
     return rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot) / k
 
 
-def paired_bootstrap(scores_a: list, scores_b: list, images_per_prompt: int = 1, n_boot: int = N_BOOT,
-                     rng: np.random.Generator | None = None, level: float = LEVEL) -> tuple[float, float, float]:
+def paired_bootstrap(
+    scores_a: list, scores_b: list, images_per_prompt: int = 1, n_boot: int = N_BOOT, rng: np.random.Generator | None = None, level: float = LEVEL
+) -> tuple[float, float, float]:
     """(Δ, lo, hi) for lists of per-seed per-image score vectors of A and B (all the same length,
     same prompts and noises). See the module docstring for the procedure."""
     rng = rng or np.random.default_rng(BOOT_SEED)
@@ -84,8 +86,7 @@ def paired_bootstrap(scores_a: list, scores_b: list, images_per_prompt: int = 1,
     return float(ma.mean() - mb.mean()), float(lo), float(hi)
 
 
-def seed_bootstrap(means_a, means_b, n_boot: int = N_BOOT, rng: np.random.Generator | None = None,
-                   level: float = LEVEL) -> tuple[float, float, float]:
+def seed_bootstrap(means_a, means_b, n_boot: int = N_BOOT, rng: np.random.Generator | None = None, level: float = LEVEL) -> tuple[float, float, float]:
     """(Δ, lo, hi) from the runs' means alone: resample each algorithm's seeds with replacement."""
     rng = rng or np.random.default_rng(BOOT_SEED)
     a, b = np.asarray(means_a, float), np.asarray(means_b, float)
@@ -139,7 +140,7 @@ def pairwise_frame(results: Results, prompt_set: str, algos: list[str], rewards:
             col = sub[sub["steps"] == n]
             present = [a for a in algos if (col["algo"] == a).any()]
             for i, a in enumerate(present):
-                for b in present[i + 1:]:
+                for b in present[i + 1 :]:
                     la, lb = col[col["algo"] == a].sort_values("seed"), col[col["algo"] == b].sort_values("seed")
                     rec = compare(results, la, lb, f"{prompt_set}|{reward}|{n}|{a}|{b}")
                     records.append({"prompt_set": prompt_set, "reward": reward, "steps": n, "a": a, "b": b, **rec})
@@ -175,17 +176,18 @@ def pairwise_markdown(frame: pd.DataFrame, rewards: list[str]) -> str:
                 row.append(text if text == DASH else text + (" *" if c.separated else "") + MARKS[c.basis])
             rows.append(row)
         headers = [f"trained on {reward}"] + [step_label(n) for n in steps]
-        parts.append(tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True,
-                              colalign=["left"] + ["right"] * len(steps)))
+        parts.append(tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True, colalign=["left"] + ["right"] * len(steps)))
     return "\n\n".join(parts)
 
 
-PAIRWISE_NOTE = (f"Difference of the means over seeds (row: first − second algorithm, both trained and evaluated on the reward) with a "
-                 f"{LEVEL:.0%} paired-bootstrap interval over seeds and evaluation prompts × noises ({N_BOOT:,} replicates: seeds "
-                 f"resampled with replacement per algorithm, prompts with all their noises resampled once per replicate and shared by "
-                 f"both algorithms; fixed random seed); * = the interval excludes zero; † = no per-image scores, bootstrap of the "
-                 f"runs' means over seeds; ‡ = one seed, the interval covers the evaluation's prompts and noises only (not run-to-run "
-                 f"drift); – = not enough data for an interval.")
+PAIRWISE_NOTE = (
+    f"Difference of the means over seeds (row: first − second algorithm, both trained and evaluated on the reward) with a "
+    f"{LEVEL:.0%} paired-bootstrap interval over seeds and evaluation prompts × noises ({N_BOOT:,} replicates: seeds "
+    f"resampled with replacement per algorithm, prompts with all their noises resampled once per replicate and shared by "
+    f"both algorithms; fixed random seed); * = the interval excludes zero; † = no per-image scores, bootstrap of the "
+    f"runs' means over seeds; ‡ = one seed, the interval covers the evaluation's prompts and noises only (not run-to-run "
+    f"drift); – = not enough data for an interval."
+)
 
 
 def _steps_text(steps: list[int]) -> str:
@@ -219,8 +221,10 @@ def ranking_lines(frame: pd.DataFrame) -> list[str]:
                         said.append(f"{hi_name} > {lo_name} at {_steps_text([int(r.steps)])}: {format_ci(d, lo, hi)}")
                     else:
                         k = min(int(r.seeds_a), int(r.seeds_b))
-                        said.append(f"{hi_name} − {lo_name} at {_steps_text([int(r.steps)])}: {format_ci(d, lo, hi)}, from {k} seed"
-                                    f"{'' if k == 1 else 's'}: not a ranking (needs >= {MIN_SEEDS_TO_RANK} seeds)")
+                        said.append(
+                            f"{hi_name} − {lo_name} at {_steps_text([int(r.steps)])}: {format_ci(d, lo, hi)}, from {k} seed"
+                            f"{'' if k == 1 else 's'}: not a ranking (needs >= {MIN_SEEDS_TO_RANK} seeds)"
+                        )
             rest = [int(r.steps) for r in g.itertuples(index=False) if not r.separated and r.basis != BASIS_NONE]
             if rest:
                 said.append(f"{a} vs {b} not separated at {_steps_text(sorted(rest))}")
@@ -244,8 +248,7 @@ def separated_best(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.Series:
         top = col.loc[col["mean"].idxmax(), "method"]
         p = pairs[(pairs["reward"] == reward) & (pairs["steps"] == n) & ((pairs["a"] == top) | (pairs["b"] == top))]
         others = set(col["method"]) - {top}
-        beaten = {r.b if r.a == top else r.a for r in p.itertuples(index=False)
-                  if ranked(r) and (r.diff > 0) == (r.a == top)}
+        beaten = {r.b if r.a == top else r.a for r in p.itertuples(index=False) if ranked(r) and (r.diff > 0) == (r.a == top)}
         if others and others <= beaten:
             best[col["mean"].idxmax()] = True
     return best

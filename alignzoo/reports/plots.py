@@ -8,6 +8,7 @@
 Every figure colours an algorithm the same way; the pretrained model is a dashed grey line.
 Files are small (dpi 100) so a committed report stays well under 2 MB.
 """
+
 from __future__ import annotations
 
 import math
@@ -131,8 +132,9 @@ def plot_learning_curves(logs: pd.DataFrame, algos: list[str], rewards: list[str
 
 
 # ------------------------------------------------------------------------------- step generalization
-def plot_step_curves(evals: pd.DataFrame, algos: list[str], reward: str, prompt_set: str, out: str | Path,
-                     max_cols: int = 3, logs: pd.DataFrame | None = None, x: str = "images") -> Path | None:
+def plot_step_curves(
+    evals: pd.DataFrame, algos: list[str], reward: str, prompt_set: str, out: str | Path, max_cols: int = 3, logs: pd.DataFrame | None = None, x: str = "images"
+) -> Path | None:
     """Figs. 4, 8–11: for each step count, the evaluation mean on ``reward`` vs training progress
     (``x``; evaluation points joined to the log records by cell and samples) of the runs trained
     on ``reward`` (mean over seeds, ± standard-error band), starting from the pretrained model at
@@ -191,8 +193,16 @@ def plot_final_vs_steps(evals: pd.DataFrame, algos: list[str], rewards: list[str
             if s.empty:
                 continue
             style = dict(PRETRAINED_STYLE) if method == PRETRAINED else {"color": colors[method], "lw": 1.5}
-            ax.errorbar(s["steps"].to_numpy(float), s["mean"].to_numpy(float), yerr=s["std"].fillna(0).to_numpy(float), marker="o", ms=3,
-                        capsize=2, label=method, **style)
+            ax.errorbar(
+                s["steps"].to_numpy(float),
+                s["mean"].to_numpy(float),
+                yerr=s["std"].fillna(0).to_numpy(float),
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=method,
+                **style,
+            )
         ax.set_xscale("log")
         ax.set_xticks(steps)
         ax.set_xticklabels([str(n) for n in steps])
@@ -238,7 +248,7 @@ def read_strip(path: Path, k: int, size: int | None = None) -> np.ndarray | None
         if size != h:
             img = img.resize((size, size), Image.NEAREST if size > h else Image.LANCZOS)
         r, c = divmod(i, cols)
-        block[r * (size + gap):r * (size + gap) + size, c * (size + gap):c * (size + gap) + size] = np.asarray(img)
+        block[r * (size + gap) : r * (size + gap) + size, c * (size + gap) : c * (size + gap) + size] = np.asarray(img)
     return block
 
 
@@ -254,6 +264,21 @@ def grid_rows(results: Results, reward: str, algos: list[str]) -> list[tuple[str
                 rows.append((algo if len(seeds) == 1 else f"{algo} (seed {int(seed)})", folder))
                 break
     return rows
+
+
+def _strip_geometry(paths) -> tuple[int, int] | None:
+    """(height, images per strip): the smallest among the readable strips, None if none is."""
+    from PIL import Image
+
+    heights, counts = [], []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                heights.append(im.size[1])
+                counts.append(im.size[0] // max(im.size[1], 1))
+        except OSError:
+            continue
+    return (min(heights), min(counts)) if heights else None
 
 
 def reward_grid(results: Results, reward: str, algos: list[str], out_dir: str | Path, grid_images: int = 4) -> Path | None:
@@ -273,19 +298,11 @@ def reward_grid(results: Results, reward: str, algos: list[str], out_dir: str | 
     found = {key: p for key, p in found.items() if p.is_file()}
     if not any(label != PRETRAINED for label, _ in found):
         return None
-    # common geometry: the smallest strip height and image count among the strips found
-    heights, counts = [], []
-    for p in found.values():
-        try:
-            with Image.open(p) as im:
-                heights.append(im.size[1])
-                counts.append(im.size[0] // max(im.size[1], 1))
-        except OSError:
-            continue
-    if not heights:
+    geometry = _strip_geometry(found.values())
+    if geometry is None:
         return None
-    h = min(heights)
-    k = max(1, min([grid_images] + counts))
+    h, count = geometry
+    k = max(1, min(grid_images, count))
     n_tiles = len(rows) * len(steps) * k
     size = _tile_size(h)
     if h > 64:  # photographs: keep the grid near 1.2 megapixels
@@ -306,9 +323,14 @@ def reward_grid(results: Results, reward: str, algos: list[str], out_dir: str | 
             labels.append(label)
     suffix = ".png" if h <= 64 else ".jpg"
     out = Path(out_dir) / f"grid_{slug(reward)}{suffix}"
-    image_grid(torch.stack(images), labels, [_steps_title(n) for n in steps], out, cell=block_hw[0],
-               title=f"trained on {reward}; same prompts and initial noise in every row ({k} image{'s' if k > 1 else ''} per cell)")
+    image_grid(
+        torch.stack(images),
+        labels,
+        [_steps_title(n) for n in steps],
+        out,
+        cell=block_hw[0],
+        title=f"trained on {reward}; same prompts and initial noise in every row ({k} image{'s' if k > 1 else ''} per cell)",
+    )
     if suffix == ".jpg":  # image_grid saves by extension; re-save with a moderate JPEG quality
         Image.open(out).convert("RGB").save(out, quality=85, optimize=True)
     return out
-

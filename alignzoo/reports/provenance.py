@@ -10,6 +10,7 @@ same instrument, and the report refuses (:class:`ProvenanceError`, naming the co
 and the provenance keys that differ). Lines without provenance (folders written before it
 existed) are accepted, and the report says how many.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -57,9 +58,12 @@ def check_settings(evals: pd.DataFrame) -> None:
         cells = {h: ", ".join(sorted(set(g.loc[g["setting_hash"] == h, "cell"].astype(str)))[:3]) for h in hashes[:2]}
         raise ProvenanceError(
             f"column (prompt set {ps!r}, reward {reward!r}, {int(n)} steps) mixes evaluation settings: setting_hash {hashes[0]} "
-            f"({cells[hashes[0]]}) vs {hashes[1]} ({cells[hashes[1]]})" + (f" and {len(hashes) - 2} more" if len(hashes) > 2 else "")
-            + "; provenance keys that differ: " + ("; ".join(diff) if diff else "none recorded")
-            + ". Re-evaluate the odd runs with the same settings, or report them from separate folders.")
+            f"({cells[hashes[0]]}) vs {hashes[1]} ({cells[hashes[1]]})"
+            + (f" and {len(hashes) - 2} more" if len(hashes) > 2 else "")
+            + "; provenance keys that differ: "
+            + ("; ".join(diff) if diff else "none recorded")
+            + ". Re-evaluate the odd runs with the same settings, or report them from separate folders."
+        )
 
 
 def provenance_frame(evals: pd.DataFrame) -> pd.DataFrame:
@@ -72,29 +76,43 @@ def provenance_frame(evals: pd.DataFrame) -> pd.DataFrame:
     records = []
     for (ps, reward, n, sh), g in lines.groupby(COLUMN + ["setting_hash"], sort=False):
         prov = next((p for p in g.get("provenance", []) if isinstance(p, dict)), {})
-        rec = {"prompt_set": ps, "eval_reward": reward, "steps": int(n), "setting_hash": sh, "lines": int(len(g)),
-               "runs": int(g["cell"].nunique()), "hashes": int(g["hash"].nunique()) if "hash" in g.columns else 0}
+        rec = {
+            "prompt_set": ps,
+            "eval_reward": reward,
+            "steps": int(n),
+            "setting_hash": sh,
+            "lines": int(len(g)),
+            "runs": int(g["cell"].nunique()),
+            "hashes": int(g["hash"].nunique()) if "hash" in g.columns else 0,
+        }
         rec.update({k: prov.get(k) for k in SHOWN})
         records.append(rec)
     return pd.DataFrame(records, columns=cols)
 
 
 def provenance_markdown(frame: pd.DataFrame, unprovenanced: int) -> str:
-    note = (f"{unprovenanced} evaluation line(s) carry no provenance (written before it was recorded): accepted without the "
-            f"one-setting-per-column check." if unprovenanced else "")
+    note = (
+        f"{unprovenanced} evaluation line(s) carry no provenance (written before it was recorded): accepted without the one-setting-per-column check."
+        if unprovenanced
+        else ""
+    )
     if frame.empty:
         return note or "(no evaluation line carries provenance)"
     headers = ["prompt set", "reward", "steps", "setting_hash", "lines", "runs", "hashes"] + SHOWN
-    rows = [[r["prompt_set"], r["eval_reward"], str(r["steps"]), f"`{r['setting_hash']}`", str(r["lines"]), str(r["runs"]), str(r["hashes"])]
-            + ["–" if r[k] is None or (isinstance(r[k], float) and r[k] != r[k]) else _short(r[k]) for k in SHOWN]
-            for _, r in frame.iterrows()]
+    rows = [
+        [r["prompt_set"], r["eval_reward"], str(r["steps"]), f"`{r['setting_hash']}`", str(r["lines"]), str(r["runs"]), str(r["hashes"])]
+        + ["–" if r[k] is None or (isinstance(r[k], float) and r[k] != r[k]) else _short(r[k]) for k in SHOWN]
+        for _, r in frame.iterrows()
+    ]
     table = tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
     return table + ("\n\n" + note if note else "")
 
 
-PROVENANCE_NOTE = ("One row per table column (prompt set, evaluated reward, step count) and evaluation setting: `setting_hash` is the "
-                   "first 16 hex digits of the sha256 of the line's provenance without its LoRA checksum (every line of a column must "
-                   "share it); `hashes` counts the distinct full hashes (one per trained checkpoint, plus the pretrained model).")
+PROVENANCE_NOTE = (
+    "One row per table column (prompt set, evaluated reward, step count) and evaluation setting: `setting_hash` is the "
+    "first 16 hex digits of the sha256 of the line's provenance without its LoRA checksum (every line of a column must "
+    "share it); `hashes` counts the distinct full hashes (one per trained checkpoint, plus the pretrained model)."
+)
 
 
 def unprovenanced_count(evals: pd.DataFrame) -> int:

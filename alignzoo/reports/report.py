@@ -17,6 +17,7 @@
 Means are over seeds, ± the standard error across seeds; rankings are stated only where a
 pairwise bootstrap interval excludes zero (:mod:`alignzoo.reports.pairwise`).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from alignzoo.reports import categories, compute, pairwise, plots, sections, tables
+from alignzoo.reports import cost as cost_table
 from alignzoo.reports.results import PRETRAINED, Results, load_results, slug
 
 
@@ -52,8 +54,13 @@ def _pm(d: float, se: float) -> str:
     return f"{d:+.3f} ± {se:.3f} (z = {z:+.1f})" if np.isfinite(z) else f"{d:+.3f}"
 
 
-def observations(results: Results, table_frames: dict[str, pd.DataFrame], gain_frames: dict[str, pd.DataFrame],
-                 cost: pd.DataFrame, pairwise_frames: dict[str, pd.DataFrame] | None = None) -> list[str]:
+def observations(
+    results: Results,
+    table_frames: dict[str, pd.DataFrame],
+    gain_frames: dict[str, pd.DataFrame],
+    cost: pd.DataFrame,
+    pairwise_frames: dict[str, pd.DataFrame] | None = None,
+) -> list[str]:
     """Short statements computed from the tables (nothing hard-coded): rankings where a pairwise
     interval excludes zero ("not separated" elsewhere), significant gains and losses, where gains
     peak across step counts, training and cost."""
@@ -62,8 +69,10 @@ def observations(results: Results, table_frames: dict[str, pd.DataFrame], gain_f
     cells = results.cells
     if not cells.empty:
         unfinished = cells[~cells["done"]]["cell"].tolist()
-        lines.append(f"{len(cells)} training runs found, {len(cells) - len(unfinished)} finished"
-                     + (f"; still running or interrupted (their latest evaluation is used): {', '.join(unfinished)}." if unfinished else "."))
+        lines.append(
+            f"{len(cells)} training runs found, {len(cells) - len(unfinished)} finished"
+            + (f"; still running or interrupted (their latest evaluation is used): {', '.join(unfinished)}." if unfinished else ".")
+        )
     # rankings: only where the pairwise interval excludes zero
     for frame in (pairwise_frames or {}).values():
         lines += pairwise.ranking_lines(frame)
@@ -86,8 +95,10 @@ def _gain_lines(results: Results, gain_frames: dict[str, pd.DataFrame]) -> list[
         if g.empty:
             continue
         up, down = int((g["z"] > z).sum()), int((g["z"] < -z).sum())
-        lines.append(f"**{algo}** vs pretrained (paired, all rewards, step counts and prompt sets): above by more than {z:g} SE in "
-                     f"{up} of {len(g)} cells, below in {down}.")
+        lines.append(
+            f"**{algo}** vs pretrained (paired, all rewards, step counts and prompt sets): above by more than {z:g} SE in "
+            f"{up} of {len(g)} cells, below in {down}."
+        )
 
     def where(r) -> str:
         return f"{r['method']} on {r['reward']} at {_steps(r['steps'])}, {r['prompt_set']} prompts: {_pm(r['diff_mean'], r['diff_se'])}"
@@ -108,8 +119,10 @@ def _gain_lines(results: Results, gain_frames: dict[str, pd.DataFrame]) -> list[
         g = gains[gains["method"] == algo].groupby("steps")["diff_mean"].mean()
         if len(g) < 2:
             continue
-        text = (f"Step generalization of **{algo}** (gain averaged over rewards and prompt sets): largest at {_steps(g.idxmax())} "
-                f"({g.max():+.3f}), smallest at {_steps(g.idxmin())} ({g.min():+.3f})")
+        text = (
+            f"Step generalization of **{algo}** (gain averaged over rewards and prompt sets): largest at {_steps(g.idxmax())} "
+            f"({g.max():+.3f}), smallest at {_steps(g.idxmin())} ({g.min():+.3f})"
+        )
         if t_train is not None and int(t_train) in g.index and int(t_train) != int(g.idxmax()):
             text += f"; at the training trajectory length ({_steps(t_train)}): {g[int(t_train)]:+.3f}"
         lines.append(text + ".")
@@ -126,17 +139,22 @@ def _training_cost_lines(results: Results, cost: pd.DataFrame) -> list[str]:
         for reward in results.rewards:
             f = last[last["train_reward"] == reward].groupby("algo")["reward_mean"].mean().dropna()
             if len(f) > 1:  # the sampled batches' reward: no interval, so listed without a ranking claim
-                lines.append(f"Final training reward on {reward} (last epoch's batch, mean over seeds; not a ranking): "
-                             + ", ".join(f"{a} {v:.3f}" for a, v in f.items()) + ".")
+                lines.append(
+                    f"Final training reward on {reward} (last epoch's batch, mean over seeds; not a ranking): "
+                    + ", ".join(f"{a} {v:.3f}" for a, v in f.items())
+                    + "."
+                )
     # cost
     if not cost.empty and cost["seconds_total_per_1k"].notna().any():
         per = cost.groupby("method", sort=False)[["seconds_total_per_1k", "reward_queries_per_1k"]].mean()
         per = per.dropna(subset=["seconds_total_per_1k"])
         if len(per) > 1:
-            lines.append(f"Training cost per 1,000 samples: fastest {per['seconds_total_per_1k'].idxmin()} "
-                         f"({per['seconds_total_per_1k'].min():,.1f} s), slowest {per['seconds_total_per_1k'].idxmax()} "
-                         f"({per['seconds_total_per_1k'].max():,.1f} s); reward queries per 1,000 samples range from "
-                         f"{per['reward_queries_per_1k'].min():,.0f} to {per['reward_queries_per_1k'].max():,.0f}.")
+            lines.append(
+                f"Training cost per 1,000 samples: fastest {per['seconds_total_per_1k'].idxmin()} "
+                f"({per['seconds_total_per_1k'].min():,.1f} s), slowest {per['seconds_total_per_1k'].idxmax()} "
+                f"({per['seconds_total_per_1k'].max():,.1f} s); reward queries per 1,000 samples range from "
+                f"{per['reward_queries_per_1k'].min():,.0f} to {per['reward_queries_per_1k'].max():,.0f}."
+            )
     return lines
 
 
@@ -145,19 +163,20 @@ def _setup_lines(results: Results) -> list[str]:
     s = results.suite
     ev = s.get("eval") or {}
     tr = s.get("train") or {}
-    facts = [("model", f"`{results.model}`" if results.model else None),
-             ("algorithms", ", ".join(results.algorithms) or None),
-             ("trained rewards", ", ".join(results.rewards) or None),
-             ("seeds", ", ".join(str(x) for x in results.seeds) or None),
-             ("training samples per run", f"{s['samples']:,}" if isinstance(s.get("samples"), int) else None),
-             ("training trajectory length", tr.get("num_steps")),
-             ("evaluation step counts", ", ".join(str(n) for n in results.steps)),
-             ("prompt sets", ", ".join(results.prompt_sets)),
-             ("evaluation eta", ev.get("eta")),
-             ("evaluation images per set", _images_per_set(results))]
+    facts = [
+        ("model", f"`{results.model}`" if results.model else None),
+        ("algorithms", ", ".join(results.algorithms) or None),
+        ("trained rewards", ", ".join(results.rewards) or None),
+        ("seeds", ", ".join(str(x) for x in results.seeds) or None),
+        ("training samples per run", f"{s['samples']:,}" if isinstance(s.get("samples"), int) else None),
+        ("training trajectory length", tr.get("num_steps")),
+        ("evaluation step counts", ", ".join(str(n) for n in results.steps)),
+        ("prompt sets", ", ".join(results.prompt_sets)),
+        ("evaluation eta", ev.get("eta")),
+        ("evaluation images per set", _images_per_set(results)),
+    ]
     out = [f"- {k}: {v}" for k, v in facts if v is not None and v != ""]
-    return out + ["- every model is evaluated on the same prompts with the same initial noise, so differences to the pretrained "
-                  "model are paired"]
+    return out + ["- every model is evaluated on the same prompts with the same initial noise, so differences to the pretrained model are paired"]
 
 
 def _images_per_set(results: Results) -> str | None:
@@ -192,9 +211,21 @@ def _table_sections(results: Results, out: Path, pairwise_frames: dict) -> tuple
         gmk = tables.gain_markdown(gain, algos, rewards)
         (out / f"gain_{name}.md").write_text(gmk + "\n\n" + tables.GAIN_NOTE + "\n")
         gain.to_csv(out / f"gain_{name}.csv", index=False)
-        body += [f"## Reward at each sampling step count: {ps} prompts", "", mk, "", note,
-                 f"([Markdown](table_{name}.md), [LaTeX](table_{name}.tex), [CSV](table_{name}.csv))", "",
-                 "Gain over the pretrained model:", "", gmk, "", tables.GAIN_NOTE, ""]
+        body += [
+            f"## Reward at each sampling step count: {ps} prompts",
+            "",
+            mk,
+            "",
+            note,
+            f"([Markdown](table_{name}.md), [LaTeX](table_{name}.tex), [CSV](table_{name}.csv))",
+            "",
+            "Gain over the pretrained model:",
+            "",
+            gmk,
+            "",
+            tables.GAIN_NOTE,
+            "",
+        ]
     return table_frames, gain_frames, body
 
 
@@ -202,8 +233,14 @@ def _figure_sections(results: Results, out: Path, x: str) -> list[str]:
     """Learning curves and step-generalization figures against ``x`` (images, unet or seconds)."""
     algos, rewards, md = results.algorithms, results.rewards, []
     if plots.plot_learning_curves(results.logs, algos, rewards, out / "learning_curves.png", x=x):
-        md += ["## Learning curves", "", f"Training reward of the sampled batches vs {compute.X_AXES[x]} (SDPO Fig. 3 style); "
-               "mean over seeds, band = ± the standard error across seeds.", "", "![learning curves](learning_curves.png)", ""]
+        md += [
+            "## Learning curves",
+            "",
+            f"Training reward of the sampled batches vs {compute.X_AXES[x]} (SDPO Fig. 3 style); mean over seeds, band = ± the standard error across seeds.",
+            "",
+            "![learning curves](learning_curves.png)",
+            "",
+        ]
     step_md = []
     for ps in results.prompt_sets:
         f = f"final_vs_steps_{slug(ps)}.png"
@@ -215,9 +252,14 @@ def _figure_sections(results: Results, out: Path, x: str) -> list[str]:
             if plots.plot_step_curves(results.evals, algos, reward, ps, out / f, logs=results.logs, x=x):
                 step_md += [f"### {reward} during training at each step count, {ps} prompts", "", f"![{reward}, {ps}]({f})", ""]
     if step_md:
-        md += ["## Step generalization", "", "Evaluation reward of checkpoints sampled with each step count (SDPO Figs. 4, 8–11), "
-               f"against {compute.X_AXES[x]}; mean over seeds, band = ± the standard error across seeds; the dashed line is the "
-               "pretrained model.", ""] + step_md
+        md += [
+            "## Step generalization",
+            "",
+            "Evaluation reward of checkpoints sampled with each step count (SDPO Figs. 4, 8–11), "
+            f"against {compute.X_AXES[x]}; mean over seeds, band = ± the standard error across seeds; the dashed line is the "
+            "pretrained model.",
+            "",
+        ] + step_md
     return md
 
 
@@ -229,8 +271,12 @@ def _grid_section(results: Results, out: Path, grid_images: int) -> list[str]:
             grids.append((reward, g.name))
     if not grids:
         return []
-    return (["## Images", "", "Final checkpoints (first seed) and the pretrained model, with the same prompts and initial noise in "
-             "every row (SDPO Fig. 1 style).", ""] + [f"### Trained on {r}\n\n![grid {r}]({f})\n" for r, f in grids])
+    return [
+        "## Images",
+        "",
+        "Final checkpoints (first seed) and the pretrained model, with the same prompts and initial noise in every row (SDPO Fig. 1 style).",
+        "",
+    ] + [f"### Trained on {r}\n\n![grid {r}]({f})\n" for r, f in grids]
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_images: int = 4, x: str = "images") -> Path:
@@ -251,9 +297,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_im
     md += _setup_lines(results) + [""]
     table_frames, gain_frames, body = _table_sections(results, out, pairwise_frames)
 
-    cost = tables.cost_frame(results.logs, algos, rewards)
-    cost_md = tables.cost_markdown(cost)
-    (out / "cost.md").write_text(cost_md + "\n\n" + tables.COST_NOTE + "\n")
+    cost = cost_table.cost_frame(results.logs, algos, rewards)
+    cost_md = cost_table.cost_markdown(cost)
+    (out / "cost.md").write_text(cost_md + "\n\n" + cost_table.COST_NOTE + "\n")
     cost.to_csv(out / "cost.csv", index=False)
 
     heldout_flags, heldout_md = sections.heldout_sections(results, out, algos, rewards)
@@ -263,7 +309,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_im
     md += body + categories.category_sections(results, out) + pairwise_md + heldout_md + flags_md
     md += _figure_sections(results, out, x) + _grid_section(results, out, grid_images)
     md += sections.compute_section(results, out, algos, rewards)
-    md += ["## Cost", "", cost_md, "", tables.COST_NOTE, ""] + prov_md
+    md += ["## Cost", "", cost_md, "", cost_table.COST_NOTE, ""] + prov_md
     path = out / "report.md"
     path.write_text("\n".join(md).rstrip() + "\n")
     return path

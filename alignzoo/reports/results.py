@@ -19,26 +19,41 @@ tidy DataFrames (one row per JSON line), the suite dict and the orders (algorith
 prompt sets, step counts) every table and figure uses. Malformed lines (a run killed while
 writing) are skipped with a warning.
 """
+
 from __future__ import annotations
 
 import json
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tomllib
 
 from alignzoo.runlog import parse_cell_name, read_jsonl
 
 PRETRAINED = "pretrained"
 EVAL_KEYS = ("algo", "samples", "prompt_set", "eval_reward", "steps", "mean")
-EVAL_COLUMNS = ["cell", "algo", "train_reward", "seed", "samples", "prompt_set", "eval_reward", "steps", "mean", "std", "n",
-                "diff_mean", "diff_se"]
-LOG_COUNTS = ["samples", "seconds_total", "seconds_sampling", "seconds_decoding", "seconds_reward", "seconds_update",
-              "unet_evals_sampling", "unet_evals_training", "vae_decodes", "reward_queries", "log_reward_queries",
-              "unet_forward", "unet_backward", "updates", "clipfrac", "first_log_ratio_abs"]
+EVAL_COLUMNS = ["cell", "algo", "train_reward", "seed", "samples", "prompt_set", "eval_reward", "steps", "mean", "std", "n", "diff_mean", "diff_se"]
+LOG_COUNTS = [
+    "samples",
+    "seconds_total",
+    "seconds_sampling",
+    "seconds_decoding",
+    "seconds_reward",
+    "seconds_update",
+    "unet_evals_sampling",
+    "unet_evals_training",
+    "vae_decodes",
+    "reward_queries",
+    "log_reward_queries",
+    "unet_forward",
+    "unet_backward",
+    "updates",
+    "clipfrac",
+    "first_log_ratio_abs",
+]
 
 
 class ResultsError(ValueError):
@@ -202,8 +217,13 @@ def load_results(run_dir: str | Path) -> Results:
         if has_eval:
             for r in read_jsonl(d / "eval.jsonl"):
                 if parsed is not None:  # the folder name is the ground truth of the cell's identity
-                    r = {**r, "cell": d.name, "algo": r.get("algo") or parsed[0],
-                         "train_reward": r.get("train_reward") or parsed[1], "seed": parsed[2] if r.get("seed") is None else r["seed"]}
+                    r = {
+                        **r,
+                        "cell": d.name,
+                        "algo": r.get("algo") or parsed[0],
+                        "train_reward": r.get("train_reward") or parsed[1],
+                        "seed": parsed[2] if r.get("seed") is None else r["seed"],
+                    }
                 else:
                     r = {**r, "cell": PRETRAINED, "algo": PRETRAINED, "train_reward": None, "seed": None, "samples": r.get("samples", 0)}
                 eval_rows.append((r, str(d / "eval.jsonl")))
@@ -219,8 +239,7 @@ def load_results(run_dir: str | Path) -> Results:
             cells.append({"cell": d.name, "algo": parsed[0], "train_reward": parsed[1], "seed": parsed[2], "done": (d / "DONE").exists()})
     evals = _eval_frame(eval_rows)
     if evals.empty:
-        raise ResultsError(f"{str(run_dir)!r} holds no evaluation results (no lines in pretrained/eval.jsonl or "
-                           f"<algo>__<reward>__seed<S>/eval.jsonl)")
+        raise ResultsError(f"{str(run_dir)!r} holds no evaluation results (no lines in pretrained/eval.jsonl or <algo>__<reward>__seed<S>/eval.jsonl)")
     # a resumed run may repeat an evaluation: keep the last line of each
     key = ["cell", "samples", "prompt_set", "eval_reward", "steps"]
     evals = evals.drop_duplicates(subset=key, keep="last").reset_index(drop=True)

@@ -10,6 +10,7 @@ Each function writes its files into ``out`` and returns the Markdown lines for `
 ``flags.md / .csv``                    health flags per run and report-level flags
 =====================================  =====================================================
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,8 +55,12 @@ def heldout_sections(results: Results, out: Path, algos: list[str], rewards: lis
             md += [f"### Trained on {reward}, {ps} prompts", "", text, "", note, ""]
             found += heldout.hacking_flags(results, ps, reward, algos)
     if md:
-        md = ["## Every evaluated reward and diversity", "", "A gain on the trained reward with a loss on a held-out reward, or a "
-              "fall in diversity, is reward hacking or collapse (flagged under Health).", ""] + md
+        md = [
+            "## Every evaluated reward and diversity",
+            "",
+            "A gain on the trained reward with a loss on a held-out reward, or a fall in diversity, is reward hacking or collapse (flagged under Health).",
+            "",
+        ] + md
     return found, md
 
 

@@ -8,6 +8,7 @@ error std/√n, which leaves out run-to-run drift). The report bolds a column's 
 where the pairwise bootstrap separates it from every other (:mod:`alignzoo.reports.pairwise`). Frames here are long ("tidy"); the renderers turn them into Markdown (tabulate, pipe),
 LaTeX (booktabs) and CSV.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,18 @@ def format_pm(mean: float, err: float, decimals: int = 3, bold: bool = False, la
 
 
 def latex_escape(text: str) -> str:
-    table = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-             "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    table = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
     return "".join(table.get(c, c) for c in str(text))
 
 
@@ -70,8 +81,19 @@ def table1_frame(evals: pd.DataFrame, prompt_set: str, algos: list[str], rewards
         for reward in rewards:
             for n, g in sub[sub["eval_reward"] == reward].groupby("steps"):
                 mean, err, kind, k = seed_summary(g)
-                records.append({"prompt_set": prompt_set, "method": method, "reward": reward, "steps": int(n), "mean": mean,
-                                "std": err, "error": kind, "seeds": k, "n": float(g["n"].mean())})
+                records.append(
+                    {
+                        "prompt_set": prompt_set,
+                        "method": method,
+                        "reward": reward,
+                        "steps": int(n),
+                        "mean": mean,
+                        "std": err,
+                        "error": kind,
+                        "seeds": k,
+                        "n": float(g["n"].mean()),
+                    }
+                )
     frame = pd.DataFrame(records, columns=TABLE1_COLUMNS)
     frame["best"] = best_mask(frame)
     return frame
@@ -152,10 +174,15 @@ def table1_note(frame: pd.DataFrame) -> str:
         s = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
         body = f"Final checkpoints: mean over {s} seeds ± the standard error across seeds (run-to-run: std over seeds / √seeds); {pre}"
     else:
-        body = (f"Final checkpoints: mean over seeds ± the standard error across seeds (std over seeds / √seeds); cells marked † have "
-                f"results from one seed only and show ± the evaluation's standard error; {pre}")
-    bold = ("bold: the column's highest algorithm mean, where the pairwise 95% bootstrap interval separates it from every other "
-            "algorithm" if "best_source" in frame.attrs else "the best mean of each column is in bold")
+        body = (
+            f"Final checkpoints: mean over seeds ± the standard error across seeds (std over seeds / √seeds); cells marked † have "
+            f"results from one seed only and show ± the evaluation's standard error; {pre}"
+        )
+    bold = (
+        "bold: the column's highest algorithm mean, where the pairwise 95% bootstrap interval separates it from every other algorithm"
+        if "best_source" in frame.attrs
+        else "the best mean of each column is in bold"
+    )
     return body + f". Each algorithm row of a reward uses the runs trained on that reward; {bold}."
 
 
@@ -168,10 +195,14 @@ def table1_latex(frame: pd.DataFrame, methods: list[str], rewards: list[str], ca
     lines = []
     if caption:
         lines += [f"% {line}" for line in caption.splitlines()]
-    lines += ["\\begin{tabular}{l" + ("c" * k) * len(rewards) + "}", "\\toprule",
-              "Method & " + " & ".join(f"\\multicolumn{{{k}}}{{c}}{{{latex_escape(r)}}}" for r in rewards) + " \\\\",
-              " ".join(f"\\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(rewards))),
-              " & " + " & ".join(step_label(n) for _ in rewards for n in steps) + " \\\\", "\\midrule"]
+    lines += [
+        "\\begin{tabular}{l" + ("c" * k) * len(rewards) + "}",
+        "\\toprule",
+        "Method & " + " & ".join(f"\\multicolumn{{{k}}}{{c}}{{{latex_escape(r)}}}" for r in rewards) + " \\\\",
+        " ".join(f"\\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(rewards))),
+        " & " + " & ".join(step_label(n) for _ in rewards for n in steps) + " \\\\",
+        "\\midrule",
+    ]
     mixed = _mixed(frame)
     present = [m for m in methods if (frame["method"] == m).any()]
     for i, m in enumerate(present):
@@ -217,8 +248,18 @@ def gain_frame(evals: pd.DataFrame, prompt_set: str, algos: list[str], rewards: 
                     z = np.nan  # no standard error recorded: no significance claim
                 else:
                     z = d / se if se > 0 else (math.copysign(math.inf, d) if d != 0 else 0.0)
-                records.append({"prompt_set": prompt_set, "method": algo, "reward": reward, "steps": int(n), "diff_mean": d,
-                                "diff_se": se, "z": z, "seeds": int(g["cell"].nunique())})
+                records.append(
+                    {
+                        "prompt_set": prompt_set,
+                        "method": algo,
+                        "reward": reward,
+                        "steps": int(n),
+                        "diff_mean": d,
+                        "diff_se": se,
+                        "z": z,
+                        "seeds": int(g["cell"].nunique()),
+                    }
+                )
     return pd.DataFrame(records, columns=GAIN_COLUMNS)
 
 
@@ -247,73 +288,8 @@ def gain_markdown(frame: pd.DataFrame, methods: list[str], rewards: list[str]) -
     return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True, colalign=["left"] + ["right"] * (len(headers) - 1))
 
 
-GAIN_NOTE = (f"Paired gain over the pretrained model on the same prompts and initial noise (final checkpoint minus pretrained), "
-             f"mean over seeds ± the standard error across seeds (one seed: ± the evaluation's paired standard error); "
-             f"* = |gain| > {Z_MARK:g} standard errors.")
-
-
-# ------------------------------------------------------------------------------- cost
-COST_TOTALS = ["seconds_total", "seconds_sampling", "seconds_decoding", "seconds_reward", "seconds_update", "unet_evals",
-               "vae_decodes", "reward_queries", "log_reward_queries"]
-PER_1K = ["seconds_total", "unet_evals", "vae_decodes", "reward_queries", "log_reward_queries"]
-
-
-def cost_frame(logs: pd.DataFrame, algos: list[str], rewards: list[str]) -> pd.DataFrame:
-    """One row per (algorithm, trained reward): the final log line of each seed, averaged over seeds.
-    ``unet_evals`` = sampling + training forwards; ``*_per_1k`` = per 1,000 training samples
-    (computed per seed, then averaged)."""
-    cols = ["method", "reward", "seeds", "epochs", "samples"] + COST_TOTALS + [f"{c}_per_1k" for c in PER_1K]
-    if logs is None or logs.empty:
-        return pd.DataFrame(columns=cols)
-    last = logs.loc[logs.groupby("cell")["epoch"].idxmax()].copy()
-    for c in ["samples", "seconds_total", "seconds_sampling", "seconds_decoding", "seconds_reward", "seconds_update",
-              "unet_evals_sampling", "unet_evals_training", "vae_decodes", "reward_queries", "log_reward_queries"]:
-        if c not in last.columns:
-            last[c] = np.nan
-        last[c] = pd.to_numeric(last[c], errors="coerce").astype(float)
-    last["unet_evals"] = last["unet_evals_sampling"].fillna(0) + last["unet_evals_training"].fillna(0)
-    last.loc[last["unet_evals_sampling"].isna() & last["unet_evals_training"].isna(), "unet_evals"] = np.nan
-    for c in PER_1K:
-        last[f"{c}_per_1k"] = last[c] / last["samples"].where(last["samples"] > 0) * 1000.0
-    records = []
-    for algo in algos:
-        for reward in rewards:
-            g = last[(last["algo"] == algo) & (last["train_reward"] == reward)]
-            if g.empty:
-                continue
-            rec = {"method": algo, "reward": reward, "seeds": int(len(g)), "epochs": float(g["epoch"].mean())}
-            for c in ["samples"] + COST_TOTALS + [f"{c}_per_1k" for c in PER_1K]:
-                rec[c] = float(g[c].mean()) if g[c].notna().any() else np.nan
-            records.append(rec)
-    return pd.DataFrame(records, columns=cols)
-
-
-def _n(x: float, fmt: str) -> str:
-    return DASH if x is None or not np.isfinite(x) else format(x, fmt)
-
-
-def cost_markdown(frame: pd.DataFrame) -> str:
-    """Two pipe tables: totals (final log line, mean over seeds) and per 1,000 training samples."""
-    if frame.empty:
-        return "(no training logs)"
-    tot, per = [], []
-    for r in frame.itertuples(index=False):
-        tot.append([r.method, r.reward, str(r.seeds), _n(r.samples, ",.0f"), _n(r.seconds_total, ",.1f"), _n(r.seconds_sampling, ",.1f"),
-                    _n(r.seconds_decoding, ",.1f"), _n(r.seconds_reward, ",.1f"), _n(r.seconds_update, ",.1f"), _n(r.unet_evals, ",.0f"),
-                    _n(r.vae_decodes, ",.0f"), _n(r.reward_queries, ",.0f"), _n(r.log_reward_queries, ",.0f")])
-        per.append([r.method, r.reward, _n(r.seconds_total_per_1k, ",.1f"), _n(r.unet_evals_per_1k, ",.0f"), _n(r.vae_decodes_per_1k, ",.0f"),
-                    _n(r.reward_queries_per_1k, ",.0f"), _n(r.log_reward_queries_per_1k, ",.0f")])
-    h_tot = ["method", "reward", "seeds", "samples", "wall s", "sampling s", "decoding s", "reward s", "update s", "UNet evals",
-             "VAE decodes", "reward queries", "logging queries"]
-    h_per = ["method", "reward", "wall s / 1k", "UNet evals / 1k", "VAE decodes / 1k", "reward queries / 1k", "logging queries / 1k"]
-    right = lambda h: ["left", "left"] + ["right"] * (len(h) - 2)  # noqa: E731
-    return ("Totals (final log line of each run, mean over seeds):\n\n"
-            + tabulate(tot, headers=h_tot, tablefmt="pipe", disable_numparse=True, colalign=right(h_tot))
-            + "\n\nPer 1,000 training samples:\n\n"
-            + tabulate(per, headers=h_per, tablefmt="pipe", disable_numparse=True, colalign=right(h_per)))
-
-
-COST_NOTE = ("Wall-clock seconds of the training epochs on the machine that ran the suite (evaluation and checkpointing "
-             "not included); UNet evaluations count sampling "
-             "and training forwards; reward queries are those the algorithm trains on, logging queries the extra ones made only "
-             "to log the first-step reward.")
+GAIN_NOTE = (
+    f"Paired gain over the pretrained model on the same prompts and initial noise (final checkpoint minus pretrained), "
+    f"mean over seeds ± the standard error across seeds (one seed: ± the evaluation's paired standard error); "
+    f"* = |gain| > {Z_MARK:g} standard errors."
+)

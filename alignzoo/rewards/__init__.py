@@ -1,4 +1,16 @@
 """Reward models. Importing this package registers the built-in rewards."""
+
+from alignzoo.rewards import (  # noqa: F401,E402
+    aesthetic,
+    control,
+    hpsv2,
+    imagereward,
+    jpeg,
+    pickscore,
+    tiny,  # noqa: F401
+    tiny_compose,  # noqa: F401,E402
+    tiny_preference,  # noqa: F401,E402
+)
 from alignzoo.rewards.base import (  # noqa: F401
     REWARDS,
     Reward,
@@ -10,7 +22,3 @@ from alignzoo.rewards.base import (  # noqa: F401
     reward_arguments,
     validate_inputs,
 )
-from alignzoo.rewards import aesthetic, control, hpsv2, imagereward, jpeg, pickscore  # noqa: F401,E402
-from alignzoo.rewards import tiny  # noqa: F401
-from alignzoo.rewards import tiny_compose  # noqa: F401,E402
-from alignzoo.rewards import tiny_preference  # noqa: F401,E402

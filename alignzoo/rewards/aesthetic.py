@@ -14,6 +14,7 @@ Weights:
     ``sac+logos+ava1-l14-linearMSE.pth`` or ``aesthetic-model.pth``), else the hub file
     ``aesthetic-model.pth`` of ``trl-lib/ddpo-aesthetic-predictor`` (TRL's copy of the predictor).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,17 +25,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from alignzoo.hf import quiet
 from alignzoo.hub import MissingWeightsError, resolve_file
 from alignzoo.rewards.base import Reward, register_reward
-from alignzoo.hf import quiet
-from alignzoo.rewards.preprocess import (
-    ImageTransform,
-    freeze,
-    load_checkpoint,
-    parse_dtype,
-    resolve_hf_model,
-    unwrap_state_dict,
-)
+from alignzoo.rewards.preprocess import ImageTransform, freeze, load_checkpoint, parse_dtype, resolve_hf_model, unwrap_state_dict
 
 CLIP_L14_ID = "openai/clip-vit-large-patch14"
 CLIP_ENV = "ALIGNZOO_CLIP_L14"
@@ -76,18 +70,14 @@ def resolve_aesthetic_mlp(weights: str | os.PathLike | None = None) -> Path:
             f"aesthetic MLP folder {str(local)!r} holds neither {MLP_OFFICIAL_FILE!r} nor {MLP_HUB_FILE!r}; "
             f"pass the .pth file itself with `weights=` (CLI `--weights`) or {MLP_ENV}"
         )
-    return resolve_file(
-        MLP_REPO, MLP_HUB_FILE, what="aesthetic MLP", option="`weights=` (CLI `--weights`)", env_var=MLP_ENV, local_path=weights
-    )
+    return resolve_file(MLP_REPO, MLP_HUB_FILE, what="aesthetic MLP", option="`weights=` (CLI `--weights`)", env_var=MLP_ENV, local_path=weights)
 
 
 def load_aesthetic_mlp(path: str | os.PathLike) -> AestheticMLP:
     """Loads ``sac+logos+ava1-l14-linearMSE.pth`` (or TRL's copy) with ``weights_only=True``."""
     sd = unwrap_state_dict(load_checkpoint(path, "aesthetic MLP"))
     if "layers.0.weight" not in sd:
-        raise ValueError(
-            f"{str(path)!r} is not a LAION aesthetic MLP state dict (no 'layers.0.weight'; keys: {sorted(sd)[:6]}...)"
-        )
+        raise ValueError(f"{str(path)!r} is not a LAION aesthetic MLP state dict (no 'layers.0.weight'; keys: {sorted(sd)[:6]}...)")
     mlp = AestheticMLP(int(sd["layers.0.weight"].shape[1]))
     mlp.load_state_dict(sd, strict=True)
     return mlp
@@ -110,9 +100,7 @@ def load_clip_vision(folder: str | os.PathLike, dtype: torch.dtype = torch.float
     else:
         config = CLIPVisionConfig.from_pretrained(folder)
     with quiet("transformers", ignore_warnings=True):
-        model, info = CLIPVisionModelWithProjection.from_pretrained(
-            folder, config=config, dtype=dtype, output_loading_info=True
-        )
+        model, info = CLIPVisionModelWithProjection.from_pretrained(folder, config=config, dtype=dtype, output_loading_info=True)
     missing = list(info.get("missing_keys", [])) + list(info.get("mismatched_keys", []))
     if missing:
         raise ValueError(f"CLIP vision weights in {str(folder)!r} are incomplete: missing/mismatched {missing[:8]}")
@@ -148,8 +136,7 @@ class AestheticReward(Reward):
         self.dtype = parse_dtype(dtype)
         mlp_path = resolve_aesthetic_mlp(weights)
         clip_folder = resolve_hf_model(
-            CLIP_L14_ID, what="CLIP ViT-L/14", option="`clip_path=` (CLI `--option clip_path=PATH`)", env_var=CLIP_ENV,
-            local_path=clip_path,
+            CLIP_L14_ID, what="CLIP ViT-L/14", option="`clip_path=` (CLI `--option clip_path=PATH`)", env_var=CLIP_ENV, local_path=clip_path
         )
         self.mlp = freeze(load_aesthetic_mlp(mlp_path))
         self.clip = freeze(load_clip_vision(clip_folder, self.dtype))

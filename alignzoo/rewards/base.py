@@ -8,6 +8,7 @@ images' device. Rewards run in inference mode unless built with ``differentiable
 Each reward counts the images it scored and the seconds it spent, because the benchmarks
 report reward cost (SDPO's point is 3 reward queries per trajectory instead of T).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,8 +57,7 @@ def check_reward_kwargs(name: str, kwargs: dict) -> None:
     accepted = reward_arguments(name)
     unknown = [k for k in kwargs if accepted is not None and k not in accepted]
     if unknown:
-        raise ValueError(f"reward {name!r} does not take {', '.join(map(repr, unknown))}; "
-                         f"its arguments: {', '.join(accepted) or '(none)'}")
+        raise ValueError(f"reward {name!r} does not take {', '.join(map(repr, unknown))}; its arguments: {', '.join(accepted) or '(none)'}")
 
 
 def list_rewards() -> list[str]:
@@ -95,8 +95,7 @@ class Reward(torch.nn.Module):
         super().__init__()
         if differentiable and not self.supports_grad:
             raise ValueError(
-                f"reward {self.name!r} is not differentiable (it is computed outside torch); "
-                "use it with an algorithm that needs only reward values"
+                f"reward {self.name!r} is not differentiable (it is computed outside torch); use it with an algorithm that needs only reward values"
             )
         self.differentiable = differentiable
         self._device = torch.device(device) if device is not None else torch.device("cpu")
@@ -165,10 +164,7 @@ def validate_inputs(images, prompts, needs_prompts: bool = True) -> list[str]:
             raise ValueError("images contain NaN or inf values")
         lo, hi = float(images.min()), float(images.max())
     if lo < -1e-4 or hi > 1 + 1e-4:
-        raise ValueError(
-            f"images must lie in [0, 1], got values in [{lo:.3f}, {hi:.3f}]; "
-            "convert from [-1, 1] with (x + 1) / 2 and clamp"
-        )
+        raise ValueError(f"images must lie in [0, 1], got values in [{lo:.3f}, {hi:.3f}]; convert from [-1, 1] with (x + 1) / 2 and clamp")
     if prompts is None:
         if needs_prompts:
             raise ValueError("this reward reads the prompt: pass one prompt per image")

@@ -7,6 +7,7 @@ Images are read in sorted filename order (png, jpg, jpeg, webp, bmp). The prompt
 line per image in that order, or is a JSON object mapping filename -> prompt. Prints one row per
 image (filename, prompt, score) and the mean ± std.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="folder of images to score")
     parser.add_argument(
         "--prompts",
-        help="text file with one prompt per image (sorted filename order) or a JSON object filename -> prompt; "
-        "required for rewards that read the prompt",
+        help="text file with one prompt per image (sorted filename order) or a JSON object filename -> prompt; required for rewards that read the prompt",
     )
     parser.add_argument("--weights", help="local weights of the reward (file or folder; see docs/rewards.md)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -63,9 +63,7 @@ def read_prompts(path: str | Path, files: list[Path]) -> list[str]:
             raise ValueError(f"prompts JSON {str(path)!r} must be an object mapping filename -> prompt")
         missing = [f.name for f in files if f.name not in mapping]
         if missing:
-            raise ValueError(
-                f"prompts JSON {str(path)!r} has no prompt for {len(missing)} of {len(files)} images, e.g. {missing[:3]}"
-            )
+            raise ValueError(f"prompts JSON {str(path)!r} has no prompt for {len(missing)} of {len(files)} images, e.g. {missing[:3]}")
         return [str(mapping[f.name]) for f in files]
     lines = text.splitlines()
     while lines and not lines[-1].strip():  # trailing blank lines

@@ -6,6 +6,7 @@ always gets the same score, but nearby images get unrelated scores, so there is 
 policy can learn from it: fine-tuning on ``random`` measures pure drift (how far an algorithm
 moves the model and how much its reported reward rises by chance alone).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,8 @@ from typing import Sequence
 
 import torch
 
-from alignzoo.rewards.base import Reward, register_reward
 from alignzoo.images import to_uint8
+from alignzoo.rewards.base import Reward, register_reward
 
 
 def hash_score(image_u8: bytes, shape: tuple[int, ...], prompt: str, seed: int = 0) -> float:

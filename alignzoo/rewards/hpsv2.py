@@ -17,6 +17,7 @@ CenterCrop (torchvision rounding) + OpenAI CLIP mean/std; text goes through open
 Weights: ``weights=`` / ``ALIGNZOO_HPSV2`` (the ``.pt`` file, or a folder holding it), else the
 hub repo ``xswu/HPSv2`` (``HPS_v2.1_compressed.pt`` / ``HPS_v2_compressed.pt``).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,16 +29,7 @@ import torch
 
 from alignzoo.hub import resolve_file
 from alignzoo.rewards.base import Reward, register_reward
-from alignzoo.rewards.preprocess import (
-    CLIP_MEAN,
-    CLIP_STD,
-    ImageTransform,
-    freeze,
-    load_checkpoint,
-    parse_dtype,
-    skip_init,
-    unwrap_state_dict,
-)
+from alignzoo.rewards.preprocess import CLIP_MEAN, CLIP_STD, ImageTransform, freeze, load_checkpoint, parse_dtype, skip_init, unwrap_state_dict
 
 HPS_REPO = "xswu/HPSv2"
 HPS_ENV = "ALIGNZOO_HPSV2"
@@ -48,14 +40,7 @@ HPS_ARCH = "ViT-H-14"
 def resolve_hps_checkpoint(weights: str | os.PathLike | None = None, version: str = "v2.1") -> Path:
     if version not in HPS_FILES:
         raise ValueError(f"unknown HPS version {version!r}; use one of {', '.join(sorted(HPS_FILES))}")
-    return resolve_file(
-        HPS_REPO,
-        HPS_FILES[version],
-        what=f"HPS {version}",
-        option="`weights=` (CLI `--weights`)",
-        env_var=HPS_ENV,
-        local_path=weights,
-    )
+    return resolve_file(HPS_REPO, HPS_FILES[version], what=f"HPS {version}", option="`weights=` (CLI `--weights`)", env_var=HPS_ENV, local_path=weights)
 
 
 def convert_hps_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -92,11 +77,7 @@ def openclip_transform(model) -> ImageTransform:
     if size is None or cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("interpolation", "bicubic") != "bicubic":
         raise ValueError(f"unsupported open_clip preprocessing {cfg}: only a square bicubic shortest-side resize is implemented")
     return ImageTransform(
-        size=int(size),
-        crop=(int(size), int(size)),
-        mean=tuple(cfg.get("mean", CLIP_MEAN)),
-        std=tuple(cfg.get("std", CLIP_STD)),
-        crop_rounding="round",
+        size=int(size), crop=(int(size), int(size)), mean=tuple(cfg.get("mean", CLIP_MEAN)), std=tuple(cfg.get("std", CLIP_STD)), crop_rounding="round"
     )
 
 

@@ -26,6 +26,7 @@ Weights: ``weights=`` / ``ALIGNZOO_IMAGEREWARD`` (a folder with ``ImageReward.pt
 ``med_config.json`` beside it); the BERT tokenizer from ``tokenizer_path=`` /
 ``ALIGNZOO_BERT_TOKENIZER`` or the hub's ``bert-base-uncased`` (``vocab.txt``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,17 +43,7 @@ from torch import nn
 
 from alignzoo.hub import MissingWeightsError, resolve_snapshot
 from alignzoo.rewards.base import Reward, register_reward
-from alignzoo.rewards.preprocess import (
-    CLIP_MEAN,
-    CLIP_STD,
-    ImageTransform,
-    check_tokenizer,
-    freeze,
-    load_checkpoint,
-    parse_dtype,
-    skip_init,
-    unwrap_state_dict,
-)
+from alignzoo.rewards.preprocess import CLIP_MEAN, CLIP_STD, ImageTransform, check_tokenizer, freeze, load_checkpoint, parse_dtype, skip_init, unwrap_state_dict
 
 IMAGEREWARD_REPO = "THUDM/ImageReward"
 IMAGEREWARD_FILES = ("ImageReward.pt", "med_config.json")
@@ -92,10 +83,7 @@ TEXT_RULES: list[tuple[str, str]] = [
 ]
 HEAD_RULES: list[tuple[str, str]] = [(r"^mlp\.(layers\.\d+\.(weight|bias))$", r"\1")]
 # present in ImageReward.pt, not used for scoring
-IGNORED_RULES: list[str] = [
-    r"^blip\.(vision_proj|text_proj)\.(weight|bias)$",
-    r"^blip\.text_encoder\.embeddings\.position_ids$",
-]
+IGNORED_RULES: list[str] = [r"^blip\.(vision_proj|text_proj)\.(weight|bias)$", r"^blip\.text_encoder\.embeddings\.position_ids$"]
 
 
 @dataclass
@@ -234,8 +222,7 @@ class ImageRewardModel(nn.Module):
             result = module.load_state_dict(sd, strict=False)
             if result.missing_keys or result.unexpected_keys:
                 raise ValueError(
-                    f"ImageReward checkpoint does not fit the {name} module: missing {result.missing_keys[:8]}, "
-                    f"unexpected {result.unexpected_keys[:8]}"
+                    f"ImageReward checkpoint does not fit the {name} module: missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
                 )
         return model
 
@@ -245,12 +232,7 @@ class ImageRewardModel(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         image_embeds = self.vision(pixel_values=pixel_values).last_hidden_state
-        text = self.text(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-            is_decoder=False,
-        ).last_hidden_state
+        text = self.text(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image_embeds, is_decoder=False).last_hidden_state
         return self.head(text[:, 0, :].float())
 
 

@@ -5,6 +5,7 @@ reward is the file size in kB (bytes / 1000): negative for ``jpeg_compressibilit
 files are better), positive for ``jpeg_incompressibility``. Computed outside torch, so there is
 no gradient (``supports_grad = False``).
 """
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,8 @@ from typing import Sequence
 
 import torch
 
-from alignzoo.rewards.base import Reward, register_reward
 from alignzoo.images import to_uint8
+from alignzoo.rewards.base import Reward, register_reward
 
 JPEG_QUALITY = 95
 

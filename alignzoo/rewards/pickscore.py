@@ -15,6 +15,7 @@ Weights: ``weights=`` / ``ALIGNZOO_PICKSCORE`` (a transformers folder), else the
 processor folder from ``processor_path=`` / ``ALIGNZOO_PICKSCORE_PROCESSOR`` (official) or
 ``ALIGNZOO_CLIP_L14`` (SDPO variant), else the hub.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,16 +24,10 @@ from typing import Sequence
 
 import torch
 
+from alignzoo.hf import quiet
 from alignzoo.hub import resolve_snapshot
 from alignzoo.rewards.base import Reward, register_reward
-from alignzoo.hf import quiet
-from alignzoo.rewards.preprocess import (
-    ImageTransform,
-    check_tokenizer,
-    freeze,
-    parse_dtype,
-    resolve_hf_model,
-)
+from alignzoo.rewards.preprocess import ImageTransform, check_tokenizer, freeze, parse_dtype, resolve_hf_model
 
 PICKSCORE_ID = "yuvalkirstain/PickScore_v1"
 PICKSCORE_ENV = "ALIGNZOO_PICKSCORE"
@@ -90,9 +85,7 @@ class PickScoreReward(Reward):
 
         self.sdpo_variant = bool(sdpo_variant)
         self.dtype = parse_dtype(dtype)
-        folder = resolve_hf_model(
-            PICKSCORE_ID, what="PickScore", option="`weights=` (CLI `--weights`)", env_var=PICKSCORE_ENV, local_path=weights
-        )
+        folder = resolve_hf_model(PICKSCORE_ID, what="PickScore", option="`weights=` (CLI `--weights`)", env_var=PICKSCORE_ENV, local_path=weights)
         proc = resolve_processor(processor_path, self.sdpo_variant)
         self.model = freeze(load_clip_model(folder, self.dtype))
         self.tokenizer = AutoTokenizer.from_pretrained(str(proc))

@@ -17,6 +17,7 @@ differentiably, and matches the reference processors to within about 1/255 per p
   (used by open_clip, ImageReward and the LAION aesthetic code) rounds half to even
   (``crop_rounding="round"``). Each reward picks the rule of its reference processor.
 """
+
 from __future__ import annotations
 
 import json
@@ -174,7 +175,7 @@ def unwrap_state_dict(obj: dict, keys: Sequence[str] = ("state_dict", "model")) 
             break
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
@@ -182,13 +183,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def resolve_hf_model(
-    model_id: str,
-    *,
-    what: str,
-    option: str,
-    env_var: str | None,
-    local_path: str | os.PathLike | None,
-    extra_files: Sequence[str] = (),
+    model_id: str, *, what: str, option: str, env_var: str | None, local_path: str | os.PathLike | None, extra_files: Sequence[str] = ()
 ) -> Path:
     """A local folder with a transformers checkpoint (config.json + one weights file) for ``model_id``."""
     folder = resolve_snapshot(
@@ -204,7 +199,11 @@ def resolve_hf_model(
         # a hub repo without model.safetensors: fetch the PyTorch weights instead
         try:
             folder = resolve_snapshot(
-                model_id, ["config.json", "pytorch_model.bin"], what=what, option=option, env_var=env_var,
+                model_id,
+                ["config.json", "pytorch_model.bin"],
+                what=what,
+                option=option,
+                env_var=env_var,
                 allow_patterns=["*.json", "*.txt", "pytorch_model.bin"],
             )
         except MissingWeightsError:
@@ -212,8 +211,7 @@ def resolve_hf_model(
     if not any((folder / f).exists() for f in WEIGHT_FILES):
         raise MissingWeightsError(
             f"{what} folder {str(folder)!r} for {model_id!r} has config.json but no weights file "
-            f"(expected one of: {', '.join(WEIGHT_FILES)}). Pass a complete folder with {option}"
-            + (f" or {env_var}=/path" if env_var else "")
+            f"(expected one of: {', '.join(WEIGHT_FILES)}). Pass a complete folder with {option}" + (f" or {env_var}=/path" if env_var else "")
         )
     return folder
 
@@ -261,8 +259,14 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in table:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(table)}")
     return table[dtype]

@@ -11,6 +11,7 @@ Both load the weights committed under ``alignzoo/tinyworld/weights/rewards/`` (w
 ``.safetensors`` file or its folder). Images that are not 32x32 are resized to 32x32 (area
 averaging when shrinking, bilinear when enlarging).
 """
+
 from __future__ import annotations
 
 import functools

@@ -16,6 +16,7 @@ Weights are committed under ``alignzoo/tinyworld/weights/rewards/`` (written by
 the other tiny rewards. ``details`` returns the per-criterion probabilities and decisions,
 ``features`` the judge's backbone embedding (for the diversity column).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,7 @@ class TinyGenevalReward(Reward):
     weights_source = f"trained by `{TRAIN_CMD}`"
     judge = "tiny_geneval"
 
-    def __init__(self, device=None, differentiable: bool = False, weights: str | os.PathLike | None = None,
-                 strict: bool = False):
+    def __init__(self, device=None, differentiable: bool = False, weights: str | os.PathLike | None = None, strict: bool = False):
         if strict and differentiable:
             raise ValueError(f"reward {self.name!r} with strict=True is a 0/1 score: it has no gradient")
         super().__init__(device=device, differentiable=differentiable)
@@ -69,9 +69,11 @@ class TinyGenevalReward(Reward):
         try:
             return judge_outputs(maps, prompts, self.net.threshold)
         except ValueError as e:  # judge_outputs raises only the grammar's parse errors: name the prompt sets that fit
-            raise ValueError(f"{self.name} judges prompts of the compositional world's grammar only ({e}); train and evaluate "
-                             "on its prompt sets: --prompts geneval_train, [eval] prompt_sets geneval_seen / geneval_unseen "
-                             "(alignzoo list prompts)") from None
+            raise ValueError(
+                f"{self.name} judges prompts of the compositional world's grammar only ({e}); train and evaluate "
+                "on its prompt sets: --prompts geneval_train, [eval] prompt_sets geneval_seen / geneval_unseen "
+                "(alignzoo list prompts)"
+            ) from None
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return self._outputs(images, prompts)["strict" if self.strict else "soft"]

@@ -12,6 +12,7 @@ Weights: ``alignzoo/tinyworld/weights/rewards/tiny_preference.safetensors`` (+ `
 by ``alignzoo tinyworld train --stage preference``; ``weights=`` points elsewhere (the file or its
 folder). Images of any size are resized to 32x32 (area averaging when shrinking).
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ latent consistency distillate (tiny-lcm) and two tiny reward models, all trained
     from alignzoo.tinyworld import make_prompt, parse_prompt, render_batch, seen_prompts
     from alignzoo.tinyworld import tiny_sd_path, tiny_lcm_path   # diffusers folders
 """
+
 from __future__ import annotations
 
 from pathlib import Path

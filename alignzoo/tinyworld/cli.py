@@ -1,13 +1,14 @@
 """``alignzoo tinyworld``: train the tiny world's models, render a prompt, or run the quality check.
 
-    alignzoo tinyworld train [--stage rewards|vae|sd|lcm|all|geneval|preference|compose-models|vae2|sd2|turbo|lcm2]
-                             [--out DIR] [--seed N] [--threads N]
-    alignzoo tinyworld render --prompt "two red circles on the left" --out x.png [--seed N] [--zoom 8]
-    alignzoo tinyworld eval [--weights DIR] [--models tiny-sd-v2,tiny-turbo,tiny-lcm-v2] [--steps 1,2,4,8,16]
-                            [--per-prompt 4]      (compositional world's models; --world first: tiny-sd/-lcm)
-    alignzoo tinyworld prompts [--unseen [CATEGORY]]
-    alignzoo tinyworld geneval [--per-prompt 4] [--degraded] [--split all|seen|unseen]   (compositional world)
+alignzoo tinyworld train [--stage rewards|vae|sd|lcm|all|geneval|preference|compose-models|vae2|sd2|turbo|lcm2]
+                         [--out DIR] [--seed N] [--threads N]
+alignzoo tinyworld render --prompt "two red circles on the left" --out x.png [--seed N] [--zoom 8]
+alignzoo tinyworld eval [--weights DIR] [--models tiny-sd-v2,tiny-turbo,tiny-lcm-v2] [--steps 1,2,4,8,16]
+                        [--per-prompt 4]      (compositional world's models; --world first: tiny-sd/-lcm)
+alignzoo tinyworld prompts [--unseen [CATEGORY]]
+alignzoo tinyworld geneval [--per-prompt 4] [--degraded] [--split all|seen|unseen]   (compositional world)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", help="train the tiny reward models, VAE, tiny-sd and tiny-lcm")
     from alignzoo.tinyworld.compose.stages import COMPOSE_STAGES
 
-    t.add_argument("--stage", default="all", choices=["rewards", "vae", "sd", "lcm", "all", "compose-models", *COMPOSE_STAGES],
-                   help="which stage to train (default all, in the order rewards, vae, sd, lcm; "
-                   f"the compositional world's {', '.join(COMPOSE_STAGES)} run only by name)")
+    t.add_argument(
+        "--stage",
+        default="all",
+        choices=["rewards", "vae", "sd", "lcm", "all", "compose-models", *COMPOSE_STAGES],
+        help=f"which stage to train (default all, in the order rewards, vae, sd, lcm; the compositional world's {', '.join(COMPOSE_STAGES)} run only by name)",
+    )
     t.add_argument("--out", default=None, help="output folder (default: the package's alignzoo/tinyworld/weights/)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -32,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--out", required=True, help="PNG path")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--zoom", type=int, default=1, help="nearest-neighbour upscaling factor (default 1: 32x32)")
-    e = sub.add_parser("eval", help="per-category strict GenEval scores of the compositional world's models "
-                       "(--world first: the first world's tiny-sd/tiny-lcm check)")
+    e = sub.add_parser(
+        "eval", help="per-category strict GenEval scores of the compositional world's models (--world first: the first world's tiny-sd/tiny-lcm check)"
+    )
     e.add_argument("--weights", default=None, help="weights folder (default: the package's)")
     e.add_argument("--world", default="compose", choices=["compose", "first"])
     e.add_argument("--models", default="tiny-sd-v2,tiny-turbo,tiny-lcm-v2")
@@ -94,8 +99,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from alignzoo.tinyworld import weights_dir
     from alignzoo.hf import quiet_from_now
+    from alignzoo.tinyworld import weights_dir
     from alignzoo.tinyworld.training.quality import quality_check
 
     torch.set_num_threads(args.threads)

@@ -12,6 +12,7 @@ combinations, the analogue of the SDPO paper's unseen colour / count / compositi
 prompts) are deterministic and disjoint; every prompt in the unseen set contains exactly one
 attribute combination that never occurs in the seen set.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -27,13 +28,7 @@ POSITIONS: tuple[str, ...] = ("center", "left", "right", "top", "bottom")
 COUNT_WORDS: dict[int, str] = {1: "a", 2: "two", 3: "three"}
 PLURALS: dict[str, str] = {s: s + "s" for s in SHAPES}
 # the phrase each position adds to a prompt; the centre adds none
-POSITION_PHRASES: dict[str, str] = {
-    "center": "",
-    "left": "on the left",
-    "right": "on the right",
-    "top": "at the top",
-    "bottom": "at the bottom",
-}
+POSITION_PHRASES: dict[str, str] = {"center": "", "left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 # phrases parse_prompt accepts for the centre as well (make_prompt never writes them)
 _CENTER_PHRASES = ("in the center", "at the center")
 _FUNCTION_WORDS = ("on", "at", "in", "the")

@@ -1,4 +1,5 @@
 """The tiny reward networks (small CNNs on 32x32 images) and their config/weights I/O."""
+
 from __future__ import annotations
 
 import json

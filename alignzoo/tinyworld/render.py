@@ -6,6 +6,7 @@ depends on the count; objects sit on evenly spaced slots along the named region 
 left/right, a row for top/bottom/centre) with a small jitter, never overlapping and never cut
 by the border.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -31,13 +32,7 @@ _RADIUS = {1: (5.6, 6.6), 2: (4.4, 5.2), 3: (3.3, 3.8)}
 # slots along the layout axis per count
 _SLOTS = {1: (16.0,), 2: (9.5, 22.5), 3: (5.5, 16.0, 26.5)}
 # (axis, cross coordinate): axis "x" = a row, "y" = a column
-_REGION = {
-    "center": ("x", 16.0),
-    "top": ("x", 8.5),
-    "bottom": ("x", 23.5),
-    "left": ("y", 8.5),
-    "right": ("y", 23.5),
-}
+_REGION = {"center": ("x", 16.0), "top": ("x", 8.5), "bottom": ("x", 23.5), "left": ("y", 8.5), "right": ("y", 23.5)}
 _JITTER = 1.2  # across the layout axis
 _SLOT_JITTER = 0.8  # along it (keeps neighbours apart)
 _MARGIN = 1.0

@@ -8,6 +8,7 @@ the unknown token. The merges are chosen by simulating BPE: for each word, the m
 first two current pieces is appended (with the lowest priority) until the word is one token;
 appended merges never change how earlier words split.
 """
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@ gradient checkpointing, bf16 autocast, torch.compile) against a baseline, each i
 ``alignzoo perf`` process so that no option leaks into another's run (a compiled UNet, a memory
 layout, the peak-memory mark); a failing option is reported with its last error line.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,31 @@ if TYPE_CHECKING:
 def baseline_command(runner: PerfRun) -> list[str]:
     """The ``alignzoo perf`` command line of the baseline: this run's settings, one algorithm, no budgets."""
     cfg = runner.cfg
-    cmd = [sys.executable, "-m", "alignzoo", "perf", "--model", cfg.model, "--algos", cfg.ablate_algo, "--batch", str(cfg.batch),
-           "--repeats", str(cfg.repeats), "--warmup", str(max(1, cfg.warmup)), "--no-budgets", "--seed", str(cfg.seed),
-           "--reward", runner.reward_name, "--prompts", runner.prompts, "--device", cfg.device]
+    cmd = [
+        sys.executable,
+        "-m",
+        "alignzoo",
+        "perf",
+        "--model",
+        cfg.model,
+        "--algos",
+        cfg.ablate_algo,
+        "--batch",
+        str(cfg.batch),
+        "--repeats",
+        str(cfg.repeats),
+        "--warmup",
+        str(max(1, cfg.warmup)),
+        "--no-budgets",
+        "--seed",
+        str(cfg.seed),
+        "--reward",
+        runner.reward_name,
+        "--prompts",
+        runner.prompts,
+        "--device",
+        cfg.device,
+    ]
     if cfg.model_path:
         cmd += ["--model-path", cfg.model_path]
     if cfg.steps is not None:
@@ -53,8 +76,13 @@ def ablations(runner: PerfRun) -> dict:
                 results[name] = {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]}
                 continue
             row = json.loads((Path(d) / "perf.json").read_text())["rows"][0]
-            results[name] = {"flags": " ".join(extra) or "(none)", "epoch_seconds": row["epoch_seconds"],
-                             "rollout_traj_per_s": row["rollout_traj_per_s"], "train_transitions_per_s": row["train_transitions_per_s"],
-                             "sec_per_1k_total": row["sec_per_1k"]["total"], "peak_memory_mb": row["peak_memory_mb"],
-                             "wall_seconds_incl_startup": time.perf_counter() - t0}
+            results[name] = {
+                "flags": " ".join(extra) or "(none)",
+                "epoch_seconds": row["epoch_seconds"],
+                "rollout_traj_per_s": row["rollout_traj_per_s"],
+                "train_transitions_per_s": row["train_transitions_per_s"],
+                "sec_per_1k_total": row["sec_per_1k"]["total"],
+                "peak_memory_mb": row["peak_memory_mb"],
+                "wall_seconds_incl_startup": time.perf_counter() - t0,
+            }
     return results

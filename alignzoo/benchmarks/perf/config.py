@@ -3,6 +3,7 @@ options ``--ablate`` can compare (with the perf flags each one turns on), and th
 measured algorithm gets: its defaults with the benchmark's batch and trajectory length, plus the
 ``--set`` overrides meant for every algorithm (``key=value``) or for one (``algo.key=value``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,12 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 # --ablate option -> the `alignzoo perf` flags that turn it on in the ablation's own process
-ABLATION_FLAGS = {"channels_last": ["--channels-last"], "grad_checkpointing": ["--grad-checkpointing"],
-                  "bf16": ["--mixed-precision", "bf16"], "compile": ["--compile"]}
+ABLATION_FLAGS = {
+    "channels_last": ["--channels-last"],
+    "grad_checkpointing": ["--grad-checkpointing"],
+    "bf16": ["--mixed-precision", "bf16"],
+    "compile": ["--compile"],
+}
 ABLATIONS = tuple(ABLATION_FLAGS)
 
 
@@ -45,7 +50,9 @@ class PerfConfig:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", default="tiny-sd", help="registered model (alignzoo list models) or a diffusers folder; sd-turbo-arch / lcm-arch: real size, random weights")
+    p.add_argument(
+        "--model", default="tiny-sd", help="registered model (alignzoo list models) or a diffusers folder; sd-turbo-arch / lcm-arch: real size, random weights"
+    )
     p.add_argument("--model-path", default=None, help="local folder with the model's weights")
     p.add_argument("--algos", default=None, help="comma-separated algorithms (default: all that run on the model's kind)")
     p.add_argument("--reward", default=None, help="reward (default: tiny_alignment on tiny models, jpeg_compressibility otherwise)")
@@ -84,13 +91,30 @@ def config_from_args(args) -> PerfConfig:
     if args.warmup < 0:
         raise ValueError("--warmup must be >= 0")
     return PerfConfig(
-        model=args.model, model_path=args.model_path, algos=[a.strip() for a in args.algos.split(",") if a.strip()] if args.algos else None,
-        reward=args.reward, prompts=args.prompts, steps=args.steps, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
-        resolution=args.resolution, mixed_precision=args.mixed_precision, channels_last=args.channels_last, compile=args.compile,
-        grad_checkpointing=args.grad_checkpointing, device=args.device, seed=args.seed,
-        max_transitions_per_forward=args.max_transitions_per_forward, log_first_step_reward=args.log_first_step_reward,
-        overrides=parse_assignments(args.set), budgets=not args.no_budgets, fast_paths=args.fast_paths, ablate=ablate,
-        ablate_algo=args.ablate_algo, out=args.out,
+        model=args.model,
+        model_path=args.model_path,
+        algos=[a.strip() for a in args.algos.split(",") if a.strip()] if args.algos else None,
+        reward=args.reward,
+        prompts=args.prompts,
+        steps=args.steps,
+        batch=args.batch,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        resolution=args.resolution,
+        mixed_precision=args.mixed_precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        grad_checkpointing=args.grad_checkpointing,
+        device=args.device,
+        seed=args.seed,
+        max_transitions_per_forward=args.max_transitions_per_forward,
+        log_first_step_reward=args.log_first_step_reward,
+        overrides=parse_assignments(args.set),
+        budgets=not args.no_budgets,
+        fast_paths=args.fast_paths,
+        ablate=ablate,
+        ablate_algo=args.ablate_algo,
+        out=args.out,
     )
 
 

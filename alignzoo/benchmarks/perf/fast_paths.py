@@ -4,6 +4,7 @@ batched log-prob recomputation vs one transition per forward, decoding only the 
 vs all T (and batched vs one image per call), batched vs per-image reward calls, and reference
 log-probs through the LoRA toggle vs a second UNet copy. Each time is a median of a few calls.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,17 +55,22 @@ class SampledBatch:
 def fast_paths(runner: PerfRun) -> dict:
     trainer = runner.trainer("ddpo")  # a model with the LoRA adapter attached, as in training
     batch = sample_batch(runner, trainer.model, trainer.num_steps)
-    out = {"trajectories": batch.traj.batch_size, "num_steps": batch.traj.num_steps,
-           "logprob_batching": logprob_batching(batch), "decode": decode_requested_steps(batch),
-           "reward_batching": reward_batching(batch, runner.reward), "reference": reference_toggle_vs_copy(batch)}
+    out = {
+        "trajectories": batch.traj.batch_size,
+        "num_steps": batch.traj.num_steps,
+        "logprob_batching": logprob_batching(batch),
+        "decode": decode_requested_steps(batch),
+        "reward_batching": reward_batching(batch, runner.reward),
+        "reference": reference_toggle_vs_copy(batch),
+    }
     del trainer, batch
     free_memory(runner.device)
     return out
 
 
 def sample_batch(runner: PerfRun, model, num_steps: int) -> SampledBatch:
-    from alignzoo.prompts import get_prompts
     from alignzoo.models.sampling import sample
+    from alignzoo.prompts import get_prompts
 
     cfg = runner.cfg
     pool = get_prompts(runner.prompts)
@@ -73,9 +79,17 @@ def sample_batch(runner: PerfRun, model, num_steps: int) -> SampledBatch:
     with torch.no_grad(), runner.accelerator.autocast():
         traj = sample(model, prompts, num_steps, 1.0, gen)
     b, t = traj.batch_size, traj.num_steps
-    return SampledBatch(model=model, traj=traj, prompts=prompts, accelerator=runner.accelerator,
-                        rows=torch.arange(b).repeat_interleave(t), steps=torch.arange(t).repeat(b),
-                        repeats=max(1, min(cfg.repeats, 3)), max_rows=min(b * t, cfg.max_transitions_per_forward), log=runner.log)
+    return SampledBatch(
+        model=model,
+        traj=traj,
+        prompts=prompts,
+        accelerator=runner.accelerator,
+        rows=torch.arange(b).repeat_interleave(t),
+        steps=torch.arange(t).repeat(b),
+        repeats=max(1, min(cfg.repeats, 3)),
+        max_rows=min(b * t, cfg.max_transitions_per_forward),
+        log=runner.log,
+    )
 
 
 def logprob_batching(batch: SampledBatch) -> dict:
@@ -89,6 +103,7 @@ def logprob_batching(batch: SampledBatch) -> dict:
                 with batch.accelerator.autocast():
                     lp = recompute_log_probs(batch.model, batch.traj, steps, rows).float()
                 lp.sum().backward()
+
         return run
 
     n, big = len(batch.rows), batch.max_rows
@@ -107,8 +122,14 @@ def decode_requested_steps(batch: SampledBatch) -> dict:
     every = batch.timed(lambda: decode_steps(model, traj, list(range(t))))
     requested = batch.timed(lambda: decode_steps(model, traj, query))
     one_per_call = batch.timed(lambda: decode_steps(model, traj, query, chunk=1))
-    return {"all_steps_s_per_traj": every / b, "requested_s_per_traj": requested / b, "decodes_per_traj": [t, len(query)],
-            "speedup": every / requested, "one_per_call_s_per_traj": one_per_call / b, "batching_speedup": one_per_call / requested}
+    return {
+        "all_steps_s_per_traj": every / b,
+        "requested_s_per_traj": requested / b,
+        "decodes_per_traj": [t, len(query)],
+        "speedup": every / requested,
+        "one_per_call_s_per_traj": one_per_call / b,
+        "batching_speedup": one_per_call / requested,
+    }
 
 
 def reward_batching(batch: SampledBatch, reward) -> dict:
@@ -119,7 +140,7 @@ def reward_batching(batch: SampledBatch, reward) -> dict:
         images = decode_steps(batch.model, batch.traj, [-1])[:, 0]
     prompts, b = batch.prompts, batch.traj.batch_size
     batched = batch.timed(lambda: reward(images, prompts))
-    one_per_call = batch.timed(lambda: [reward(images[i:i + 1], prompts[i:i + 1]) for i in range(b)])
+    one_per_call = batch.timed(lambda: [reward(images[i : i + 1], prompts[i : i + 1]) for i in range(b)])
     return {"batched_s_per_image": batched / b, "one_per_call_s_per_image": one_per_call / b, "speedup": one_per_call / batched}
 
 
@@ -139,8 +160,12 @@ def reference_toggle_vs_copy(batch: SampledBatch) -> dict:
     before = mem.peak_mb()
     second_copy_s = _second_unet_seconds(batch)
     after = mem.peak_mb()
-    return {"toggle_s": toggle_s, "second_copy_s": second_copy_s, "second_copy_extra_mb": unet_bytes / 2**20,
-            "measured_peak_increase_mb": (after - before) if (after is not None and before is not None) else None}
+    return {
+        "toggle_s": toggle_s,
+        "second_copy_s": second_copy_s,
+        "second_copy_extra_mb": unet_bytes / 2**20,
+        "measured_peak_increase_mb": (after - before) if (after is not None and before is not None) else None,
+    }
 
 
 def _second_unet_seconds(batch: SampledBatch) -> float | None:
@@ -166,4 +191,3 @@ def _reference_log_probs(batch: SampledBatch) -> None:
     with torch.no_grad(), batch.accelerator.autocast():
         for rows, steps in batch.transitions(batch.max_rows):
             recompute_log_probs(batch.model, batch.traj, steps, rows)
-

@@ -4,6 +4,7 @@ reduces them to one row of medians, then checks the budgets (trainer overhead; S
 with 3 queries against its all-T-queries variant). :func:`run_perf` runs it all, with the optional
 fast paths and ablations, and writes ``perf.json`` and ``perf.md``; :func:`run` is the command.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,8 +99,7 @@ class PerfRun:
 
         targets = {key.rpartition(".")[0] for key in self.cfg.overrides} - {""}
         if targets - set(list_algorithms()):
-            raise ValueError(f"--set names unknown algorithm(s) {', '.join(sorted(targets - set(list_algorithms())))}; "
-                             f"known: {', '.join(list_algorithms())}")
+            raise ValueError(f"--set names unknown algorithm(s) {', '.join(sorted(targets - set(list_algorithms())))}; known: {', '.join(list_algorithms())}")
         fields = set()
         for a in names:
             fields |= {f.name for f in dataclasses.fields(algo_config(get_algorithm(a), self.cfg))}
@@ -109,15 +109,24 @@ class PerfRun:
 
     def trainer(self, algo: str, extra: dict | None = None, model=None):
         from alignzoo.algos.base import get_algorithm
-        from alignzoo.algos.trainer import Trainer, TrainConfig
+        from alignzoo.algos.trainer import TrainConfig, Trainer
 
         cls = get_algorithm(algo)
         acfg = algo_config(cls, self.cfg, extra)
         tcfg = TrainConfig(
-            algo=algo, reward=self.reward_name, model=self.cfg.model, model_path=self.cfg.model_path,
-            out=str(Path(self.tmp.name) / f"{algo}_{len(os.listdir(self.tmp.name))}"), samples=10**9, seed=self.cfg.seed,
-            prompts=self.prompts, mixed_precision=self.cfg.mixed_precision, cpu=self.cfg.device == "cpu", progress=False,
-            log_first_step_reward=self.cfg.log_first_step_reward, max_transitions_per_forward=self.cfg.max_transitions_per_forward,
+            algo=algo,
+            reward=self.reward_name,
+            model=self.cfg.model,
+            model_path=self.cfg.model_path,
+            out=str(Path(self.tmp.name) / f"{algo}_{len(os.listdir(self.tmp.name))}"),
+            samples=10**9,
+            seed=self.cfg.seed,
+            prompts=self.prompts,
+            mixed_precision=self.cfg.mixed_precision,
+            cpu=self.cfg.device == "cpu",
+            progress=False,
+            log_first_step_reward=self.cfg.log_first_step_reward,
+            max_transitions_per_forward=self.cfg.max_transitions_per_forward,
         )
         trainer = Trainer(tcfg, acfg, accelerator=self.accelerator, model=model if model is not None else self.model(), reward=self.reward)
         trainer.model.enable_fast_paths(channels_last=self.cfg.channels_last, compile=self.cfg.compile, gradient_checkpointing=self.cfg.grad_checkpointing)
@@ -150,10 +159,16 @@ class PerfRun:
             probe.uninstall()
         acfg = trainer.algo.config
         row = {
-            "algo": algo, "label": label, "num_steps": trainer.num_steps, "group_size": trainer.algo.config.group_size,
+            "algo": algo,
+            "label": label,
+            "num_steps": trainer.num_steps,
+            "group_size": trainer.algo.config.group_size,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(acfg).items()},
-            "setup_seconds": setup_s, "peak_memory_mb": peak, "memory_kind": mem.kind,
-            "uses_cfg": bool(trainer.model.uses_cfg), "epochs": epochs,
+            "setup_seconds": setup_s,
+            "peak_memory_mb": peak,
+            "memory_kind": mem.kind,
+            "uses_cfg": bool(trainer.model.uses_cfg),
+            "epochs": epochs,
         }
         keys = [k for k in epochs[0] if k != "components" and not isinstance(epochs[0][k], dict)]
         row.update({k: _median([e[k] for e in epochs]) for k in keys})
@@ -186,10 +201,18 @@ class PerfRun:
             "unet_evals_per_traj": (c["unet_rows_grad"] + c["unet_rows_nograd"]) * (2 if trainer.model.uses_cfg else 1) / n,
             "overhead_fraction": overhead / epoch_s if epoch_s > 0 else None,
             "overhead_fraction_excl_text_encoder": max(0.0, overhead - s["text_encoder"]) / epoch_s if epoch_s > 0 else None,
-            "sec_per_1k": {k: v * 1000.0 / n for k, v in (("sampling", sampling), ("decoding", decoding), ("reward", reward),
-                                                          ("update", update), ("total", epoch_s))},
-            "components": {"unet_forward": s["unet"], "backward": s["backward"], "vae": s["vae"], "reward": s["reward"],
-                           "text_encoder": s["text_encoder"], "algo_nets": s["algo_nets"], "trainer_overhead": overhead},
+            "sec_per_1k": {
+                k: v * 1000.0 / n for k, v in (("sampling", sampling), ("decoding", decoding), ("reward", reward), ("update", update), ("total", epoch_s))
+            },
+            "components": {
+                "unet_forward": s["unet"],
+                "backward": s["backward"],
+                "vae": s["vae"],
+                "reward": s["reward"],
+                "text_encoder": s["text_encoder"],
+                "algo_nets": s["algo_nets"],
+                "trainer_overhead": overhead,
+            },
         }
 
     # -- budgets ------------------------------------------------------------------------------
@@ -198,10 +221,13 @@ class PerfRun:
         per_algo = {r["label"]: r["overhead_fraction"] for r in rows if r["label"] == r["algo"]}
         out["trainer_overhead"] = {
             "budget": f"trainer overhead < {OVERHEAD_BUDGET:.0%} of an epoch",
-            "per_algo": per_algo, "worst": max(per_algo.values()) if per_algo else None,
+            "per_algo": per_algo,
+            "worst": max(per_algo.values()) if per_algo else None,
             "pass": bool(per_algo) and all(v is not None and v < OVERHEAD_BUDGET for v in per_algo.values()),
-            "applies": (f"{self.cfg.model} on {self.device.type}, {torch.get_num_threads()} thread(s)"
-                        + ("" if self.cfg.model == "tiny-sd" and self.device.type == "cpu" else "; the budget is stated for tiny-sd on CPU")),
+            "applies": (
+                f"{self.cfg.model} on {self.device.type}, {torch.get_num_threads()} thread(s)"
+                + ("" if self.cfg.model == "tiny-sd" and self.device.type == "cpu" else "; the budget is stated for tiny-sd on CPU")
+            ),
         }
         from alignzoo.algos.base import list_algorithms
 
@@ -226,7 +252,10 @@ class PerfRun:
         limit = 3.0 / t * SDPO_SLACK
         return {
             "budget": f"SDPO reward time with 3 queries <= 3/T x {SDPO_SLACK} of the all-T-queries variant's (T = {t})",
-            "reward_s_per_1k_adaptive": ra, "reward_s_per_1k_all": rb, "ratio": ratio, "limit": limit,
+            "reward_s_per_1k_adaptive": ra,
+            "reward_s_per_1k_all": rb,
+            "ratio": ratio,
+            "limit": limit,
             "queries_per_traj": [adaptive["reward_queries_per_traj"], every["reward_queries_per_traj"]],
             "decoding_ratio": adaptive["sec_per_1k"]["decoding"] / every["sec_per_1k"]["decoding"] if every["sec_per_1k"]["decoding"] else None,
             "pass": ratio is not None and ratio <= limit,
@@ -234,9 +263,15 @@ class PerfRun:
 
 
 def machine_info(device: torch.device) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "cpu_count": os.cpu_count(), "device": str(device)}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+        "device": str(device),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -263,8 +298,10 @@ def run_perf(cfg: PerfConfig) -> dict:
     try:
         rows = []
         algos = runner.algorithms()
-        runner.log(f"alignzoo perf: {cfg.model} ({runner.kind}, {runner.resolution} px) on {runner.device}, reward {runner.reward_name}, "
-                   f"{cfg.batch} images/epoch, warm-up {cfg.warmup}, repeats {cfg.repeats}: {', '.join(algos)}")
+        runner.log(
+            f"alignzoo perf: {cfg.model} ({runner.kind}, {runner.resolution} px) on {runner.device}, reward {runner.reward_name}, "
+            f"{cfg.batch} images/epoch, warm-up {cfg.warmup}, repeats {cfg.repeats}: {', '.join(algos)}"
+        )
         for algo in algos:
             rows.append(runner.measure(algo))
         budgets = runner.budgets(rows) if cfg.budgets else {}
@@ -274,9 +311,13 @@ def run_perf(cfg: PerfConfig) -> dict:
             "command": "alignzoo perf " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == "perf" else None,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
             "model": {"name": cfg.model, "kind": runner.kind, "resolution": runner.resolution},
-            "reward": runner.reward_name, "prompts": runner.prompts,
+            "reward": runner.reward_name,
+            "prompts": runner.prompts,
             "machine": machine_info(runner.device),
-            "rows": rows, "budgets": budgets, "fast_paths": fast, "ablations": options,
+            "rows": rows,
+            "budgets": budgets,
+            "fast_paths": fast,
+            "ablations": options,
         }
         result["markdown"] = to_markdown(result)
         if cfg.out:

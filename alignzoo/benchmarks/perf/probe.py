@@ -4,6 +4,7 @@ rollout phase) on one trainer, accumulating seconds and rows per component and r
 wrappers afterwards; :class:`PeakMemory` reads the peak memory of a window (CUDA's allocator, or
 the process RSS high-water mark on CPU). docs/perf.md says how the epoch's time is split.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -86,11 +87,13 @@ class Probe:
     def time_calls(self, obj, attr: str, component: str, count_as: str | Callable[[], str] | None = None) -> None:
         """Times ``obj.attr`` as ``component``; with ``count_as`` (a counter's name, or a function
         that picks it at call time), also counts the rows of the call's first argument there."""
+
         def make(orig):
             def timed(*args, **kwargs):
                 counter = count_as() if callable(count_as) else count_as
                 with self.component(component, len(args[0]) if counter else 0, counter):
                     return orig(*args, **kwargs)
+
             return timed
 
         self.wrap(obj, attr, make)
@@ -114,6 +117,7 @@ class Probe:
                 traj = rollout(*args, **kwargs)
             self.counts["trajectories"] += traj.batch_size
             return traj
+
         return timed_rollout
 
     def uninstall(self) -> None:

@@ -11,6 +11,7 @@ sd2   ``UNet2DConditionModel`` (8 latent channels, the tiny-sd layout) + ``CLIPT
       Saved as a ``StableDiffusionPipeline`` with a trailing DDIM scheduler.
       -> weights/compose-sd/
 """
+
 from __future__ import annotations
 
 import os
@@ -55,14 +56,17 @@ def reconstruction_check(vae, seed: int = 777, per_prompt: int = 2) -> dict:
 
     x, prompts = render_prompts(per_prompt, seed)
     with torch.no_grad():
-        z = torch.cat([vae.encode(x[i:i + 256] * 2 - 1).latent_dist.mean for i in range(0, len(x), 256)])
-        rec = torch.cat([vae.decode(z[i:i + 256]).sample for i in range(0, len(z), 256)])
+        z = torch.cat([vae.encode(x[i : i + 256] * 2 - 1).latent_dist.mean for i in range(0, len(x), 256)])
+        rec = torch.cat([vae.decode(z[i : i + 256]).sample for i in range(0, len(z), 256)])
     rec01 = ((rec + 1) / 2).clamp(0, 1)
     psnr = float(-10 * torch.log10(F.mse_loss(rec01, x)))
     clean = category_table(x, prompts, ["tiny_geneval"])["tiny_geneval"]
     recon = category_table(rec01, prompts, ["tiny_geneval"])["tiny_geneval"]
-    return {"psnr": round(psnr, 2), "strict_clean": {c: v["strict"] for c, v in clean.items()},
-            "strict_reconstructed": {c: v["strict"] for c, v in recon.items()}}
+    return {
+        "psnr": round(psnr, 2),
+        "strict_clean": {c: v["strict"] for c, v in clean.items()},
+        "strict_reconstructed": {c: v["strict"] for c, v in recon.items()},
+    }
 
 
 def train_vae2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, kl_weight: float = 1e-6) -> dict:
@@ -100,7 +104,7 @@ def encode_pretraining_set(vae, n: int, rng: np.random.Generator):
     sf = vae.config.scaling_factor
     with torch.no_grad():
         for i in range(0, n, 512):
-            d = vae.encode(render_batch(scenes[i:i + 512], seed=i) * 2 - 1).latent_dist
+            d = vae.encode(render_batch(scenes[i : i + 512], seed=i) * 2 - 1).latent_dist
             means.append(d.mean * sf)
             stds.append(d.std * sf)
     return torch.cat(means), torch.cat(stds), specs, scenes
@@ -135,8 +139,7 @@ def _phase(tokenizer, data, weights, steps: int, lr: float, cosine: bool, seed: 
         z0 = means[idx] + stds[idx] * torch.randn_like(means[idx])
         loss = denoising_update(unet, text_encoder, z0, tokenize(tokenizer, captions), ac, opt, sched, step, (ema_unet, ema_te))
         if (step + 1) % log_every(steps) == 0:
-            log(f"sd2 step {step + 1}/{steps} (lr {lr:g}, {'cosine' if cosine else 'constant'}) loss {loss.item():.4f} "
-                f"({time.perf_counter() - t0:.0f}s)")
+            log(f"sd2 step {step + 1}/{steps} (lr {lr:g}, {'cosine' if cosine else 'constant'}) loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)")
     return ema_unet.shadow, ema_te.shadow
 
 
@@ -160,11 +163,17 @@ def train_sd2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 128, n_
         phases.append({"steps": steps, "lr": lr, "schedule": kind})
     folder = out / SD_DIR
     sd_pipeline(vae, weights[1], tokenizer, weights[0]).save_pretrained(folder, safe_serialization=True)
-    write_alignzoo_json(folder, {
-        "guidance_scale": 1.0, "pretraining_steps": sum(p["steps"] for p in phases), "phases": phases, "batch": batch,
-        "scenes": len(specs),
-        "note": "compositional tiny world's multi-step teacher (web-captioned pretraining, see compose/pretrain_data.py); "
-                "DDIM trailing, sampled without guidance; each phase starts from the previous phase's EMA weights",
-        "trained_by": "alignzoo tinyworld train --stage sd2",
-    })
+    write_alignzoo_json(
+        folder,
+        {
+            "guidance_scale": 1.0,
+            "pretraining_steps": sum(p["steps"] for p in phases),
+            "phases": phases,
+            "batch": batch,
+            "scenes": len(specs),
+            "note": "compositional tiny world's multi-step teacher (web-captioned pretraining, see compose/pretrain_data.py); "
+            "DDIM trailing, sampled without guidance; each phase starts from the previous phase's EMA weights",
+            "trained_by": "alignzoo tinyworld train --stage sd2",
+        },
+    )
     return {"seconds": time.perf_counter() - t0, "phases": phases}

@@ -19,6 +19,7 @@ lcm2   latent consistency distillation of the teacher (the shared ``lcm_distill`
        first world: 50-step DDIM solver, w ~ U[1, 3], EMA target) on web-captioned pretraining
        latents.                                                      -> weights/compose-lcm/
 """
+
 from __future__ import annotations
 
 import time
@@ -76,9 +77,17 @@ def teacher_couplings(pipe, n: int, rng: np.random.Generator, steps: int = TEACH
     xT = torch.randn(n, LATENT_CHANNELS, 8, 8, generator=gen)
     z0 = []
     for i in range(0, n, batch):
-        cond = pipe.text_encoder(ids[i:i + batch]).last_hidden_state
-        res = pipe(prompt_embeds=cond, latents=xT[i:i + batch].clone(), num_inference_steps=steps, guidance_scale=1.0,
-                   eta=0.0, output_type="latent", height=32, width=32)
+        cond = pipe.text_encoder(ids[i : i + batch]).last_hidden_state
+        res = pipe(
+            prompt_embeds=cond,
+            latents=xT[i : i + batch].clone(),
+            num_inference_steps=steps,
+            guidance_scale=1.0,
+            eta=0.0,
+            output_type="latent",
+            height=32,
+            width=32,
+        )
         z0.append(res.images)
     return xT, torch.cat(z0), ids
 
@@ -101,13 +110,12 @@ def train_turbo(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, l
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
     with torch.no_grad():
-        conds = torch.cat([pipe.text_encoder(ids[i:i + 512]).last_hidden_state for i in range(0, len(ids), 512)])
+        conds = torch.cat([pipe.text_encoder(ids[i : i + 512]).last_hidden_state for i in range(0, len(ids), 512)])
     for step in range(steps):
         idx = torch.from_numpy(rng.integers(0, len(xT), size=batch))
         # half the batch at T (the 1-step map, the hardest and the one SD-Turbo is used for), half
         # spread over the 1-4 step grid
-        t = torch.where(torch.from_numpy(rng.random(batch) < ONE_STEP_SHARE), grid[-1],
-                        grid[torch.from_numpy(rng.integers(0, len(grid), size=batch))])
+        t = torch.where(torch.from_numpy(rng.random(batch) < ONE_STEP_SHARE), grid[-1], grid[torch.from_numpy(rng.integers(0, len(grid), size=batch))])
         a = ac[t].view(-1, 1, 1, 1)
         xt, _ = reflow_point(xT[idx], z0[idx], a, a_T)
         eps = student(xt, t, conds[idx]).sample
@@ -119,12 +127,18 @@ def train_turbo(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, l
             log(f"turbo step {step + 1}/{steps} loss {loss.item():.5f} ({time.perf_counter() - t0:.0f}s)")
     folder = out / TURBO_DIR
     sd_pipeline(pipe.vae, pipe.text_encoder, pipe.tokenizer, ema.shadow).save_pretrained(folder, safe_serialization=True)
-    write_alignzoo_json(folder, {
-        "guidance_scale": 1.0, "num_inference_steps": 1, "distillation_steps": steps, "couplings": len(xT),
-        "teacher_steps": TEACHER_STEPS,
-        "note": "SD-Turbo analogue: reflow of the compositional teacher onto straight DDIM lines; DDIM trailing, no guidance",
-        "trained_by": "alignzoo tinyworld train --stage turbo",
-    })
+    write_alignzoo_json(
+        folder,
+        {
+            "guidance_scale": 1.0,
+            "num_inference_steps": 1,
+            "distillation_steps": steps,
+            "couplings": len(xT),
+            "teacher_steps": TEACHER_STEPS,
+            "note": "SD-Turbo analogue: reflow of the compositional teacher onto straight DDIM lines; DDIM trailing, no guidance",
+            "trained_by": "alignzoo tinyworld train --stage turbo",
+        },
+    )
     return {"seconds": time.perf_counter() - t0, "steps": steps, "couplings": len(xT)}
 
 
@@ -147,10 +161,15 @@ def train_lcm2(out: Path, seed: int = 0, scale: float = 1.0, batch: int = 64, n_
     target = lcm_distill(pipe.unet, pipe.text_encoder, uncond, batch_fn, steps, batch, latent_channels=LATENT_CHANNELS, tag="lcm2")
     folder = out / LCM_DIR
     lcm_pipeline(pipe.vae, pipe.text_encoder, pipe.tokenizer, target).save_pretrained(folder, safe_serialization=True)
-    write_alignzoo_json(folder, {
-        "guidance_scale": 1.0, "num_inference_steps": 4, "distillation_steps": steps,
-        "guidance_range_trained": list(LCM_GUIDANCE_RANGE),
-        "note": "latent consistency distillate of the compositional teacher; guidance g is fed as the w-embedding of g - 1",
-        "trained_by": "alignzoo tinyworld train --stage lcm2",
-    })
+    write_alignzoo_json(
+        folder,
+        {
+            "guidance_scale": 1.0,
+            "num_inference_steps": 4,
+            "distillation_steps": steps,
+            "guidance_range_trained": list(LCM_GUIDANCE_RANGE),
+            "note": "latent consistency distillate of the compositional teacher; guidance g is fed as the w-embedding of g - 1",
+            "trained_by": "alignzoo tinyworld train --stage lcm2",
+        },
+    )
     return {"seconds": time.perf_counter() - t0, "steps": steps}

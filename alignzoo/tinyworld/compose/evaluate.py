@@ -6,6 +6,7 @@ Today it scores procedural renders of every prompt (the ground-truth world: the 
 is that clean renders score >= 0.95 strict in every category); image sources from generators
 plug in through :func:`category_table` (any images with their prompts).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -33,8 +34,11 @@ def category_table(images: torch.Tensor, prompts: Sequence[str], judges: Sequenc
             strict.append(d["strict"])
             soft.append(d["soft"])
         s, so = torch.cat(strict).numpy(), torch.cat(soft).numpy()
-        table = {c: {"strict": round(float(s[cats == c].mean()), 4), "soft": round(float(so[cats == c].mean()), 4),
-                     "n": int((cats == c).sum())} for c in g.CATEGORIES if (cats == c).any()}
+        table = {
+            c: {"strict": round(float(s[cats == c].mean()), 4), "soft": round(float(so[cats == c].mean()), 4), "n": int((cats == c).sum())}
+            for c in g.CATEGORIES
+            if (cats == c).any()
+        }
         table["overall"] = {k: round(float(np.mean([v[k] for v in table.values()])), 4) for k in ("strict", "soft")}
         out[name] = table
     return out
@@ -43,8 +47,7 @@ def category_table(images: torch.Tensor, prompts: Sequence[str], judges: Sequenc
 def render_prompts(per_prompt: int, seed: int, split: str = "all", degraded: bool = False) -> tuple[torch.Tensor, list[str]]:
     """``per_prompt`` satisfying renders (random Style) of every prompt of ``split``
     (seen | unseen | all); ``degraded``: one random degradation each, severity U(DEGRADED_SEVERITY) as in the judges' evaluation."""
-    prompts = {"seen": g.seen_prompts, "unseen": g.unseen_prompts,
-               "all": lambda: g.seen_prompts() + g.unseen_prompts()}[split]()
+    prompts = {"seen": g.seen_prompts, "unseen": g.unseen_prompts, "all": lambda: g.seen_prompts() + g.unseen_prompts()}[split]()
     prompts = [p for p in prompts for _ in range(per_prompt)]
     rng = np.random.default_rng(seed)
     images = render_batch([g.sample_scene(p, rng) for p in prompts], seed=seed)
@@ -65,11 +68,11 @@ def format_table(tables: dict) -> str:
     return "\n".join(lines)
 
 
-def main(per_prompt: int = 4, seed: int = 0, degraded: bool = False, split: str = "all",
-         judges: Sequence[str] = ("tiny_geneval", "tiny_geneval_judge2")) -> dict:
+def main(
+    per_prompt: int = 4, seed: int = 0, degraded: bool = False, split: str = "all", judges: Sequence[str] = ("tiny_geneval", "tiny_geneval_judge2")
+) -> dict:
     images, prompts = render_prompts(per_prompt, seed, split, degraded)
     tables = category_table(images, prompts, list(judges))
-    print(f"strict GenEval score of {'degraded ' if degraded else ''}renders, {split} prompts x {per_prompt} "
-          f"({len(prompts)} images, seed {seed})")
+    print(f"strict GenEval score of {'degraded ' if degraded else ''}renders, {split} prompts x {per_prompt} ({len(prompts)} images, seed {seed})")
     print(format_table(tables))
     return tables

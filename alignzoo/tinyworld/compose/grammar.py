@@ -20,6 +20,7 @@ shape, a spatial relation between two shapes; a prompt is unseen iff it contains
 so every unseen prompt holds a combination no seen prompt contains. Scenes are sampled in
 :mod:`alignzoo.tinyworld.compose.sampling` (re-exported here).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -94,8 +95,15 @@ class Style:
     @staticmethod
     def random(rng: np.random.Generator) -> "Style":
         u = rng.uniform(0, 1, size=7)
-        return Style(size_scale=0.7 + 0.6 * u[0], saturation=float(u[1]), offset=7.0 * u[2],
-                     outline=float(u[3]), background=float(u[4]), bg_tint=float(u[5]), bg_hue=float(u[6]))
+        return Style(
+            size_scale=0.7 + 0.6 * u[0],
+            saturation=float(u[1]),
+            offset=7.0 * u[2],
+            outline=float(u[3]),
+            background=float(u[4]),
+            bg_tint=float(u[5]),
+            bg_hue=float(u[6]),
+        )
 
     @staticmethod
     def neutral() -> "Style":
@@ -113,6 +121,7 @@ class Scene:
 
 
 # ------------------------------------------------------------------------------ text <-> spec
+
 
 def _a(shape: str, colour: str | None = None) -> str:
     return " ".join(["a"] + ([colour] if colour else []) + [shape])
@@ -175,7 +184,7 @@ def parse_prompt(text: str) -> PromptSpec:
 def _parse_relational(words: list[str], text: str) -> PromptSpec | None:
     if "and" in words:
         i = words.index("and")
-        a, b = _noun_phrase(words[:i], text), _noun_phrase(words[i + 1:], text)
+        a, b = _noun_phrase(words[:i], text), _noun_phrase(words[i + 1 :], text)
         if (a.colour is None) != (b.colour is None):
             raise ValueError(f"{text!r}: give both objects a colour or neither")
         cat = "two_object" if a.colour is None else "color_attr"
@@ -200,6 +209,7 @@ def category_of(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------ prompt sets
+
 
 def all_specs(category: str | None = None) -> list[PromptSpec]:
     """Every prompt of the grammar, in a fixed order (one category or all)."""
@@ -240,13 +250,20 @@ def combinations(spec: PromptSpec) -> set[tuple]:
     return {("relation", a, rel, b)}
 
 
-HELD_OUT: frozenset = frozenset({
-    ("alone", "triangle"),
-    ("pair", ("square", "triangle")),
-    ("count", 4, "circle"), ("count", 3, "triangle"), ("count", 2, "square"),
-    ("binding", "purple", "circle"), ("binding", "green", "triangle"), ("binding", "yellow", "square"),
-    ("relation", "circle", "left of", "triangle"), ("relation", "square", "above", "circle"),
-})
+HELD_OUT: frozenset = frozenset(
+    {
+        ("alone", "triangle"),
+        ("pair", ("square", "triangle")),
+        ("count", 4, "circle"),
+        ("count", 3, "triangle"),
+        ("count", 2, "square"),
+        ("binding", "purple", "circle"),
+        ("binding", "green", "triangle"),
+        ("binding", "yellow", "square"),
+        ("relation", "circle", "left of", "triangle"),
+        ("relation", "square", "above", "circle"),
+    }
+)
 
 
 def is_unseen(spec: PromptSpec) -> bool:
@@ -281,6 +298,7 @@ def balanced_prompts(split: str, per_category: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ GenEval's rules
+
 
 def _relation_holds(first: Obj, second: Obj, relation: str) -> bool:
     axis, sign = RELATION_AXIS[relation]

@@ -26,6 +26,7 @@ made smooth). The strict score is 1 iff every decision is right. The detection t
 is calibrated per judge on validation renders by the training stage (``threshold`` in its
 .json; 0.5 when absent).
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,9 @@ class JudgeNet(nn.Module):
         def block(cin, cout, stride=1, dil=1):
             return [nn.Conv2d(cin, cout, 3, stride=stride, padding=dil, dilation=dil), nn.GroupNorm(4, cout), nn.SiLU()]
 
-        self.features = nn.Sequential(*block(3, w), *block(w, w), *block(w, 2 * w, stride=2), *block(2 * w, 2 * w),
-                                      *block(2 * w, 2 * w, dil=2), *block(2 * w, 2 * w, dil=4))
+        self.features = nn.Sequential(
+            *block(3, w), *block(w, w), *block(w, 2 * w, stride=2), *block(2 * w, 2 * w), *block(2 * w, 2 * w, dil=2), *block(2 * w, 2 * w, dil=4)
+        )
         self.head = nn.Conv2d(2 * w, N_SHAPES + N_COLOURS, 1)
         with torch.no_grad():  # start from "nothing here" (p = 0.01), as CenterNet does
             self.head.bias[:N_SHAPES].fill_(-4.6)
@@ -101,6 +103,7 @@ def load_judge(path: str | os.PathLike) -> tuple[JudgeNet, dict]:
 
 # ------------------------------------------------------------------------------ targets
 
+
 def scene_targets(scenes: Sequence[g.Scene]) -> tuple[torch.Tensor, torch.Tensor]:
     """(heat (B, shapes, 16, 16) 0/1 at each object's centre cell, colour (B, 16, 16) long:
     the object's colour index on the 3x3 cells around its centre, -1 elsewhere)."""
@@ -110,7 +113,7 @@ def scene_targets(scenes: Sequence[g.Scene]) -> tuple[torch.Tensor, torch.Tensor
         for o in sc.objects:
             cx, cy = min(GRID - 1, int(o.cx // CELL)), min(GRID - 1, int(o.cy // CELL))
             heat[i, g.SHAPES.index(o.shape), cy, cx] = 1
-            colour[i, max(0, cy - 1): cy + 2, max(0, cx - 1): cx + 2] = g.COLOURS.index(o.colour)
+            colour[i, max(0, cy - 1) : cy + 2, max(0, cx - 1) : cx + 2] = g.COLOURS.index(o.colour)
     return heat, colour
 
 
@@ -126,6 +129,7 @@ def detector_loss(logits: torch.Tensor, heat: torch.Tensor, colour: torch.Tensor
 
 # ------------------------------------------------------------------------------ detections
 
+
 def detections(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per shape class the top-K heatmap peaks: ``p`` (B, S, K), cell ``x`` / ``y`` centres in
     px (B, S, K) and colour probabilities ``colour`` (B, S, K, C)."""
@@ -134,8 +138,9 @@ def detections(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     peak = heat * (heat == F.max_pool2d(heat, 3, stride=1, padding=1)).float()
     p, idx = peak.flatten(2).topk(TOP_K, dim=-1)  # (B, S, K)
     col = logits[:, N_SHAPES:].float().softmax(1).flatten(2)  # (B, C, G*G)
-    colour = torch.gather(col[:, None].expand(b, N_SHAPES, N_COLOURS, GRID * GRID), 3,
-                          idx[:, :, None, :].expand(b, N_SHAPES, N_COLOURS, TOP_K)).permute(0, 1, 3, 2)
+    colour = torch.gather(col[:, None].expand(b, N_SHAPES, N_COLOURS, GRID * GRID), 3, idx[:, :, None, :].expand(b, N_SHAPES, N_COLOURS, TOP_K)).permute(
+        0, 1, 3, 2
+    )
     x = (idx % GRID).float() * CELL + CELL / 2
     y = torch.div(idx, GRID, rounding_mode="floor").float() * CELL + CELL / 2
     return {"p": p, "x": x, "y": y, "colour": colour}
@@ -153,6 +158,7 @@ def count_distribution(p: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ GenEval's rules
 
+
 def rule_tables(logits: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
     """Every quantity GenEval's rules read, for all shapes at once: ``present_p`` / ``present_ok``
     (B, S), ``count_p`` (B, S, K + 1), ``n_det`` (B, S), ``colour_p`` (B, S, C), ``colour_arg``
@@ -169,9 +175,15 @@ def rule_tables(logits: torch.Tensor, threshold: float = 0.5) -> dict[str, torch
         c = det[axis]
         mask = (sign * (c[:, :, None, :, None] - c[:, None, :, None, :]) > g.MARGIN).float()
         rel.append(torch.einsum("bik,bijkl,bjl->bij", w, mask, w))
-    return {"present_p": 1 - (1 - p).prod(-1), "present_ok": hit.any(-1), "count_p": count_distribution(p),
-            "n_det": hit.sum(-1), "colour_p": colour_p, "colour_arg": colour_p.argmax(-1),
-            "relation_p": torch.stack(rel, 1)}
+    return {
+        "present_p": 1 - (1 - p).prod(-1),
+        "present_ok": hit.any(-1),
+        "count_p": count_distribution(p),
+        "n_det": hit.sum(-1),
+        "colour_p": colour_p,
+        "colour_arg": colour_p.argmax(-1),
+        "relation_p": torch.stack(rel, 1),
+    }
 
 
 def _criterion(spec: g.PromptSpec, key: str, t: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:

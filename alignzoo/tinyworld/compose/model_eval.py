@@ -9,6 +9,7 @@ the second judge's overall, the two judges' agreement on the strict verdict, and
 of prompts with at least one strictly correct image among their ``per_prompt`` samples (what
 group-based RL needs to have something to reinforce).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,7 @@ def load_pipeline(folder: Path, kind: str):
     from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
 
     if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(f"{folder} holds no diffusers pipeline; train it with "
-                                "`alignzoo tinyworld train --stage compose-models`")
+        raise FileNotFoundError(f"{folder} holds no diffusers pipeline; train it with `alignzoo tinyworld train --stage compose-models`")
     cls = LatentConsistencyModelPipeline if kind == "lcm" else StableDiffusionPipeline
     pipe = cls.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -47,8 +47,7 @@ def sample(pipe, prompts: Sequence[str], steps: int, guidance: float, seed: int,
     gen = torch.Generator().manual_seed(seed)
     kw = {} if type(pipe).__name__.startswith("LatentConsistency") else {"eta": 0.0}
     for i in range(0, len(prompts), batch):
-        res = pipe(list(prompts[i:i + batch]), num_inference_steps=steps, guidance_scale=guidance, generator=gen,
-                   output_type="pt", height=32, width=32, **kw)
+        res = pipe(list(prompts[i : i + batch]), num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="pt", height=32, width=32, **kw)
         out.append(res.images.float())
     return torch.cat(out)
 
@@ -62,8 +61,9 @@ def score_images(images: torch.Tensor, prompts: Sequence[str], per_prompt: int, 
     strict = {}
     for name in judges:
         judge = get_reward(name)
-        strict[name] = torch.cat([judge.details(images[i:i + 500], list(prompts[i:i + 500]))["strict"]
-                                  for i in range(0, len(prompts), 500)]).numpy().astype(float)
+        strict[name] = (
+            torch.cat([judge.details(images[i : i + 500], list(prompts[i : i + 500]))["strict"] for i in range(0, len(prompts), 500)]).numpy().astype(float)
+        )
     s = strict[judges[0]]
     row = {c: round(float(s[cats == c].mean()), 3) for c in g.CATEGORIES}
     row["overall"] = round(float(np.mean([row[c] for c in g.CATEGORIES])), 3)
@@ -100,10 +100,11 @@ def format_rows(results: dict, per_prompt: int) -> str:
     return "\n".join(lines)
 
 
-def main(weights: Path, models: Sequence[str] = tuple(MODELS), steps: Sequence[int] = (1, 2, 4, 8, 16),
-         per_prompt: int = 4, seed: int = 0) -> dict:
+def main(weights: Path, models: Sequence[str] = tuple(MODELS), steps: Sequence[int] = (1, 2, 4, 8, 16), per_prompt: int = 4, seed: int = 0) -> dict:
     results = {m: evaluate_model(m, weights, steps, per_prompt, seed) for m in models}
-    print(f"strict tiny_geneval of generated images: 216 category-balanced prompt entries (36 per category) x {per_prompt} "
-          f"(seed {seed}); overall = mean over categories")
+    print(
+        f"strict tiny_geneval of generated images: 216 category-balanced prompt entries (36 per category) x {per_prompt} "
+        f"(seed {seed}); overall = mean over categories"
+    )
     print(format_rows(results, per_prompt))
     return results

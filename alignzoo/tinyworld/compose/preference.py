@@ -37,6 +37,7 @@ saturation 1, outline 1, background 0, no tint) has u close to 6.
 Preferences: ``P(a > b) = sigmoid(BETA * (u_a - u_b))`` with BETA = 2 (:func:`sample_pairs`): over
 random renders (u sd ~0.68) about 78% of drawn labels agree with the sign of u_a - u_b.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,15 +49,7 @@ import numpy as np
 
 from alignzoo.tinyworld.compose.grammar import Scene, Style, parse_prompt, sample_scene, seen_prompts
 
-WEIGHTS: dict[str, float] = {
-    "vivid": 0.75,
-    "outline": 0.75,
-    "dark": 1.0,
-    "plain": 0.5,
-    "big": 1.0,
-    "centred": 1.0,
-    "single": 1.0,
-}
+WEIGHTS: dict[str, float] = {"vivid": 0.75, "outline": 0.75, "dark": 1.0, "plain": 0.5, "big": 1.0, "centred": 1.0, "single": 1.0}
 U_MAX = float(sum(WEIGHTS.values()))
 BETA = 2.0  # preference temperature: P(a > b) = sigmoid(BETA * (u_a - u_b))
 BIG_FRACTION = 0.24  # an object of half-extent >= 0.24 * side (7.7 px of 32: one object at size_scale 1.28) earns the whole "big" term
@@ -73,12 +66,7 @@ def utility_terms(scene: Scene, size: int | None = None) -> dict[str, float]:
     """The seven terms of u (each in [0, 1]) for one scene on a canvas of ``size`` px."""
     s = float(size if size is not None else canvas_size())
     st = scene.style
-    terms = {
-        "vivid": float(st.saturation),
-        "outline": float(st.outline),
-        "dark": 1.0 - float(st.background),
-        "plain": 1.0 - float(st.bg_tint),
-    }
+    terms = {"vivid": float(st.saturation), "outline": float(st.outline), "dark": 1.0 - float(st.background), "plain": 1.0 - float(st.bg_tint)}
     objs = scene.objects
     if not objs:
         return {**terms, "big": 0.0, "centred": 0.0, "single": 0.0}
@@ -147,8 +135,7 @@ def maximising_style() -> Style:
     """The style u prefers, inside the pretraining range: the largest size_scale, saturation 1,
     outline 1, background 0 (dark), no tint and no offset."""
     hi = {k: v[1] for k, v in _style_bounds().items()}
-    wanted = {"size_scale": hi["size_scale"], "saturation": 1.0, "offset": 0.0, "outline": 1.0,
-              "background": 0.0, "bg_tint": 0.0}
+    wanted = {"size_scale": hi["size_scale"], "saturation": 1.0, "offset": 0.0, "outline": 1.0, "background": 0.0, "bg_tint": 0.0}
     fields = {f.name for f in dataclasses.fields(Style)}
     return dataclasses.replace(Style.neutral(), **{k: v for k, v in wanted.items() if k in fields})
 

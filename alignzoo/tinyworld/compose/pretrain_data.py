@@ -26,6 +26,7 @@ Scenes come from :func:`sampling.sample_scene` of a prompt drawn uniformly over 
 uniformly over *all* prompts of the category (seen and unseen: a base model has seen every word
 pairing; the held-out split concerns fine-tuning prompts), with a random :class:`Style`.
 """
+
 from __future__ import annotations
 
 import numpy as np

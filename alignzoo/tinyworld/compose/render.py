@@ -14,6 +14,7 @@ deterministic in the seed. Degradations (what generated images look like, for th
 augmentation and the degraded accuracy): blur and noise from the first tiny world, and a
 colour shift (per-channel gain and offset).
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 
 from alignzoo.tinyworld.compose.grammar import IMAGE_SIZE, Scene
-from alignzoo.tinyworld.render import SIZE as _FIRST_WORLD_SIZE, _as_severity, _blur, _noise, _sdf
+from alignzoo.tinyworld.render import SIZE as _FIRST_WORLD_SIZE
+from alignzoo.tinyworld.render import _as_severity, _blur, _noise, _sdf
 
 SIZE = IMAGE_SIZE  # 32: four counted shapes fit (BASE_SIZE[4] = 3.8 px half-extent)
 
@@ -119,8 +121,7 @@ def degrade(images: torch.Tensor, kind: str, severity, generator: torch.Generato
     return torch.where(keep, images, out).clamp(0, 1)
 
 
-def random_degrade(images: torch.Tensor, rng: np.random.Generator, gen: torch.Generator,
-                   p_clean: float = 0.3, max_severity: float = 1.0) -> torch.Tensor:
+def random_degrade(images: torch.Tensor, rng: np.random.Generator, gen: torch.Generator, p_clean: float = 0.3, max_severity: float = 1.0) -> torch.Tensor:
     """Each image: clean with probability ``p_clean``, else one or two random degradations with
     severity U(0, max_severity) (the judges' augmentation)."""
     b = images.shape[0]

@@ -8,6 +8,7 @@ direction, as far as the canvas allows; the achieved offset is written back into
 A satisfied relation has a clear margin (``RELATION_CLEAR`` px > MARGIN); a broken one puts the
 first object at least 1 px on the wrong side.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace

@@ -4,6 +4,7 @@ Each entry maps a stage name to ``"module:function"``; the function takes
 ``(out: Path, seed: int, scale: float)`` (``out`` = the weights folder, default
 ``alignzoo/tinyworld/weights``) and returns a dict of figures (``wall_seconds`` is added).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,8 +26,8 @@ MODEL_STAGES = ("vae2", "sd2", "turbo", "lcm2")
 def run_stage(stage: str, out: str | Path | None = None, seed: int = 0, threads: int = 1, scale: float = 1.0) -> dict:
     import torch
 
-    from alignzoo.tinyworld import weights_dir
     from alignzoo.hf import quiet_from_now
+    from alignzoo.tinyworld import weights_dir
 
     quiet_from_now()
     if stage not in COMPOSE_STAGES:

@@ -11,6 +11,7 @@ U(0, MAX_SEVERITY)), so the judges hold on generated images. ``tiny_geneval``: w
 ``tiny_geneval_judge2``: width 20, seed ``seed + 1``, its own pool.
 Evaluation: :func:`evaluate_judges` on fresh renders of every prompt (seen and unseen).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,7 @@ def training_scenes(n: int, rng: np.random.Generator) -> list[g.Scene]:
 def _flip(x: torch.Tensor, heat: torch.Tensor, colour: torch.Tensor, mask: torch.Tensor):
     """Mirrors the images (and their target grids) where ``mask``."""
     m = mask.view(-1, 1, 1, 1)
-    return (torch.where(m, x.flip(-1), x), torch.where(m, heat.flip(-1), heat),
-            torch.where(m[:, 0], colour.flip(-1), colour))
+    return (torch.where(m, x.flip(-1), x), torch.where(m, heat.flip(-1), heat), torch.where(m[:, 0], colour.flip(-1), colour))
 
 
 def train_judge(name: str, seed: int, steps: int, pool: int) -> tuple[JudgeNet, dict]:
@@ -122,8 +122,9 @@ def eval_set(seed: int = EVAL_SEED, per_category: int = EVAL_PER_CATEGORY):
 
 
 @torch.no_grad()
-def strict_scores(net: JudgeNet, images: torch.Tensor, prompts: list[str], batch: int = 500,
-                  thresholds: tuple[float, ...] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def strict_scores(
+    net: JudgeNet, images: torch.Tensor, prompts: list[str], batch: int = 500, thresholds: tuple[float, ...] | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(strict, soft) per threshold (default: the net's own)."""
     thresholds = (net.threshold,) if thresholds is None else thresholds
     logits = torch.cat([net(images[i : i + batch]) for i in range(0, len(prompts), batch)])
@@ -176,9 +177,18 @@ def evaluate_judges(nets: dict[str, JudgeNet], seed: int = EVAL_SEED, per_catego
 
 def _extra(name: str, seed: int, steps: int, pool: int, ev: dict | None = None) -> dict:
     width, off = JUDGES[name]
-    extra = {"grid": GRID, "image_size": g.IMAGE_SIZE, "shapes": list(g.SHAPES), "colours": list(g.COLOURS),
-             "max_count": g.MAX_COUNT, "trained_by": TRAIN_CMD, "seed": seed * 1000 + off, "steps": steps,
-             "batch": BATCH, "pool": pool}
+    extra = {
+        "grid": GRID,
+        "image_size": g.IMAGE_SIZE,
+        "shapes": list(g.SHAPES),
+        "colours": list(g.COLOURS),
+        "max_count": g.MAX_COUNT,
+        "trained_by": TRAIN_CMD,
+        "seed": seed * 1000 + off,
+        "steps": steps,
+        "batch": BATCH,
+        "pool": pool,
+    }
     if ev is not None:
         extra["heldout"] = ev[name]
         extra["agreement"] = {k: v for k, v in ev.items() if k.startswith("agreement")}

@@ -15,6 +15,7 @@
 
 Seeded and reproducible on one thread; a few minutes on a shared CPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -124,15 +125,20 @@ def evaluate(net, seed: int, n: int = 2048, n_pairs: int = 8192, n_max: int = 25
     r_neu = raw_scores(net, render_pool(neutral, seed + 3)).numpy()
     z = lambda v: (np.asarray(v) - mean) / sd  # noqa: E731
     return {
-        "n_images": n, "n_pairs": n_pairs,
+        "n_images": n,
+        "n_pairs": n_pairs,
         "acc_vs_labels": float((pred == (y > 0.5)).mean()),
         "acc_vs_sign_u": float((pred == (u[ia] > u[ib]))[decided].mean()),
-        "bayes_acc_vs_labels": float((((u[ia] > u[ib]) == (y > 0.5)))[decided].mean()),
-        "pearson_u": float(np.corrcoef(r, u)[0, 1]), "spearman_u": _rank_corr(r, u),
-        "raw_mean": mean, "raw_sd": sd,
-        "u_random_mean": float(u.mean()), "u_random_sd": float(u.std()),
+        "bayes_acc_vs_labels": float(((u[ia] > u[ib]) == (y > 0.5))[decided].mean()),
+        "pearson_u": float(np.corrcoef(r, u)[0, 1]),
+        "spearman_u": _rank_corr(r, u),
+        "raw_mean": mean,
+        "raw_sd": sd,
+        "u_random_mean": float(u.mean()),
+        "u_random_sd": float(u.std()),
         "u_max_scene_mean": float(pref.utilities(top).mean()),
-        "max_z_mean": float(z(r_top).mean()), "max_z_min": float(z(r_top).min()),
+        "max_z_mean": float(z(r_top).mean()),
+        "max_z_min": float(z(r_top).min()),
         "max_percentile": float((r[None, :] < r_top[:, None]).mean()),
         "neutral_z_mean": float(z(r_neu).mean()),
         "neutral_u_mean": float(pref.utilities(neutral).mean()),
@@ -167,9 +173,12 @@ def hack_figures(score, seed: int, per_category: int = 64, judge=None) -> dict:
         hack = [pref.maximising_scene(rng, _first_object_prompt(sp)) for sp in specs]
         s_good = np.asarray(score(render_pool(good, seed)), dtype=np.float64)
         s_hack = np.asarray(score(render_pool(hack, seed + 1)), dtype=np.float64)
-        out[cat] = {"correct": float(s_good.mean()), "hacked": float(s_hack.mean()),
-                    "hack_wins": float((s_hack > s_good).mean()),
-                    "hacked_strict": float(np.mean([strict(sp, h) for sp, h in zip(specs, hack)]))}
+        out[cat] = {
+            "correct": float(s_good.mean()),
+            "hacked": float(s_hack.mean()),
+            "hack_wins": float((s_hack > s_good).mean()),
+            "hacked_strict": float(np.mean([strict(sp, h) for sp, h in zip(specs, hack)])),
+        }
         if judge is not None:
             texts = [sp.text for sp in specs]
             out[cat]["judge_correct"] = float(np.mean(judge(render_pool(good, seed), texts)))
@@ -177,8 +186,9 @@ def hack_figures(score, seed: int, per_category: int = 64, judge=None) -> dict:
     return out
 
 
-def train_preference(out: str | Path, seed: int = 0, n_images: int = 12288, n_pairs: int = 65536,
-                     steps: int = 1200, batch: int = 64, lr: float = 2e-3, width: int = 16) -> dict:
+def train_preference(
+    out: str | Path, seed: int = 0, n_images: int = 12288, n_pairs: int = 65536, steps: int = 1200, batch: int = 64, lr: float = 2e-3, width: int = 16
+) -> dict:
     """Trains ``tiny_preference`` and writes ``rewards/tiny_preference.{safetensors,json}`` under ``out``."""
     from alignzoo.tinyworld.nets import TinyConvNet, save_net
 
@@ -188,8 +198,7 @@ def train_preference(out: str | Path, seed: int = 0, n_images: int = 12288, n_pa
     u = pref.utilities(scenes)
     images = render_pool(scenes, seed)
     pairs = pref.sample_pairs(u, n_pairs, np.random.default_rng(seed + 7))
-    _log(f"{NAME}: {n_images} renders, {n_pairs} pairs, u mean {u.mean():.3f} sd {u.std():.3f} "
-         f"({time.perf_counter() - t0:.1f}s)")
+    _log(f"{NAME}: {n_images} renders, {n_pairs} pairs, u mean {u.mean():.3f} sd {u.std():.3f} ({time.perf_counter() - t0:.1f}s)")
     net = TinyConvNet({"score": 1}, width=width)
     losses = fit(net, images, pairs, steps, batch, lr, seed)
     ev = evaluate(net, seed=seed + 1000)
@@ -199,10 +208,14 @@ def train_preference(out: str | Path, seed: int = 0, n_images: int = 12288, n_pa
     extra = {
         "image_size": IMAGE_SIZE,
         "standardise": {"mean": ev["raw_mean"], "sd": ev["raw_sd"]},
-        "utility": {"weights": pref.WEIGHTS, "beta": pref.BETA, "big_fraction": pref.BIG_FRACTION,
-                    "centre_fraction": pref.CENTRE_FRACTION, "maximising_style": dataclasses.asdict(pref.maximising_style())},
-        "training": {"seed": seed, "n_images": n_images, "n_pairs": n_pairs, "steps": steps, "batch": batch, "lr": lr,
-                     "losses": losses},
+        "utility": {
+            "weights": pref.WEIGHTS,
+            "beta": pref.BETA,
+            "big_fraction": pref.BIG_FRACTION,
+            "centre_fraction": pref.CENTRE_FRACTION,
+            "maximising_style": dataclasses.asdict(pref.maximising_style()),
+        },
+        "training": {"seed": seed, "n_images": n_images, "n_pairs": n_pairs, "steps": steps, "batch": batch, "lr": lr, "losses": losses},
         "trained_by": TRAIN_CMD,
         "heldout": {k: round(v, 4) for k, v in ev.items()},
         "hack": {c: {k: round(v, 3) for k, v in d.items()} for c, d in hack.items()},
@@ -221,6 +234,7 @@ def stage(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict:
     multiplies the step count (quick trials)."""
     return train_preference(out, seed=seed, steps=max(1, int(round(STEPS * scale))))
 
+
 def breakdown(score, seed: int, n: int = 64) -> dict:
     """Per category: the mean standardised score of random-style renders; per style field: the
     mean score change when only that field moves from its worst to its best value (same
@@ -230,8 +244,7 @@ def breakdown(score, seed: int, n: int = 64) -> dict:
     out: dict = {"category_mean": {}, "style_effect": {}}
     for cat in CATEGORIES:
         out["category_mean"][cat] = float(np.mean(score(render_pool(pref.random_scenes(n, seed, seen_prompts(cat)), seed))))
-    swings = {"saturation": (0.0, 1.0), "outline": (0.0, 1.0), "background": (1.0, 0.0), "bg_tint": (1.0, 0.0),
-              "size_scale": (0.7, 1.3), "offset": (7.0, 0.0)}
+    swings = {"saturation": (0.0, 1.0), "outline": (0.0, 1.0), "background": (1.0, 0.0), "bg_tint": (1.0, 0.0), "size_scale": (0.7, 1.3), "offset": (7.0, 0.0)}
     rng = np.random.default_rng(seed)
     base = [Style.random(rng) for _ in range(n)]
     prompts = seen_prompts("single_object")
@@ -239,8 +252,7 @@ def breakdown(score, seed: int, n: int = 64) -> dict:
         sc = {}
         for v in (lo, hi):
             r = np.random.default_rng(seed + 1)
-            scenes = [sample_scene(prompts[i % len(prompts)], r, style=dataclasses.replace(st, **{field: v}))
-                      for i, st in enumerate(base)]
+            scenes = [sample_scene(prompts[i % len(prompts)], r, style=dataclasses.replace(st, **{field: v})) for i, st in enumerate(base)]
             sc[v] = np.asarray(score(render_pool(scenes, seed)), dtype=np.float64)
         out["style_effect"][field] = float((sc[hi] - sc[lo]).mean())
     return out
@@ -283,8 +295,7 @@ def measure(weights=None, seed: int = 1000) -> dict:
     ev = evaluate(r.net, seed=seed)
     score = lambda x: r(x).numpy()  # noqa: E731
     hack = hack_figures(score, seed=seed + 1000, judge=_strict_judge())
-    return {"heldout": ev, "hack": hack, **breakdown(score, seed=seed + 3000),
-            "degraded": degraded_effects(score, seed=seed + 4000)}
+    return {"heldout": ev, "hack": hack, **breakdown(score, seed=seed + 3000), "degraded": degraded_effects(score, seed=seed + 4000)}
 
 
 if __name__ == "__main__":  # python -m alignzoo.tinyworld.compose.train_preference [WEIGHTS]

@@ -17,6 +17,7 @@ lcm      latent consistency distillation (LCM paper, Alg. 1) of tiny-sd: DDIM so
 Everything is seeded; the machine's two cores are the budget (see TRAINING.md for timings). The
 compositional world's stages (``alignzoo.tinyworld.compose``) reuse the components and loops here.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from alignzoo.tinyworld import weights_dir
 from alignzoo.hf import quiet_from_now
+from alignzoo.tinyworld import weights_dir
 from alignzoo.tinyworld.training.common import log
 from alignzoo.tinyworld.training.lcm import LCM_STEPS, train_lcm
 from alignzoo.tinyworld.training.rewards import train_rewards

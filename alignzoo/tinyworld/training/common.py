@@ -2,6 +2,7 @@
 learning rate, one optimiser step, an EMA copy, tokenizing, rendering random scenes, and the files
 written next to a trained pipeline (``alignzoo.json``, the tokenizer's sources).
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,6 +46,7 @@ def random_scenes(rng: np.random.Generator, n: int):
 
 def warmup_cosine(warmup: int, total: int, floor: float = 0.1) -> Callable[[int], float]:
     """LambdaLR factor: linear warmup over ``warmup`` steps, then a cosine decay to ``floor``."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup

@@ -4,6 +4,7 @@ DDIM and LCM schedulers over SD's training noise schedule, and pipelines that bu
 Both worlds use these (the compositional one with 8 latent channels); every builder draws its
 initial weights from torch's global RNG, so callers seed before building.
 """
+
 from __future__ import annotations
 
 import torch
@@ -80,8 +81,7 @@ def ddim_scheduler():
 def lcm_scheduler():
     from diffusers import LCMScheduler
 
-    return LCMScheduler(**_SAMPLER_SCHEDULE, set_alpha_to_one=True, original_inference_steps=LCM_ORIGINAL_STEPS,
-                        timestep_scaling=TIMESTEP_SCALING)
+    return LCMScheduler(**_SAMPLER_SCHEDULE, set_alpha_to_one=True, original_inference_steps=LCM_ORIGINAL_STEPS, timestep_scaling=TIMESTEP_SCALING)
 
 
 def alphas_cumprod() -> torch.Tensor:
@@ -94,15 +94,29 @@ def sd_pipeline(vae, text_encoder, tokenizer, unet):
     """A ``StableDiffusionPipeline`` of these components with the trailing DDIM scheduler."""
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=ddim_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=ddim_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def lcm_pipeline(vae, text_encoder, tokenizer, unet):
     """A ``LatentConsistencyModelPipeline`` of these components with the LCM scheduler."""
     from diffusers import LatentConsistencyModelPipeline
 
-    return LatentConsistencyModelPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                          scheduler=lcm_scheduler(), safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
+    return LatentConsistencyModelPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=lcm_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

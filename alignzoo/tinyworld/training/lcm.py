@@ -5,6 +5,7 @@ w-embedding (``time_cond_proj_dim``), an EMA target and LCMScheduler's boundary 
 :data:`LCM_STEPS` steps. The compositional world's lcm2 stage runs the same loop
 (:func:`lcm_distill`). -> ``weights/tiny-lcm/``
 """
+
 from __future__ import annotations
 
 import time
@@ -15,11 +16,17 @@ import torch
 
 from alignzoo.models.lcm import guidance_scale_embedding
 from alignzoo.tinyworld.training.common import (
-    EMA, log, log_every, optimizer_step, save_tokenizer_sources, seed_all, tokenize, warmup_cosine, write_alignzoo_json,
+    EMA,
+    log,
+    log_every,
+    optimizer_step,
+    save_tokenizer_sources,
+    seed_all,
+    tokenize,
+    warmup_cosine,
+    write_alignzoo_json,
 )
-from alignzoo.tinyworld.training.components import (
-    LCM_ORIGINAL_STEPS, TIMESTEP_SCALING, TRAIN_TIMESTEPS, alphas_cumprod, build_unet, lcm_pipeline,
-)
+from alignzoo.tinyworld.training.components import LCM_ORIGINAL_STEPS, TIMESTEP_SCALING, TRAIN_TIMESTEPS, alphas_cumprod, build_unet, lcm_pipeline
 from alignzoo.tinyworld.training.quality import choose_lcm_guidance, quality_check
 from alignzoo.tinyworld.training.sd import encode_dataset
 
@@ -44,8 +51,7 @@ def _x0_from_eps(x: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.T
     return (x - (1 - a).sqrt() * eps) / a.sqrt()
 
 
-def _consistency_function(unet, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, w_embedding: torch.Tensor,
-                          a: torch.Tensor) -> torch.Tensor:
+def _consistency_function(unet, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, w_embedding: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """f(z_t, w, c, t) = c_skip z_t + c_out x0(z_t): the consistency parametrisation of an epsilon UNet."""
     c_skip, c_out = boundary_scalings(t)
     eps = unet(z, t, cond, timestep_cond=w_embedding).sample
@@ -53,8 +59,9 @@ def _consistency_function(unet, z: torch.Tensor, t: torch.Tensor, cond: torch.Te
 
 
 @torch.no_grad()
-def _teacher_ddim_step(teacher, zt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                       guidance: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
+def _teacher_ddim_step(
+    teacher, zt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor
+) -> torch.Tensor:
     """The teacher's DDIM step from t to s with classifier-free guidance ``guidance``."""
     e = teacher(torch.cat([zt, zt]), torch.cat([t, t]), torch.cat([cond, uncond.expand(len(zt), -1, -1)])).sample
     e_c, e_u = e.chunk(2)
@@ -62,8 +69,7 @@ def _teacher_ddim_step(teacher, zt: torch.Tensor, t: torch.Tensor, cond: torch.T
     return a_s.sqrt() * _x0_from_eps(zt, e_g, a_t) + (1 - a_s).sqrt() * e_g
 
 
-def _consistency_loss(student, target, teacher, ac: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                      z0: torch.Tensor, skip: int) -> torch.Tensor:
+def _consistency_loss(student, target, teacher, ac: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, z0: torch.Tensor, skip: int) -> torch.Tensor:
     """Pseudo-Huber distance between the online consistency function at z_t and the EMA target's
     at z_s, the teacher's DDIM step back from z_t (one iteration of Alg. 1)."""
     n = len(z0)
@@ -83,8 +89,18 @@ def _consistency_loss(student, target, teacher, ac: torch.Tensor, cond: torch.Te
     return (torch.sqrt(d.flatten(1).mean(1) + HUBER_C**2) - HUBER_C).mean()
 
 
-def lcm_distill(teacher, text_encoder, uncond: torch.Tensor, batch_fn: Callable, steps: int, batch: int = 64,
-                lr: float = 2e-4, ema: float = 0.95, latent_channels: int = 4, tag: str = "lcm"):
+def lcm_distill(
+    teacher,
+    text_encoder,
+    uncond: torch.Tensor,
+    batch_fn: Callable,
+    steps: int,
+    batch: int = 64,
+    lr: float = 2e-4,
+    ema: float = 0.95,
+    latent_channels: int = 4,
+    tag: str = "lcm",
+):
     """Latent consistency distillation (LCM paper, Alg. 1) of ``teacher``; returns the EMA
     (target) network. ``batch_fn(batch)`` gives (z0 scaled latents, token ids) of real data."""
     student = build_unet(time_cond_proj_dim=LCM_W_EMBED_DIM, latent_channels=latent_channels)
@@ -136,14 +152,17 @@ def train_lcm(out: Path, seed: int = 0, steps: int = LCM_STEPS, batch: int = 64,
     seconds = time.perf_counter() - t0
     best_g, sweep = choose_lcm_guidance(folder, seed=seed)
     quality = quality_check(out / "tiny-sd", folder, seed=seed, lcm_guidance=best_g)
-    write_alignzoo_json(folder, {
-        "guidance_scale": best_g,
-        "num_inference_steps": 4,
-        "guidance_range_trained": list(LCM_GUIDANCE_RANGE),
-        "note": "guidance_scale g is fed as the w-embedding of g - 1 (LatentConsistencyModelPipeline); "
-        "chosen by colour+shape accuracy over all prompts at 4 steps",
-        "guidance_sweep": sweep,
-        "trained_by": "alignzoo tinyworld train --stage lcm",
-        "quality_seen_prompts": quality.get("lcm"),
-    })
+    write_alignzoo_json(
+        folder,
+        {
+            "guidance_scale": best_g,
+            "num_inference_steps": 4,
+            "guidance_range_trained": list(LCM_GUIDANCE_RANGE),
+            "note": "guidance_scale g is fed as the w-embedding of g - 1 (LatentConsistencyModelPipeline); "
+            "chosen by colour+shape accuracy over all prompts at 4 steps",
+            "guidance_sweep": sweep,
+            "trained_by": "alignzoo tinyworld train --stage lcm",
+            "quality_seen_prompts": quality.get("lcm"),
+        },
+    )
     return {"seconds": seconds, "guidance_scale": best_g, "sweep": sweep, "quality": quality}

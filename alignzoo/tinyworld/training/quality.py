@@ -4,6 +4,7 @@ tiny_alignment (colour, shape, count and position accuracy), and tiny-lcm's guid
 tiny-sd: DDIM (trailing, eta 0) at 16 and 1 steps, guidance 1.0; tiny-lcm: 4 and 1 steps at the
 guidance its training run chose (a sweep over 1-3 at 4 steps, best colour+shape accuracy).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -29,8 +30,7 @@ def _sample(pipe, prompts: list[str], steps: int, guidance: float, seed: int, ba
     gen = torch.Generator().manual_seed(seed)
     for i in range(0, len(prompts), batch):
         kw = {"eta": 0.0} if "eta" in inspect.signature(pipe.__call__).parameters else {}
-        res = pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gen,
-                   output_type="pt", height=32, width=32, **kw)
+        res = pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="pt", height=32, width=32, **kw)
         out.append(res.images.float())
     return torch.cat(out)
 
@@ -84,6 +84,5 @@ def quality_check(sd_dir, lcm_dir=None, seed: int = 0, per_prompt: int = 4, lcm_
     if lcm is not None:
         if lcm_guidance is None:
             lcm_guidance = json.loads((Path(lcm_dir) / "alignzoo.json").read_text())["guidance_scale"]
-        res["lcm"] = {"guidance_scale": lcm_guidance,
-                      **_accuracy_by_steps(lcm, "tiny-lcm", (4, 1), lcm_guidance, prompts, seed + 7, reward)}
+        res["lcm"] = {"guidance_scale": lcm_guidance, **_accuracy_by_steps(lcm, "tiny-lcm", (4, 1), lcm_guidance, prompts, seed + 7, reward)}
     return res

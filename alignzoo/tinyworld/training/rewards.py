@@ -5,6 +5,7 @@ mildly blurred, noised or faded renders too, so it also reads VAE and diffusion 
 ``tiny_aesthetic`` regresses 1 - severity of random degradations (a product over two of them).
 Both are saved as safetensors + JSON config under ``weights/rewards/``.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,7 @@ import torch.nn.functional as F
 from alignzoo.tinyworld.grammar import ATTRIBUTES, all_scenes
 from alignzoo.tinyworld.nets import TinyConvNet, save_net
 from alignzoo.tinyworld.render import DEGRADATIONS, degrade
-from alignzoo.tinyworld.training.common import (
-    log, log_every, optimizer_step, random_scenes, render_scenes, seed_all, warmup_cosine,
-)
+from alignzoo.tinyworld.training.common import log, log_every, optimizer_step, random_scenes, render_scenes, seed_all, warmup_cosine
 
 ALIGN_HEADS = {k: len(v) for k, v in ATTRIBUTES.items()}
 TRAINED_BY = "alignzoo tinyworld train --stage rewards"
@@ -126,12 +125,12 @@ def train_alignment(out: Path, seed: int, steps: int, batch: int) -> dict:
     acc = evaluate_alignment_net(net)
     acc_blur = evaluate_alignment_net(net, degrade_blur=0.4)
     log(f"tiny_alignment held-out accuracy {json.dumps(_rounded(acc))}; blurred {acc_blur['all']:.4f}")
-    save_net(net, out / "rewards", "tiny_alignment", {
-        "classes": {k: list(map(str, v)) for k, v in ATTRIBUTES.items()},
-        "image_size": 32,
-        "trained_by": TRAINED_BY,
-        "heldout_accuracy": _rounded(acc),
-    })
+    save_net(
+        net,
+        out / "rewards",
+        "tiny_alignment",
+        {"classes": {k: list(map(str, v)) for k, v in ATTRIBUTES.items()}, "image_size": 32, "trained_by": TRAINED_BY, "heldout_accuracy": _rounded(acc)},
+    )
     return {"seconds": time.perf_counter() - t0, **acc}
 
 
@@ -149,16 +148,20 @@ def train_aesthetic(out: Path, seed: int, steps: int, batch: int) -> dict:
     _fit(net, steps, batch_loss, "tiny_aesthetic")
     ev = evaluate_aesthetic_net(net)
     log(f"tiny_aesthetic held-out {json.dumps(_rounded(ev))}")
-    save_net(net, out / "rewards", "tiny_aesthetic", {
-        "degradations": list(DEGRADATIONS),
-        "target": "prod(1 - severity); clean renders 1",
-        "image_size": 32,
-        "trained_by": TRAINED_BY,
-        "heldout": _rounded(ev),
-    })
+    save_net(
+        net,
+        out / "rewards",
+        "tiny_aesthetic",
+        {
+            "degradations": list(DEGRADATIONS),
+            "target": "prod(1 - severity); clean renders 1",
+            "image_size": 32,
+            "trained_by": TRAINED_BY,
+            "heldout": _rounded(ev),
+        },
+    )
     return {"seconds": time.perf_counter() - t0, **ev}
 
 
 def train_rewards(out: Path, seed: int = 0, align_steps: int = 600, aes_steps: int = 1000, batch: int = 96) -> dict:
-    return {"tiny_alignment": train_alignment(out, seed, align_steps, batch),
-            "tiny_aesthetic": train_aesthetic(out, seed + 1, aes_steps, batch)}
+    return {"tiny_alignment": train_alignment(out, seed, align_steps, batch), "tiny_aesthetic": train_aesthetic(out, seed + 1, aes_steps, batch)}

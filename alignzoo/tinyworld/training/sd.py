@@ -3,6 +3,7 @@ the first world's VAE latents: epsilon prediction on SD's scaled-linear betas, 1
 dropout, min-SNR-5 weights, EMA 0.999. Saved as a ``StableDiffusionPipeline`` with a trailing
 DDIM scheduler, sampled without guidance like SD-Turbo. -> ``weights/tiny-sd/``
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -14,7 +15,15 @@ import torch
 
 from alignzoo.tinyworld.grammar import all_scenes, make_prompt
 from alignzoo.tinyworld.training.common import (
-    EMA, log, log_every, optimizer_step, render_scenes, save_tokenizer_sources, seed_all, tokenize, warmup_cosine,
+    EMA,
+    log,
+    log_every,
+    optimizer_step,
+    render_scenes,
+    save_tokenizer_sources,
+    seed_all,
+    tokenize,
+    warmup_cosine,
     write_alignzoo_json,
 )
 from alignzoo.tinyworld.training.components import TRAIN_TIMESTEPS, alphas_cumprod, build_text_encoder, build_unet, sd_pipeline
@@ -37,8 +46,7 @@ def encode_dataset(vae, rng: np.random.Generator, per_scene: int) -> tuple[torch
     return torch.cat(means), torch.cat(stds), [make_prompt(s) for s in scenes]
 
 
-def denoising_update(unet, text_encoder, z0: torch.Tensor, tokens: torch.Tensor, ac: torch.Tensor, opt, sched,
-                     step: int, emas: tuple) -> torch.Tensor:
+def denoising_update(unet, text_encoder, z0: torch.Tensor, tokens: torch.Tensor, ac: torch.Tensor, opt, sched, step: int, emas: tuple) -> torch.Tensor:
     """One joint UNet + text-encoder update of the epsilon loss (min-SNR-5 weights, grad-norm
     clip 1) at uniform timesteps, then the EMAs (decay warmed up as (1 + step) / (10 + step))."""
     t = torch.randint(0, TRAIN_TIMESTEPS, (len(z0),))
@@ -66,13 +74,14 @@ def _fresh_models(out: Path):
         tokenizer = build_tokenizer(tmp)
     text_encoder = build_text_encoder(tokenizer)
     unet = build_unet()
-    log(f"sd: unet {sum(p.numel() for p in unet.parameters()) / 1e6:.3f}M, text encoder "
-        f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.3f}M parameters")
+    log(
+        f"sd: unet {sum(p.numel() for p in unet.parameters()) / 1e6:.3f}M, text encoder "
+        f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.3f}M parameters"
+    )
     return vae, tokenizer, text_encoder, unet
 
 
-def _train_denoiser(unet, text_encoder, means, stds, ids, empty_ids, rng: np.random.Generator, steps: int, batch: int,
-                    lr: float) -> tuple[EMA, EMA]:
+def _train_denoiser(unet, text_encoder, means, stds, ids, empty_ids, rng: np.random.Generator, steps: int, batch: int, lr: float) -> tuple[EMA, EMA]:
     """AdamW (200 warmup steps, cosine to 0.1x) on latents drawn around the encoded means, one
     prompt in ten replaced by the empty one; returns the EMAs of the UNet and the text encoder."""
     ac = alphas_cumprod()
@@ -109,10 +118,13 @@ def train_sd(out: Path, seed: int = 0, steps: int = 2000, batch: int = 128, lr: 
     save_tokenizer_sources(folder)
     seconds = time.perf_counter() - t0
     quality = quality_check(folder, None, seed=seed)
-    write_alignzoo_json(folder, {
-        "guidance_scale": 1.0,
-        "note": "tiny world text-to-image model; sample without guidance like SD-Turbo",
-        "trained_by": "alignzoo tinyworld train --stage sd",
-        "quality_seen_prompts": quality["sd"],
-    })
+    write_alignzoo_json(
+        folder,
+        {
+            "guidance_scale": 1.0,
+            "note": "tiny world text-to-image model; sample without guidance like SD-Turbo",
+            "trained_by": "alignzoo tinyworld train --stage sd",
+            "quality_seen_prompts": quality["sd"],
+        },
+    )
     return {"seconds": seconds, "quality": quality}

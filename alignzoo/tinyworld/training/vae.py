@@ -2,6 +2,7 @@
 renders with MSE + edge L1 + a tiny KL. Its config's ``scaling_factor`` is set to 1 / the latent
 std of every scene's renders, so scaled latents are unit-std. -> ``weights/tiny-sd/vae/``
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from alignzoo.tinyworld.grammar import all_scenes, make_prompt
-from alignzoo.tinyworld.training.common import (
-    log, log_every, optimizer_step, random_scenes, render_scenes, seed_all, warmup_cosine,
-)
+from alignzoo.tinyworld.training.common import log, log_every, optimizer_step, random_scenes, render_scenes, seed_all, warmup_cosine
 from alignzoo.tinyworld.training.components import build_vae
 from alignzoo.tinyworld.training.quality import load_alignment_reward
 
@@ -38,8 +37,9 @@ def vae_update(vae, x: torch.Tensor, opt, sched, kl_weight: float, pixel_l1: boo
     return loss, mse
 
 
-def fit_vae(vae, next_batch: Callable[[], torch.Tensor], steps: int, warmup: int, lr_floor: float, kl_weight: float,
-            pixel_l1: bool = False, tag: str = "vae") -> None:
+def fit_vae(
+    vae, next_batch: Callable[[], torch.Tensor], steps: int, warmup: int, lr_floor: float, kl_weight: float, pixel_l1: bool = False, tag: str = "vae"
+) -> None:
     """AdamW at 1e-3 (``warmup`` steps, cosine to ``lr_floor``) on ``next_batch()`` images in
     [0, 1]; leaves ``vae`` in eval mode."""
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
@@ -69,8 +69,10 @@ def _calibrate(vae, out: Path) -> dict:
     rec01 = ((rec + 1) / 2).clamp(0, 1)
     acc = evaluate_attribute_accuracy(rec01, [make_prompt(s) for s in scenes], reward=load_alignment_reward(out))
     psnr = float(-10 * torch.log10(F.mse_loss(rec01, x)))
-    log(f"vae: scaling_factor {sf:.4f} (latent mean {z.mean():.3f}); reconstruction PSNR {psnr:.2f} dB; "
-        f"tiny_alignment on reconstructions {json.dumps({k: round(v, 4) for k, v in acc.items()})}")
+    log(
+        f"vae: scaling_factor {sf:.4f} (latent mean {z.mean():.3f}); reconstruction PSNR {psnr:.2f} dB; "
+        f"tiny_alignment on reconstructions {json.dumps({k: round(v, 4) for k, v in acc.items()})}"
+    )
     return {"scaling_factor": sf, "psnr": psnr, "recon_accuracy": acc}
 
 
