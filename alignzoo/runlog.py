@@ -5,7 +5,7 @@ through this module, so it sits on the bottom floor of the package graph (docs/a
 A cell folder is ``<algo>__<reward>__seed<S>/`` holding ``log.jsonl`` (one line per epoch),
 ``eval.jsonl`` (one line per evaluation), ``health.json`` and ``DONE``.
 
-Counters (CONTRACT.md, "Training log counters"): cumulative, global over processes, one value per
+Counters (docs/architecture.md, "The run folder"): cumulative, global over processes, one value per
 name in every epoch record. The trainer adds each process's counts of an epoch with
 :func:`add_counts` and sums them over processes at the epoch's end.
 """

@@ -17,7 +17,7 @@ sample, which steps to score, how to form advantages and the loss of a group of 
     until the sample budget is spent (every generated image counts, LaSRO's own rollouts too)
 
 Batch numbers are global and count images (Algorithm.split_over); log lines carry global counters
-and health fields (alignzoo.runlog, CONTRACT.md); health flags end the run (health.json).
+and health fields (alignzoo.runlog, docs/architecture.md); health flags end the run (health.json).
 
 Exact resume: every random draw comes from generators whose states are checkpointed (a numpy
 generator for prompts and plans shared by all processes, a torch CPU generator per process for
