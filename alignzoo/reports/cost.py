@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from alignzoo.reports.results import LOG_COUNTS
 from alignzoo.reports.tables import DASH
 
 COST_TOTALS = [
@@ -31,19 +32,7 @@ def cost_frame(logs: pd.DataFrame, algos: list[str], rewards: list[str]) -> pd.D
     if logs is None or logs.empty:
         return pd.DataFrame(columns=cols)
     last = logs.loc[logs.groupby("cell")["epoch"].idxmax()].copy()
-    for c in [
-        "samples",
-        "seconds_total",
-        "seconds_sampling",
-        "seconds_decoding",
-        "seconds_reward",
-        "seconds_update",
-        "unet_evals_sampling",
-        "unet_evals_training",
-        "vae_decodes",
-        "reward_queries",
-        "log_reward_queries",
-    ]:
+    for c in LOG_COUNTS:  # a run that predates a counter: NaN
         if c not in last.columns:
             last[c] = np.nan
         last[c] = pd.to_numeric(last[c], errors="coerce").astype(float)
