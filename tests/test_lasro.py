@@ -99,7 +99,7 @@ def _tiny_trainer(folder, prompts, out, samples=16, **overrides):
 def test_gradients_reach_the_generator_lora_not_the_surrogate_and_back(tiny_random_folders, prompt_file, tmp_path):
     tr = _tiny_trainer(tiny_random_folders["lcm"], prompt_file, tmp_path / "run")
     algo = tr.algo
-    algo.pretrain(tr)
+    algo.pretrain(tr.context)
     assert len(algo.buffer) == 2 * 4 * 4  # 4 prompts × N_s 4, z1 and z2
     lora = tr.model.trainable_parameters()
     frozen_unet = [p for n, p in tr.model.unet.named_parameters() if "lora_" not in n]
@@ -108,7 +108,7 @@ def test_gradients_reach_the_generator_lora_not_the_surrogate_and_back(tiny_rand
     # generator step: gradients on the LoRA only
     for p in lora + list(algo.surrogate.parameters()):
         p.grad = None
-    algo.generator_step(tr)
+    algo.generator_step(tr.context)
     assert all(p.grad is not None for p in lora) and sum(float(p.grad.abs().sum()) for p in lora) > 0
     assert all(p.grad is None for p in algo.surrogate.parameters())
     assert all(p.grad is None for p in frozen_unet)
@@ -117,7 +117,7 @@ def test_gradients_reach_the_generator_lora_not_the_surrogate_and_back(tiny_rand
     for p in lora:
         p.grad = None
     lora_before = [p.detach().clone() for p in lora]
-    assert algo.surrogate_step(tr, algo.buffer.ranked_groups(algo.config.tie_margin)) is not None
+    assert algo.surrogate_step(tr.context, algo.buffer.ranked_groups(algo.config.tie_margin)) is not None
     assert all(p.grad is None for p in lora) and all(torch.equal(a, p) for a, p in zip(lora_before, lora))
     assert sum(float(p.grad.abs().sum()) for p in trainable if p.grad is not None) > 0
 
@@ -215,7 +215,7 @@ class _PairedEval:
         """At 2 steps: gains of the true reward and of the run's surrogate, each in units of the
         pretrained model's per-image standard deviation."""
         (l0, t0), (l1, t1), expanded = self.latents(tr, 2)
-        s0, s1 = (tr.algo.surrogate_scores(tr, lat, expanded).numpy() for lat in (l0, l1))
+        s0, s1 = (tr.algo.surrogate_scores(tr.context, lat, expanded).numpy() for lat in (l0, l1))
         return {
             "true_gain_sd": float((t1 - t0).mean() / t0.std()),
             "surrogate_gain_sd": float((s1 - s0).mean() / s0.std()),

@@ -330,12 +330,14 @@ class Algorithm:
         raise NotImplementedError
 
     # -- optional hooks (algorithms that are not per-step policy gradients, e.g. LaSRO) ------
-    def setup(self, trainer) -> None:
-        """Called once the trainer has its model, reward and optimiser (before resuming)."""
+    def setup(self, ctx) -> None:
+        """Called once the trainer has its model, reward and optimiser (before resuming), with
+        the :class:`~alignzoo.algos.context.TrainerContext`."""
 
     update_epoch = None
-    """Optionally a method ``update_epoch(trainer, rollout) -> dict`` that replaces the
-    advantages/plan/loss loop for the epoch (use ``trainer.optimizer_step()``)."""
+    """Optionally a method ``update_epoch(ctx, rollout) -> dict`` that replaces the
+    advantages/plan/loss loop for the epoch, working through the
+    :class:`~alignzoo.algos.context.TrainerContext` ``ctx`` only (``ctx.optimizer_step()``)."""
 
     def state_dict(self) -> dict:
         """Extra state to checkpoint (e.g. a surrogate model and its replay buffer)."""

@@ -22,7 +22,7 @@ import torch
 
 from alignzoo.algos.base import AlgoConfig, Algorithm, ComputeException, register_algorithm
 from alignzoo.algos.lasro_preference import ReplayBuffer, ScoreNormalizer, SurrogateFitting
-from alignzoo.models.sampling import Trajectory, previous_timesteps, sample, step_distribution
+from alignzoo.models.sampling import Trajectory
 from alignzoo.models.surrogate import BACKBONES, build_surrogate
 
 SURROGATE_MODES = ("online", "fixed")
@@ -136,12 +136,12 @@ class LaSRO(SurrogateFitting, Algorithm):
         return torch.stack([torch.zeros(b, dtype=torch.long), torch.full((b,), t - 1, dtype=torch.long)], 1)
 
     # -- setup and state ----------------------------------------------------------------------
-    def setup(self, trainer) -> None:
+    def setup(self, ctx) -> None:
         c = self.config
-        seed = int(trainer.config.seed)
+        seed = ctx.seed
         self.surrogate = build_surrogate(
-            trainer.model,
-            trainer.device,
+            ctx.model,
+            ctx.device,
             init_seed=seed * 7919 + 11,
             backbone=c.surrogate_backbone,
             head_channels=c.head_channels,
@@ -197,51 +197,18 @@ class LaSRO(SurrogateFitting, Algorithm):
         self.counts = dict(state["counts"])
 
     # -- one generator step -------------------------------------------------------------------
-    def _differentiable_sample(self, trainer, prompts) -> Trajectory:
-        """The 1–2 step sampler with the graph kept; ``detach_between_steps`` stops the gradient at
-        each re-noised state (then ∂R(z2)/∂θ flows only through the last UNet call)."""
-        model, t = trainer.model, trainer.num_steps
-        if not self.config.detach_between_steps:
-            return sample(model, prompts, t, self.config.eta, trainer.noise_gen, grad=True)
-        timesteps = model.timesteps(t)
-        prev = previous_timesteps(model, timesteps)
-        b = len(prompts)
-        x = model.init_noise(b, trainer.noise_gen)
-        embeds = model.encode_prompts(prompts)
-        neg = model.negative_embeds(b)
-        states, x0s = [x], []
-        for i in range(t):
-            eps, x0 = model.predict_noise(x, timesteps[i].expand(b), embeds, neg)
-            mean, std = step_distribution(model, x, timesteps[i].expand(b), prev[i].expand(b), eps, x0, self.config.eta)
-            z = torch.randn(x.shape, generator=trainer.noise_gen, dtype=torch.float32).to(model.device)
-            x = (mean + std * z).detach()
-            states.append(x)
-            x0s.append(x0)
-        return Trajectory(
-            prompts=list(prompts),
-            prompt_embeds=embeds,
-            neg_embeds=neg,
-            timesteps=timesteps,
-            prev_timesteps=prev,
-            latents=torch.stack(states, 1),
-            pred_x0=torch.stack(x0s, 1),
-            log_probs=torch.full((b, t), float("nan")),
-            eta=float(self.config.eta),
-            kernel="lcm" if model.kind == "lcm" else "ddim",
-        )
-
-    def regulariser(self, trainer, traj: Trajectory) -> torch.Tensor:
+    def regulariser(self, ctx, traj: Trajectory) -> torch.Tensor:
         """L_reg (notes §5) = mean ‖f_θ(z_τ, τ, c) − f_θ0(z_τ, τ, c)‖² (per-element mean); f_θ0 = the
         same UNet under ``model.reference()`` (LoRA disabled). ``reg_form`` "consistency": on buffer
         latents noised to a timestep of the sampling schedule; "trajectory": on the generator's own states."""
         c = self.config
         if c.reg_form == "none" or c.reg_weight == 0 or (c.reg_form == "consistency" and len(self.buffer) == 0):
-            return torch.zeros((), device=trainer.device)
-        return self._trajectory_regulariser(trainer, traj) if c.reg_form == "trajectory" else self._consistency_regulariser(trainer)
+            return torch.zeros((), device=ctx.device)
+        return self._trajectory_regulariser(ctx, traj) if c.reg_form == "trajectory" else self._consistency_regulariser(ctx)
 
-    def _trajectory_regulariser(self, trainer, traj: Trajectory) -> torch.Tensor:
+    def _trajectory_regulariser(self, ctx, traj: Trajectory) -> torch.Tensor:
         """L_reg at the generator's own sampling states: its x̂0 against the reference's."""
-        model = trainer.model
+        model = ctx.model
         t = traj.num_steps
         x = traj.latents[:, :t].detach().flatten(0, 1)
         ts = traj.timesteps.repeat(traj.batch_size)
@@ -249,17 +216,17 @@ class LaSRO(SurrogateFitting, Algorithm):
         neg = traj.neg_embeds.repeat_interleave(t, 0) if traj.neg_embeds is not None else None
         with torch.no_grad(), model.reference():
             _, ref = model.predict_noise(x, ts, emb, neg)
-        trainer.count(unet=x.shape[0])
+        ctx.count(unet=x.shape[0])
         return ((traj.pred_x0.flatten(0, 1) - ref.detach()) ** 2).mean()
 
-    def _consistency_regulariser(self, trainer) -> torch.Tensor:
+    def _consistency_regulariser(self, ctx) -> torch.Tensor:
         """L_reg on ``reg_batch_size`` buffer latents z noised to a timestep τ of the sampling
         schedule: z_τ = √ᾱ_τ z + √(1−ᾱ_τ) ε."""
-        model, n = trainer.model, self.config.reg_batch_size
-        idx = self.rng.integers(0, len(self.buffer), size=n * trainer.world)[trainer.rank * n : (trainer.rank + 1) * n]
-        z = self.buffer.latents[torch.as_tensor(idx)].to(trainer.device)
+        model, n = ctx.model, self.config.reg_batch_size
+        idx = ctx.local(self.rng.integers(0, len(self.buffer), size=n * ctx.world), n)
+        z = self.buffer.latents[torch.as_tensor(idx)].to(ctx.device)
         prompts = self.buffer.prompts_of(idx)
-        schedule = model.timesteps(trainer.num_steps)
+        schedule = model.timesteps(ctx.num_steps)
         tau = schedule[torch.as_tensor(self.rng.integers(0, len(schedule), size=n), device=schedule.device)]
         a = model.alphas_cumprod[tau].view(-1, 1, 1, 1)
         eps = torch.as_tensor(self.rng.standard_normal(z.shape), dtype=torch.float32, device=z.device)
@@ -269,43 +236,42 @@ class LaSRO(SurrogateFitting, Algorithm):
         _, f = model.predict_noise(z_tau, tau, emb, neg)
         with torch.no_grad(), model.reference():
             _, f0 = model.predict_noise(z_tau, tau, emb, neg)
-        trainer.count(unet=2 * n, unet_backward=n * (2 if model.uses_cfg else 1))  # f with grad, f_θ0 without
+        ctx.count(unet=2 * n, unet_backward=n * (2 if model.uses_cfg else 1))  # f with grad, f_θ0 without
         return ((f - f0.detach()) ** 2).mean()
 
-    def generator_step(self, trainer) -> dict:
+    def generator_step(self, ctx) -> dict:
         """One optimiser step of the generator loss (notes §5) through the differentiable 1–2 step
         sampler, R_ψ frozen but differentiable in z:
             L_gen(θ) = c·L_reg(θ) − c1·S[R_ψ(z1, c)] − c2·S[R_ψ(z2, c)]
         (c = ``reg_weight``, c1 and c2 = ``reward_weight_z1`` and ``_z2``; objective "z2" drops z1)."""
         n = self.config.gen_batch_size
-        idx = trainer.shared_rng.integers(0, len(trainer.prompt_set), size=n * trainer.world)[trainer.rank * n : (trainer.rank + 1) * n]
-        prompts = [trainer.prompt_set[i] for i in idx]
+        prompts = ctx.draw_prompts(n)
         s = self.surrogate
         flags = [p.requires_grad for p in s.parameters()]
         s.requires_grad_(False)
         s.eval()
-        trainer.optimizer.zero_grad(set_to_none=True)
+        ctx.zero_grad()
         try:
-            with trainer.accelerator.autocast():
-                loss, reg, info = self._generator_loss(trainer, prompts)
+            with ctx.autocast():
+                loss, reg, info = self._generator_loss(ctx, prompts)
             loss.backward()
         finally:
             for p, f in zip(s.parameters(), flags):
                 p.requires_grad_(f)
-        grad_norm = self._warmed_up_optimizer_step(trainer)
+        grad_norm = self._warmed_up_optimizer_step(ctx)
         self.counts["generator_steps"] += 1
-        # "loss" is the generator objective: the trainer logs it (and shows it) as every algorithm's loss
+        # "loss" is the generator objective: the ctx logs it (and shows it) as every algorithm's loss
         info.update({"loss": float(loss.detach()), "reg": float(reg.detach())})
         if grad_norm is not None:
             info["grad_norm"] = grad_norm
         return info
 
-    def _generator_loss(self, trainer, prompts) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def _generator_loss(self, ctx, prompts) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """L_gen of fresh rollouts of ``prompts``, its L_reg, and the mean surrogate score per term."""
         c, n = self.config, len(prompts)
-        traj = self._differentiable_sample(trainer, prompts)
-        trainer.count(samples=n, unet=n * traj.num_steps, grad=True)  # the generator's own rollouts count as samples
-        enc = self.embeds(trainer.model, prompts)
+        traj = ctx.sample(prompts, c.eta, grad=True, detach_between_steps=c.detach_between_steps)
+        ctx.count(samples=n, unet=n * traj.num_steps, grad=True)  # the generator's own rollouts count as samples
+        enc = self.embeds(ctx.model, prompts)
         terms = {"z2": (traj.pred_x0[:, -1], c.reward_weight_z2)}
         if c.objective == "z1z2" and traj.num_steps > 1:
             terms["z1"] = (traj.pred_x0[:, 0], c.reward_weight_z1)
@@ -315,26 +281,19 @@ class LaSRO(SurrogateFitting, Algorithm):
             r = self.surrogate(z, enc)
             reward_term = reward_term + weight * self.norm[key](r).mean()
             info[f"surr_gen_{key}"] = float(r.detach().mean())
-        reg = self.regulariser(trainer, traj)
+        reg = self.regulariser(ctx, traj)
         return c.reg_weight * reg - reward_term, reg, info
 
-    def _warmed_up_optimizer_step(self, trainer):
-        """The trainer's optimiser step with the lr scaled by a linear warm-up over the first
-        ``gen_warmup_steps`` generator steps; the lrs are restored after it (the scale is per step)."""
+    def _warmed_up_optimizer_step(self, ctx):
+        """The optimiser step with the lr scaled by a linear warm-up over the first
+        ``gen_warmup_steps`` generator steps (the scale is per step)."""
         c = self.config
         warm = min(1.0, (self.counts["generator_steps"] + 1) / c.gen_warmup_steps) if c.gen_warmup_steps > 0 else 1.0
-        lrs = [g["lr"] for g in trainer.optimizer.param_groups]
-        for g in trainer.optimizer.param_groups:
-            g["lr"] *= warm
-        try:
-            return trainer.optimizer_step()
-        finally:
-            for g, lr in zip(trainer.optimizer.param_groups, lrs):
-                g["lr"] = lr
+        return ctx.optimizer_step(lr_scale=warm)
 
     # -- the epoch ----------------------------------------------------------------------------
-    def update_epoch(self, trainer, rollout) -> dict:
-        """Online adaptation (notes §6–7): the trainer's rollout (N_s noises per prompt, from the
+    def update_epoch(self, ctx, rollout) -> dict:
+        """Online adaptation (notes §6–7): the ctx's rollout (N_s noises per prompt, from the
         current generator), scored at z1 and z2, is pushed into the FIFO replay buffer; the epoch then
         alternates ``k_surr`` surrogate steps (a ``fresh_fraction`` of groups from the newest samples,
         the rest replayed) with ``k_gen`` generator steps, ``gen_steps`` generator steps in all."""
@@ -342,20 +301,20 @@ class LaSRO(SurrogateFitting, Algorithm):
         stats: dict[str, list[float]] = {}
         add = lambda d: [stats.setdefault(k, []).append(v) for k, v in d.items()]  # noqa: E731
         if not self.pretrained:  # stage 1, lazily on the first epoch
-            add(self.pretrain(trainer))
-        version = trainer.epoch + 1
-        lat, vals, prompts, kinds = self._gather_scored(trainer, rollout.traj, *rollout.flat())
-        stats.update(self._rollout_stats(trainer, lat, vals, prompts, kinds, version))
+            add(self.pretrain(ctx))
+        version = ctx.epoch + 1
+        lat, vals, prompts, kinds = self._gather_scored(ctx, rollout.traj, *rollout.flat())
+        stats.update(self._rollout_stats(ctx, lat, vals, prompts, kinds, version))
         if c.surrogate_mode == "online":
             if c.buffer == "on_policy":
                 self.buffer.clear()
             self.buffer.push(lat, vals, prompts, kinds, version)
         for done in range(0, c.gen_steps, max(1, c.k_gen)):  # rounds: K_surr surrogate steps, then ≤ K_gen generator steps
             if c.surrogate_mode == "online" and c.k_surr > 0:
-                add(self.fit_surrogate(trainer, c.k_surr))
+                add(self.fit_surrogate(ctx, c.k_surr))
             for _ in range(min(c.k_gen, c.gen_steps - done)):
-                add(self.generator_step(trainer))
-        acc = self.buffer_accuracy(trainer, self.heldout)
+                add(self.generator_step(ctx))
+        acc = self.buffer_accuracy(ctx, self.heldout)
         if not math.isnan(acc):
             stats["surr_acc_heldout"] = [acc]
         stats["buffer_size"] = [float(len(self.buffer))]

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alignzoo.algos import distributed
-from alignzoo.models.sampling import Trajectory, sample
+from alignzoo.models.sampling import Trajectory
 
 
 # ------------------------------------------------------------------------------ loss and pairs
@@ -211,74 +210,72 @@ class SurrogateFitting:
                 self._embed_cache[p] = e.detach()
         return torch.stack([self._embed_cache[p] for p in prompts])
 
-    def surrogate_scores(self, trainer, latents: torch.Tensor, prompts, chunk: int = 256) -> torch.Tensor:
+    def surrogate_scores(self, ctx, latents: torch.Tensor, prompts, chunk: int = 256) -> torch.Tensor:
         """R_ψ of stored latents, no grad, on CPU."""
         out = []
-        with torch.no_grad(), trainer.accelerator.autocast():
+        with torch.no_grad(), ctx.autocast():
             for i in range(0, latents.shape[0], chunk):
-                z = latents[i : i + chunk].to(trainer.device)
-                out.append(self.surrogate(z, self.embeds(trainer.model, prompts[i : i + chunk])).float().cpu())
+                z = latents[i : i + chunk].to(ctx.device)
+                out.append(self.surrogate(z, self.embeds(ctx.model, prompts[i : i + chunk])).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
-    def buffer_accuracy(self, trainer, buf: ReplayBuffer) -> float:
+    def buffer_accuracy(self, ctx, buf: ReplayBuffer) -> float:
         if len(buf) == 0:
             return float("nan")
         w, l = ranked_pairs(buf.group_ids(), buf.rewards, self.config.tie_margin)
-        scores = self.surrogate_scores(trainer, buf.latents, buf.prompts_of())
+        scores = self.surrogate_scores(ctx, buf.latents, buf.prompts_of())
         return pairwise_accuracy(scores, w, l)
 
-    def _gather_scored(self, trainer, traj: Trajectory, rows, steps, values):
+    def _gather_scored(self, ctx, traj: Trajectory, rows, steps, values):
         """(latents, rewards, prompts, kinds) of this epoch's scored samples from every process."""
         t = traj.num_steps
         lat = traj.pred_x0[rows, steps].detach().float()
         prompts = [traj.prompts[i] for i in rows.tolist()]
         kinds = torch.where(steps == t - 1, 1, 0) if t > 1 else torch.ones_like(steps)
-        all_lat, all_prompts, _ = trainer.gather(lat, prompts)
-        all_vals, _, _ = trainer.gather(values.float(), prompts)
-        all_kinds, _, _ = trainer.gather(kinds, prompts)
+        all_lat, all_prompts, _ = ctx.gather(lat, prompts)
+        all_vals, _, _ = ctx.gather(values.float(), prompts)
+        all_kinds, _, _ = ctx.gather(kinds, prompts)
         return all_lat, all_vals, all_prompts, all_kinds
 
-    def _sample_frozen(self, trainer, n_prompts: int) -> tuple:
+    def _sample_frozen(self, ctx, n_prompts: int) -> tuple:
         """Stage-1 data: n_prompts prompts (every prompt of the set once before any twice) × N_s
         noises from the pretrained model, scored at z1 and z2."""
-        model, k, world = trainer.model, self.config.group_size, trainer.world
+        model, k, world = ctx.model, self.config.group_size, ctx.world
         per_proc = math.ceil(n_prompts / world)
-        n_set = len(trainer.prompt_set)  # stratified: whole permutations of the prompt set first
-        idx = np.concatenate([trainer.shared_rng.permutation(n_set) for _ in range(math.ceil(per_proc * world / n_set))])[: per_proc * world]
-        mine = [trainer.prompt_set[i] for i in idx[trainer.rank * per_proc : (trainer.rank + 1) * per_proc]]
+        mine = ctx.draw_prompts(per_proc, stratified=True)
         prompts = [p for p in mine for _ in range(k)]
         parts = []
         bs = max(k, self.config.sample_batch_size // k * k)
-        with torch.no_grad(), trainer.accelerator.autocast(), model.reference():
+        with torch.no_grad(), ctx.autocast(), model.reference():
             for i in range(0, len(prompts), bs):
-                parts.append(sample(model, prompts[i : i + bs], trainer.num_steps, self.config.eta, trainer.noise_gen))
+                parts.append(ctx.sample(prompts[i : i + bs], self.config.eta))
         traj = Trajectory.cat(parts)
-        queries = self.query_steps(traj, None)  # scored column by column, as the trainer's rollout
+        queries = self.query_steps(traj, None)  # scored column by column, as the ctx's rollout
         rows, steps = torch.arange(traj.batch_size).repeat(queries.shape[1]), queries.T.reshape(-1)
-        values = trainer.score(traj, rows, steps)
-        trainer.count(samples=traj.batch_size, unet=traj.batch_size * traj.num_steps, phase="sampling")  # stage-1 images count (budget)
+        values = ctx.score(traj, rows, steps)
+        ctx.count(samples=traj.batch_size, unet=traj.batch_size * traj.num_steps, phase="sampling")  # stage-1 images count (budget)
         self.counts["pretrain_samples"] += traj.batch_size * world
-        return self._gather_scored(trainer, traj, rows, steps, values)
+        return self._gather_scored(ctx, traj, rows, steps, values)
 
-    def pretrain(self, trainer) -> dict:
+    def pretrain(self, ctx) -> dict:
         """Stage 1 (notes §4, reconstructed), on the first epoch: ``pretrain_prompts`` prompts × N_s
         noises from the frozen pretrained model, z1 and z2 scored with r (counted as reward queries),
         fill the replay buffer, then ``pretrain_steps`` surrogate steps; another ``heldout_prompts``
         × N_s samples are never trained on and give the held-out pairwise accuracy."""
         c = self.config
         t0 = time.perf_counter()
-        lat, vals, prompts, kinds = self._sample_frozen(trainer, c.pretrain_prompts)
+        lat, vals, prompts, kinds = self._sample_frozen(ctx, c.pretrain_prompts)
         self.buffer.push(lat, vals, prompts, kinds, version=0)
         if c.heldout_prompts > 0:
-            lat, vals, prompts, kinds = self._sample_frozen(trainer, c.heldout_prompts)
+            lat, vals, prompts, kinds = self._sample_frozen(ctx, c.heldout_prompts)
             self.heldout.push(lat, vals, prompts, kinds, version=0)
-        out = self.fit_surrogate(trainer, c.pretrain_steps)
+        out = self.fit_surrogate(ctx, c.pretrain_steps)
         self.pretrained = True
-        out["surr_acc_pretrain"] = self.buffer_accuracy(trainer, self.heldout)
+        out["surr_acc_pretrain"] = self.buffer_accuracy(ctx, self.heldout)
         out["seconds_pretrain"] = time.perf_counter() - t0
         return out
 
-    def surrogate_step(self, trainer, groups) -> dict | None:
+    def surrogate_step(self, ctx, groups) -> dict | None:
         """One Bradley–Terry step: ``groups_per_batch`` prompt groups (a ``fresh_fraction`` of them
         holding the newest samples, the rest from the whole buffer), ≤ N_s items of each, and the
         loss over every ranked pair inside each group. The buffer latents carry no graph, so only
@@ -287,40 +284,40 @@ class SurrogateFitting:
         replay, fresh = groups
         if not replay:
             return None
-        chosen = draw_groups(replay, fresh, c.groups_per_batch * trainer.world, c.fresh_fraction, self.config.group_size, self.rng)
-        chosen = chosen[trainer.rank * c.groups_per_batch : (trainer.rank + 1) * c.groups_per_batch]
+        chosen = draw_groups(replay, fresh, c.groups_per_batch * ctx.world, c.fresh_fraction, self.config.group_size, self.rng)
+        chosen = ctx.local(chosen, c.groups_per_batch)
         items, w, l = group_pairs(chosen, self.buffer.rewards, c.tie_margin)
-        z = self.buffer.latents[items].to(trainer.device)
+        z = self.buffer.latents[items].to(ctx.device)
         prompts = self.buffer.prompts_of(items)
         if c.surrogate_noise_aug and c.surrogate_timestep > 0:
-            a = trainer.model.alphas_cumprod[c.surrogate_timestep]
+            a = ctx.model.alphas_cumprod[c.surrogate_timestep]
             eps = torch.as_tensor(self.rng.standard_normal(z.shape), dtype=torch.float32, device=z.device)
             z = a.sqrt() * z + (1 - a).sqrt() * eps
-        scores, loss = self._surrogate_update(trainer, z, prompts, w, l)
+        scores, loss = self._surrogate_update(ctx, z, prompts, w, l)
         self.counts["surrogate_steps"] += 1
         return {"loss": float(loss.detach()), "acc": pairwise_accuracy(scores.detach().cpu(), w, l), "pairs": float(w.numel())}
 
-    def _surrogate_update(self, trainer, z, prompts, w, l) -> tuple[torch.Tensor, torch.Tensor]:
+    def _surrogate_update(self, ctx, z, prompts, w, l) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step of the surrogate on L_surr of the (w, l) pairs of latents ``z``
         (a zero loss without pairs); returns the scores and the loss."""
         s = self.surrogate
         s.train()
         self.surrogate_optimizer.zero_grad(set_to_none=True)
-        with trainer.accelerator.autocast():
-            scores = s(z, self.embeds(trainer.model, prompts)).float()
+        with ctx.autocast():
+            scores = s(z, self.embeds(ctx.model, prompts)).float()
         loss = bradley_terry_loss(scores[w.to(scores.device)], scores[l.to(scores.device)]) if w.numel() else scores.sum() * 0
         loss.backward()
         params = [p for p in s.parameters() if p.requires_grad]
-        distributed.average_gradients(trainer.accelerator, params)
+        ctx.average_gradients(params)
         if self.config.surrogate_grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.config.surrogate_grad_clip)
         self.surrogate_optimizer.step()
         s.eval()
         return scores, loss
 
-    def fit_surrogate(self, trainer, steps: int) -> dict:
+    def fit_surrogate(self, ctx, steps: int) -> dict:
         groups = self.buffer.ranked_groups(self.config.tie_margin)
-        out = [r for r in (self.surrogate_step(trainer, groups) for _ in range(steps)) if r is not None]
+        out = [r for r in (self.surrogate_step(ctx, groups) for _ in range(steps)) if r is not None]
         return (
             {}
             if not out
@@ -331,12 +328,12 @@ class SurrogateFitting:
             }
         )
 
-    def _rollout_stats(self, trainer, lat, vals, prompts, kinds, version) -> dict[str, list[float]]:
+    def _rollout_stats(self, ctx, lat, vals, prompts, kinds, version) -> dict[str, list[float]]:
         """The surrogate's mean score and pairwise accuracy per step kind on the newest generator's
         samples, before it sees them (a held-out accuracy)."""
         rollout = ReplayBuffer(10**9)
         rollout.push(lat, vals, prompts, kinds, version)
-        scores = self.surrogate_scores(trainer, rollout.latents, prompts)
+        scores = self.surrogate_scores(ctx, rollout.latents, prompts)
         w, l = ranked_pairs(rollout.group_ids(), rollout.rewards, self.config.tie_margin)
         stats = {}
         for k, name in ((0, "z1"), (1, "z2")):

@@ -56,10 +56,8 @@ def rollout(trainer) -> Trajectory:
     """This process's share of the epoch's trajectories under the current (= old) policy, no grad:
     prompts from the shared generator (the same draw on every process), split by rank, each
     sampled ``group_size`` times (rows prompt-major)."""
-    n, algo = trainer.prompts_per_process, trainer.algo
-    idx = trainer.shared_rng.integers(0, len(trainer.prompt_set), size=n * trainer.world)
-    prompts = [trainer.prompt_set[i] for i in idx[trainer.rank * n : (trainer.rank + 1) * n]]
-    c = algo.config
+    prompts = trainer.context.draw_prompts(trainer.prompts_per_process)
+    c = trainer.algo.config
     with torch.no_grad(), trainer.accelerator.autocast():
         traj = sample_groups(trainer.model, prompts, c.group_size, trainer.num_steps, c.eta, trainer.noise_gen, shared_noise=c.shared_noise)
     trainer.count(samples=traj.batch_size, unet=traj.batch_size * traj.num_steps, phase="sampling")

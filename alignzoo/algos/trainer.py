@@ -40,6 +40,7 @@ import torch
 
 from alignzoo.algos import distributed, rollouts
 from alignzoo.algos.base import Algorithm, get_algorithm
+from alignzoo.algos.context import TrainerContext
 from alignzoo.algos.optim import make_optimizer
 from alignzoo.algos.stat_tracking import StatTracker
 from alignzoo.models.sampling import Trajectory, recompute_log_probs
@@ -96,7 +97,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
-        self.algo.setup(self)
+        self.context = TrainerContext(self)  # what algorithms driving their own updates may use
+        self.algo.setup(self.context)
         self.resumed_from = self._resume()
         for k, v in FRESH_TOTALS.items():  # a checkpoint written before a counter existed
             self.totals.setdefault(k, v)
@@ -193,7 +195,7 @@ class Trainer:
         t_update = time.perf_counter()
         stats: dict[str, list[float]] = {}
         if self.algo.update_epoch is not None:
-            stats = {k: [v] for k, v in self.algo.update_epoch(self, scored).items()}
+            stats = {k: [v] for k, v in self.algo.update_epoch(self.context, scored).items()}
             self.count(nonfinite_losses=sum(not math.isfinite(v) for v in stats.get("loss", [])))
         else:
             data = self.algo.advantages(scored)

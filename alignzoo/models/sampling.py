@@ -122,11 +122,14 @@ def sample(
     generator: torch.Generator | None = None,
     init_noise: torch.Tensor | None = None,
     grad: bool = False,
+    detach_between_steps: bool = False,
 ) -> Trajectory:
     """Samples one trajectory per prompt under the model's current parameters.
 
     ``init_noise`` (B, C, h, w) fixes x_T; otherwise it is drawn from ``generator`` (a CPU
-    generator gives bit-identical runs). ``grad=True`` keeps the graph (reward backprop).
+    generator gives bit-identical runs). ``grad=True`` keeps the graph (reward backprop);
+    ``detach_between_steps`` then stops it at every re-noised state, so the gradient of a step's
+    x̂0 flows through that step's UNet call only (LaSRO's option, DRaFT-1-like).
     """
     prompts = list(prompts)
     b = len(prompts)
@@ -147,6 +150,8 @@ def sample(
             mean, std = step_distribution(model, x, t, tp, eps, x0, eta)
             z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(model.device)
             x = mean + std * z
+            if detach_between_steps:
+                x = x.detach()
             logps.append(gaussian_log_prob(x, mean, std) if bool((std > 0).all()) else torch.full((b,), float("nan"), device=model.device))
             states.append(x)
             x0s.append(x0)
