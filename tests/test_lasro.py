@@ -248,15 +248,15 @@ def _train_lcm_runs(root):
     snap = {}
     stage1 = main.algo.pretrain
 
-    def pretrain_and_keep(trainer):
-        stats = stage1(trainer)
+    def pretrain_and_keep(ctx):  # the algorithm sees the trainer context; the trainer's state is main's
+        stats = stage1(ctx)
         snap.update(
             stats=stats,
             algo=copy.deepcopy(main.algo.state_dict()),
-            shared=copy.deepcopy(trainer.shared_rng.bit_generator.state),
-            noise=trainer.noise_gen.get_state(),
-            totals=dict(trainer.totals),
-            pending=dict(trainer.pending),
+            shared=copy.deepcopy(main.shared_rng.bit_generator.state),
+            noise=main.noise_gen.get_state(),
+            totals=dict(main.totals),
+            pending=dict(main.pending),
         )
         return stats
 
@@ -273,12 +273,12 @@ def _train_lcm_runs(root):
 
     fixed = _run("tiny_alignment", root / "fixed", ta, surrogate_mode="fixed")
 
-    def load_stage1(trainer):
+    def load_stage1(ctx):
         fixed.algo.load_state_dict(copy.deepcopy(snap["algo"]))
-        trainer.shared_rng.bit_generator.state = snap["shared"]
-        trainer.noise_gen.set_state(snap["noise"])
-        trainer.totals.update(snap["totals"])
-        trainer.pending = dict(snap["pending"])  # stage 1's images count toward the budget here too
+        fixed.shared_rng.bit_generator.state = snap["shared"]
+        fixed.noise_gen.set_state(snap["noise"])
+        fixed.totals.update(snap["totals"])
+        fixed.pending = dict(snap["pending"])  # stage 1's images count toward the budget here too
         return dict(snap["stats"])
 
     fixed.algo.pretrain = load_stage1
