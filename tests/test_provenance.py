@@ -191,10 +191,40 @@ def test_runner_evaluates_every_suite_reward_with_provenance(tiny_random_folders
     )
     runner = BenchmarkRunner(suite, root=tmp_path / "runs", device="cpu", progress=False)
     fields = {"cell": "ddpo__jpeg_compressibility__seed0", "algo": "ddpo", "train_reward": "jpeg_compressibility", "seed": 0, "samples": 8}
-    lines, scores, diversity, _ = runner.run_eval(load_model(str(tiny_random_folders["sd"])), 0.0, False, fields)
+    model = load_model(str(tiny_random_folders["sd"]))
+    out = runner.run_eval(model, 0.0, False, fields)
+    lines, scores, diversity = out.lines, out.scores, out.diversity
     assert {(r["eval_reward"], r["steps"]) for r in lines} == {(w, n) for w in suite.rewards for n in (1, 2)}
     assert all(r["train_reward"] == "jpeg_compressibility" and r["diversity_space"] == "tiny_aesthetic.backbone" for r in lines)
     jpeg = next(r for r in lines if r["eval_reward"] == "jpeg_compressibility")
     assert jpeg["provenance"]["reward_args"] == {"quality": 80} and jpeg["provenance"]["reward_checksum"] is None
     assert set(scores) == {f"{prompts}|{w}|{n}" for w in suite.rewards for n in (1, 2)} and all(len(v) == 4 for v in scores.values())
     assert set(diversity) == {f"{prompts}|{n}" for n in (1, 2)} and all(len(v) == 2 for v in diversity.values())
+    # drift: against its own images the model has none; a changed model drifts, per image
+    assert out.drift == {} and all(r["drift"] is None for r in lines)
+    baseline = {"scores": scores, "thumbnails": out.thumbnails}
+    same = runner.run_eval(model, 0.0, False, fields, baseline=baseline)
+    assert set(same.drift) == set(diversity) and all(v == [0.0] * 4 for v in same.drift.values())
+    assert all(r["drift"] == 0 and r["diff_mean"] == 0 for r in same.lines)
+    model.add_lora(4)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.3)
+    moved = runner.run_eval(model, 0.0, False, fields, baseline=baseline)
+    assert all(len(v) == 4 and min(v) > 0 for v in moved.drift.values())
+    assert all(0 < r["drift"] < 1 and r["drift_se"] > 0 for r in moved.lines)
+
+
+def test_drift_is_the_rms_pixel_distance_of_thumbnails():
+    a = torch.zeros(2, 3, 64, 64)
+    b = a.clone()
+    b[1, :, :32, :] = 1.0  # image 1: half of the pixels from black to white
+    ta, tb = evaluation.thumbnails(a), evaluation.thumbnails(b)
+    assert ta.shape == (2, 3, 32, 32) and ta.dtype == torch.uint8
+    d = evaluation.image_drift(tb, ta)
+    assert d[0] == 0 and d[1] == pytest.approx(math.sqrt(0.5), abs=1e-12)
+    grey = evaluation.thumbnails(torch.full((1, 3, 8, 8), 0.2))  # upsampled to 32x32: 0.2 * 255 = 51
+    assert int(grey.min()) == int(grey.max()) == 51
+    assert evaluation.image_drift(grey, evaluation.thumbnails(torch.full((1, 3, 8, 8), 0.6)))[0] == pytest.approx(102 / 255, abs=1e-12)
+    with pytest.raises(ValueError, match="delete <suite>/pretrained"):
+        evaluation.image_drift(ta, ta[:1])

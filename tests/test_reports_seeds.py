@@ -85,6 +85,9 @@ def _line(cell, algo, train, seed, samples, reward, n, scores, pre, diversity, l
         "setting_hash": _hash({k: v for k, v in prov.items() if k != "lora_checksum"}),
         "diversity": diversity,
         "diversity_space": "tiny_alignment.backbone",
+        # drift: none for the pretrained model (its own reference), per seed and step count otherwise
+        "drift": None if pre is None else 0.05 * n + JITTER[seed],
+        "drift_se": None if pre is None else 0.01,
     }
 
 
@@ -224,12 +227,16 @@ def test_heldout_rewards_and_diversity(rep):
     text = (rep["out"] / "heldout_seen_ra.md").read_text()
     lines = [x for x in text.splitlines() if x.startswith("|")]
     headers = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert headers == ["method", "ra 1s", "ra 4s", "rb (held-out) 1s", "rb (held-out) 4s", "diversity 1s", "diversity 4s"]
+    assert headers == ["method", "ra 1s", "ra 4s", "rb (held-out) 1s", "rb (held-out) 4s", "diversity 1s", "diversity 4s", "drift 1s", "drift 4s"]
     sdpo = [c.strip() for c in next(x for x in lines if x.startswith("| sdpo")).strip("|").split("|")]
     m, se = _pm(_means(data, "sdpo", "ra", "rb", 4))
     assert sdpo[headers.index("rb (held-out) 4s")] == f"{m:.3f} ± {se:.3f}"
     dm, dse = _pm([0.3 + JITTER[s] for s in SEEDS])
     assert sdpo[headers.index("diversity 4s")] == f"{dm:.3f} ± {dse:.3f}"
+    drift_m, drift_se = _pm([0.2 + JITTER[s] for s in SEEDS])
+    assert sdpo[headers.index("drift 4s")] == f"{drift_m:.3f} ± {drift_se:.3f}"
+    pre = [c.strip() for c in next(x for x in lines if x.startswith("| pretrained")).strip("|").split("|")]
+    assert pre[headers.index("drift 1s")] == "–" and "RMS pixel distance" in text
     assert "tiny_alignment.backbone" in text
 
 

@@ -7,7 +7,9 @@ standard error is far smaller than that of two independent means).
 
 Diversity (:func:`pairwise_diversity`) is measured on the same images, once per (prompt set,
 step count), in one feature space per suite (:func:`feature_space`), so collapse shows beside
-the rewards.
+the rewards. Drift (:func:`image_drift`) is each image's RMS pixel distance to the pretrained
+model's image from the same noise (both area-averaged to 32×32), so methods that blur or move far
+from the (distilled) model show it beside the rewards they gained.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class EvalResult:
     scores: np.ndarray  # (n_images,) per-image scores, row order of evaluation_noise
     diversity: np.ndarray | None = None  # (n_prompts,) per-prompt mean pairwise distance; None: < 2 images per prompt
     diversity_space: str | None = None
+    drift: np.ndarray | None = None  # (n_images,) RMS pixel distance to the pretrained image from the same noise
+    thumbnails: torch.Tensor | None = None  # (n_images, 3, 32, 32) uint8: what drift compares (not in the summary)
 
     def summary(self, baseline: np.ndarray | None = None) -> dict:
         n = len(self.scores)
@@ -52,11 +56,16 @@ class EvalResult:
             "diversity": None,
             "diversity_se": None,
             "diversity_space": self.diversity_space,
+            "drift": None,
+            "drift_se": None,
         }
         if self.diversity is not None:
             d = self.diversity
             out["diversity"] = float(d.mean())
             out["diversity_se"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        if self.drift is not None:
+            out["drift"] = float(self.drift.mean())
+            out["drift_se"] = float(self.drift.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
         if baseline is not None:
             d = self.scores - baseline
             out["diff_mean"] = float(d.mean())
@@ -105,6 +114,41 @@ def pairwise_diversity(features: torch.Tensor, images_per_prompt: int) -> np.nda
     return (dist.sum((1, 2)) / (k * (k - 1))).numpy()  # the diagonal is 0: the mean over ordered pairs i != j
 
 
+DRIFT_SIZE = 32
+
+
+def thumbnails(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (N, 3, H, W) → (N, 3, 32, 32) uint8, area-averaged: what drift compares
+    (small enough to keep the pretrained model's for a whole suite)."""
+    small = F.adaptive_avg_pool2d(images.float().cpu(), DRIFT_SIZE)
+    return (small.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def image_drift(thumbs: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+    """Per-image drift: the RMS difference, in [0, 1] pixel units, between each image's
+    thumbnail and the pretrained model's from the same noise (row i of both); 0 = the same image."""
+    if thumbs.shape != reference.shape:
+        raise ValueError(
+            f"drift needs the pretrained images of the same evaluation: got {tuple(thumbs.shape)} and {tuple(reference.shape)}; "
+            "re-run the pretrained evaluation (delete <suite>/pretrained) with the suite's current evaluation settings"
+        )
+    diff = (thumbs.double() - reference.double()) / 255.0
+    return diff.pow(2).flatten(1).mean(1).sqrt().numpy()
+
+
+def _image_stats(features, images: torch.Tensor, images_per_prompt: int, batch_size: int, reference: torch.Tensor | None):
+    """(diversity, thumbnails, drift) of one (prompt set, steps)'s images: diversity in the
+    suite's feature space (None without one or with one image per prompt), drift against the
+    pretrained thumbnails (None without them)."""
+    diversity = None
+    if features is not None and images_per_prompt >= 2:
+        feats = torch.cat([features[1](images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+        diversity = pairwise_diversity(feats, images_per_prompt)
+    thumbs = thumbnails(images)
+    drift = image_drift(thumbs, torch.as_tensor(reference)) if reference is not None else None
+    return diversity, thumbs, drift
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -118,12 +162,15 @@ def evaluate(
     keep_images: int = 0,
     image_prompt_set: str | None = None,
     features: tuple[str, Callable] | None = None,
+    reference_thumbnails: Mapping[str, torch.Tensor] | None = None,
 ):
     """Returns (results, strips): EvalResults for every (prompt set, reward, steps), and for the
     first ``keep_images`` images of ``image_prompt_set`` the images at each step count (S, K, 3, H, W).
 
     ``features`` = (space name, images -> (N, D)) adds the per-prompt diversity of each (prompt
-    set, steps) to its results (:func:`pairwise_diversity`; ``feature_space`` picks the suite's)."""
+    set, steps) to its results (:func:`pairwise_diversity`; ``feature_space`` picks the suite's).
+    Every result carries its images' thumbnails; ``reference_thumbnails`` (``{"<prompt set>|<steps>":
+    (N, 3, 32, 32)}``, the pretrained model's) adds the per-image drift (:func:`image_drift`)."""
     results: list[EvalResult] = []
     strips = {}
     for set_name, prompts in prompt_sets.items():
@@ -137,16 +184,14 @@ def evaluate(
                 traj = sample(model, part, n, eta=eta, generator=gen, init_noise=noise[start : start + batch_size])
                 images.append(decode_steps(model, traj, [-1])[:, 0])
             images = torch.cat(images)
-            diversity, space = None, features[0] if features is not None else None
-            if features is not None and images_per_prompt >= 2:
-                diversity = pairwise_diversity(
-                    torch.cat([features[1](images[i : i + batch_size]) for i in range(0, len(expanded), batch_size)]), images_per_prompt
-                )
+            space = features[0] if features is not None else None
+            reference = (reference_thumbnails or {}).get(f"{set_name}|{n}")
+            diversity, thumbs, drift = _image_stats(features, images, images_per_prompt, batch_size, reference)
             for rname, reward in rewards.items():
                 scores = torch.cat(
                     [reward(images[i : i + batch_size].to(reward.device), expanded[i : i + batch_size]) for i in range(0, len(expanded), batch_size)]
                 )
-                results.append(EvalResult(set_name, rname, int(n), scores.cpu().numpy().astype(np.float64), diversity, space))
+                results.append(EvalResult(set_name, rname, int(n), scores.cpu().numpy().astype(np.float64), diversity, space, drift, thumbs))
             if keep_images and set_name == (image_prompt_set or next(iter(prompt_sets))):
                 strips[int(n)] = images[:keep_images].cpu()
     return results, strips

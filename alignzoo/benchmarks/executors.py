@@ -78,7 +78,7 @@ def _runner(suite, root: str, device: str):
 
 
 def pretrained_job(suite, root: str, device: str) -> dict:
-    """The pretrained evaluation in a worker (one thread, like the cells); returns its scores."""
+    """The pretrained evaluation in a worker (one thread, like the cells); returns the cells' baseline."""
     pin_one_thread()
     return _runner(suite, root, device).pretrained()
 

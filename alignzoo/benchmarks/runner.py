@@ -3,13 +3,15 @@
 Layout of ``runs/<suite>/`` (read by :mod:`alignzoo.reports`)::
 
     suite.toml                     the parsed suite
-    pretrained/eval.jsonl          the pretrained model's evaluation (+ scores.json, diversity.json, images/)
+    pretrained/eval.jsonl          the pretrained model's evaluation (+ scores.json, diversity.json,
+                                   thumbnails.npz (drift's reference), images/)
     <algo>__<reward>__seed<S>/     log.jsonl (trainer), eval.jsonl, checkpoints/, final/, images/,
-                                   scores.json, diversity.json (final evaluation point), DONE
+                                   scores.json, diversity.json, drift.json (final evaluation point), DONE
 
 ``scores.json`` = ``{"<prompt_set>|<eval_reward>|<steps>": [per-image scores]}`` in evaluation row
 order (row = prompt_index · images_per_prompt + k), for paired bootstraps over seeds and
-prompts × noises; ``diversity.json`` = ``{"<prompt_set>|<steps>": [per-prompt diversity]}``.
+prompts × noises; ``diversity.json`` = ``{"<prompt_set>|<steps>": [per-prompt diversity]}``;
+``drift.json`` = ``{"<prompt_set>|<steps>": [per-image drift]}`` (:func:`.evaluation.image_drift`).
 Every cell is evaluated on every reward of the suite (its trained one and the held-out ones), and
 each line carries ``provenance``/``hash``/``setting_hash`` (:mod:`.provenance`) and the diversity
 of its (prompt set, steps) in the suite's one feature space (:func:`.evaluation.feature_space`).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,20 @@ from alignzoo.benchmarks.suites import Suite, suite_to_toml
 from alignzoo.images import save_strip
 from alignzoo.prompts import get_prompts
 from alignzoo.runlog import append_lines, cell_name, read_lines, rewrite_lines, write_json
+
+
+@dataclass
+class EvalOutput:
+    """One evaluation point: the eval.jsonl lines, scores.json's, diversity.json's and
+    drift.json's contents, the images' thumbnails (drift's reference when the model is the
+    pretrained one) and the image strips."""
+
+    lines: list = field(default_factory=list)
+    scores: dict = field(default_factory=dict)
+    diversity: dict = field(default_factory=dict)
+    drift: dict = field(default_factory=dict)
+    thumbnails: dict = field(default_factory=dict)
+    strips: dict = field(default_factory=dict)
 
 
 class BenchmarkRunner:
@@ -71,11 +88,9 @@ class BenchmarkRunner:
             return float(algo_cfg.eta if algo_cfg is not None else 1.0)
         return float(eta)
 
-    def run_eval(self, model, eta: float, keep_images: bool, fields: dict, baseline: dict | None = None):
-        """Evaluates ``model`` on every prompt set × reward × step count of the suite. Returns
-        (lines, scores, diversity, strips): the eval.jsonl lines (``fields`` first, then the
-        summary, provenance and hashes), scores.json's and diversity.json's contents and the
-        image strips."""
+    def run_eval(self, model, eta: float, keep_images: bool, fields: dict, baseline: dict | None = None) -> EvalOutput:
+        """Evaluates ``model`` on every prompt set × reward × step count of the suite, paired with
+        ``baseline`` (the pretrained model's :meth:`pretrained`) when given."""
         ev = self.suite.eval
         rewards = self.rewards()
         for r in rewards.values():
@@ -84,6 +99,7 @@ class BenchmarkRunner:
 
         # before sampling: the LoRA checksum of the weights that make these images
         prov = ProvenanceBuilder(model, rewards, self.suite.reward_args, self.prompt_sets, ev.images_per_prompt, eta, ev.seed, ev.batch_size)
+        base_scores, base_thumbs = (baseline or {}).get("scores", {}), (baseline or {}).get("thumbnails")
         t0 = time.perf_counter()
         results, strips = evaluate(
             model,
@@ -96,19 +112,23 @@ class BenchmarkRunner:
             ev.batch_size,
             keep_images=ev.grid_images if keep_images else 0,
             features=feature_space(rewards),
+            reference_thumbnails=base_thumbs,
         )
         seconds = round(time.perf_counter() - t0, 3)
-        lines, scores, diversity = [], {}, {}
+        out = EvalOutput(strips=strips)
         for r in results:
-            key = _key(r.prompt_set, r.reward, r.steps)
-            base = (baseline or {}).get(key)
-            lines.append(
+            key, point = _key(r.prompt_set, r.reward, r.steps), f"{r.prompt_set}|{r.steps}"
+            base = base_scores.get(key)
+            out.lines.append(
                 {**fields, **r.summary(np.asarray(base) if base is not None else None), "eval_seconds": seconds, **prov.line(r.prompt_set, r.reward, r.steps)}
             )
-            scores[key] = r.scores.tolist()
+            out.scores[key] = r.scores.tolist()
             if r.diversity is not None:
-                diversity[f"{r.prompt_set}|{r.steps}"] = r.diversity.tolist()
-        return lines, scores, diversity, strips
+                out.diversity[point] = r.diversity.tolist()
+            if r.drift is not None:
+                out.drift[point] = r.drift.tolist()
+            out.thumbnails[point] = r.thumbnails
+        return out
 
     # ---------------------------------------------------------------------------- the run
     def run(self, only: dict[str, set[str]] | None = None, workers: int | None = None, executor: str = "local", ray_address: str | None = None) -> Path:
@@ -173,22 +193,26 @@ class BenchmarkRunner:
         return self.dir
 
     def pretrained(self) -> dict:
-        """Evaluates the pretrained model once; returns its per-image scores for paired diffs."""
+        """Evaluates the pretrained model once; returns the cells' baseline: ``{"scores": per-image
+        scores (paired diffs), "thumbnails": per-image thumbnails (drift)}``."""
         d = self.dir / "pretrained"
-        scores_path = d / "scores.json"
+        scores_path, thumbs_path = d / "scores.json", d / "thumbnails.npz"
         if (d / "DONE").exists():
-            return json.loads(scores_path.read_text())
+            thumbs = dict(np.load(thumbs_path)) if thumbs_path.exists() else None  # a suite evaluated before drift existed
+            return {"scores": json.loads(scores_path.read_text()), "thumbnails": thumbs}
         d.mkdir(parents=True, exist_ok=True)
         model = self.load_model()
         fields = {"cell": "pretrained", "algo": "pretrained", "train_reward": None, "seed": None, "samples": 0}
-        lines, scores, diversity, strips = self.run_eval(model, self.eval_eta(), keep_images=True, fields=fields)
-        for n, imgs in strips.items():
+        out = self.run_eval(model, self.eval_eta(), keep_images=True, fields=fields)
+        for n, imgs in out.strips.items():
             save_strip(imgs, d / "images" / f"steps_{n}.png")
-        rewrite_lines(d / "eval.jsonl", lines)
-        write_json(scores_path, scores)
-        write_json(d / "diversity.json", diversity)
+        rewrite_lines(d / "eval.jsonl", out.lines)
+        write_json(scores_path, out.scores)
+        write_json(d / "diversity.json", out.diversity)
+        thumbs = {k: v.numpy() for k, v in out.thumbnails.items()}
+        np.savez_compressed(thumbs_path, **thumbs)
         (d / "DONE").write_text("ok")
-        return scores
+        return {"scores": out.scores, "thumbnails": thumbs}
 
     def run_cell(self, algo: str, reward: str, seed: int, baseline: dict) -> Path:
         from alignzoo.algos.trainer import TrainConfig, Trainer
@@ -225,13 +249,14 @@ class BenchmarkRunner:
                 return
             tr.model.unet.eval()
             fields = {"cell": d.name, "algo": algo, "train_reward": reward, "seed": seed, "samples": samples, "epoch": tr.epoch}
-            lines, scores, diversity, strips = self.run_eval(tr.model, eta, keep_images=final, fields=fields, baseline=baseline)
+            out = self.run_eval(tr.model, eta, keep_images=final, fields=fields, baseline=baseline)
             if final:  # per-image scores before the lines: a cell with final lines always has them
-                for n, imgs in strips.items():
+                for n, imgs in out.strips.items():
                     save_strip(imgs, d / "images" / f"steps_{n}.png")
-                write_json(d / "scores.json", scores)
-                write_json(d / "diversity.json", diversity)
-            append_lines(eval_path, lines)
+                write_json(d / "scores.json", out.scores)
+                write_json(d / "diversity.json", out.diversity)
+                write_json(d / "drift.json", out.drift)
+            append_lines(eval_path, out.lines)
             evaluated.add(samples)
 
         from alignzoo.runlog import read_log

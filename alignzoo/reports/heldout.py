@@ -1,10 +1,11 @@
-"""All evaluated rewards and diversity of the runs trained on one reward, and the hacking flag.
+"""All evaluated rewards, diversity and drift of the runs trained on one reward, and the hacking flag.
 
 A run trained on R is evaluated on every reward of the suite, so reward hacking shows as a gain on
 R with a loss elsewhere, and on a diversity measure (``diversity``: mean pairwise distance
 between the images of one prompt in a fixed feature space), so collapse shows. The table per
 (prompt set, trained reward R) has rows pretrained + each algorithm trained on R, column groups
-R, then every held-out reward (marked), then diversity, each at every step count; cells are the
+R, then every held-out reward (marked), then diversity and drift (each image's distance to the
+pretrained image from the same noise), each at every step count; cells are the
 mean over seeds ± the standard error across seeds (one seed: the evaluation's standard error;
 diversity has none).
 
@@ -31,6 +32,8 @@ from alignzoo.reports.tables import DASH, decimals_for, format_pm, seed_summary,
 
 Z_FALL = 2.0
 DIVERSITY = "diversity"
+DRIFT = "drift"
+IMAGE_STATS = (DIVERSITY, DRIFT)  # one number per run and step count, not a reward
 COLUMNS = ["prompt_set", "train_reward", "method", "column", "heldout", "steps", "mean", "err", "seeds"]
 
 
@@ -77,17 +80,19 @@ def heldout_frame(results: Results, prompt_set: str, reward: str, algos: list[st
                         "seeds": k,
                     }
                 )
-        if DIVERSITY in rows.columns and rows[DIVERSITY].notna().any():
-            for n, g in rows.dropna(subset=[DIVERSITY]).groupby("steps"):
-                mean, err, _kind, k = seed_summary(g.drop_duplicates("cell"), DIVERSITY)
-                if k == 1:  # one seed: the evaluation's own standard error of the diversity, when recorded
-                    err = _diversity_se(g.iloc[0])
+        for stat in IMAGE_STATS:
+            if stat not in rows.columns or not rows[stat].notna().any():
+                continue
+            for n, g in rows.dropna(subset=[stat]).groupby("steps"):
+                mean, err, _kind, k = seed_summary(g.drop_duplicates("cell"), stat)
+                if k == 1:  # one seed: the evaluation's own standard error, when recorded
+                    err = _stat_se(g.iloc[0], stat)
                 records.append(
                     {
                         "prompt_set": prompt_set,
                         "train_reward": reward,
                         "method": method,
-                        "column": DIVERSITY,
+                        "column": stat,
                         "heldout": False,
                         "steps": int(n),
                         "mean": mean,
@@ -128,6 +133,11 @@ def heldout_note(frame: pd.DataFrame, space: str | None) -> str:
         if DIVERSITY in set(frame["column"])
         else " No diversity was recorded."
     )
+    if DRIFT in set(frame["column"]):
+        div += (
+            " Drift: RMS pixel distance (in [0, 1], thumbnails of 32×32) between a method's image and the pretrained model's image "
+            "from the same noise (0 = unchanged; ± the SE over images with one seed, across seeds otherwise)."
+        )
     return (
         "Runs trained on the first reward, evaluated on every reward (held-out rewards marked): mean over seeds ± the standard "
         "error across seeds (one seed: ± the evaluation's standard error)." + div
@@ -159,9 +169,10 @@ def paired_diff(results: Results, lines: pd.DataFrame, pre: pd.DataFrame) -> tup
     return float(diffs[0]), float(se) if np.isfinite(se) else np.nan
 
 
-def _diversity_se(line) -> float:
-    """A line's ``diversity_se`` (the evaluation's SE of its diversity over prompts), NaN when absent."""
-    v = pd.to_numeric(pd.Series([line.get("diversity_se")]), errors="coerce").iloc[0]
+def _stat_se(line, stat: str = DIVERSITY) -> float:
+    """A line's ``<stat>_se`` (the evaluation's SE of its diversity over prompts, or of its drift
+    over images), NaN when absent."""
+    v = pd.to_numeric(pd.Series([line.get(f"{stat}_se")]), errors="coerce").iloc[0]
     return float(v) if np.isfinite(v) else np.nan
 
 
@@ -173,7 +184,7 @@ def _diversity_diff(lines: pd.DataFrame, pre: pd.DataFrame) -> tuple[float, floa
     runs = lines.drop_duplicates("cell").dropna(subset=[DIVERSITY])
     vals = runs[DIVERSITY].to_numpy(float) - float(pre[DIVERSITY].iloc[-1])
     if len(vals) == 1:
-        return float(vals[0]), math.hypot(_diversity_se(runs.iloc[0]), _diversity_se(pre.iloc[-1]))
+        return float(vals[0]), math.hypot(_stat_se(runs.iloc[0]), _stat_se(pre.iloc[-1]))
     if len(vals) == 0:
         return np.nan, np.nan
     return float(vals.mean()), float(vals.std(ddof=1) / math.sqrt(len(vals)))

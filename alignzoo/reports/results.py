@@ -187,7 +187,7 @@ def _eval_frame(rows: list[tuple[dict, str]]) -> pd.DataFrame:
     df["samples"] = pd.to_numeric(df["samples"]).astype(int)
     df["steps"] = pd.to_numeric(df["steps"]).astype(int)
     df["seed"] = pd.to_numeric(df["seed"]).astype("Int64")
-    for col in ("mean", "std", "n", "diff_mean", "diff_se", "diversity"):
+    for col in ("mean", "std", "n", "diff_mean", "diff_se", "diversity", "drift", "drift_se"):
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df
