@@ -15,6 +15,7 @@ KINDS = {
 
 def add_arguments(p) -> None:
     p.add_argument("what", choices=sorted(KINDS), help="which registry to list")
+    p.add_argument("--table", action="store_true", help="algos: the Markdown table of objectives, rollouts, needs, sources and defaults (the README's)")
     p.add_argument("--plugin", action="append", default=[], help="Python file that registers extra algorithms (repeatable), listed with the built-ins")
 
 
@@ -24,6 +25,13 @@ def run(args) -> int:
 
         for path in args.plugin:
             load_plugin(path)
+    if args.table:
+        if args.what != "algos":
+            raise ValueError("--table lists algorithms only: alignzoo list algos --table")
+        from alignzoo.algos.cards import card_table
+
+        print(card_table())
+        return 0
     module, lister, registry = KINDS[args.what]
     try:
         mod = importlib.import_module(module)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, register_algorithm
+from alignzoo.algos.cards import AlgoCard
 
 
 @dataclass
@@ -40,6 +41,14 @@ def preference_signs(reward_a: torch.Tensor, reward_b: torch.Tensor) -> tuple[to
 @register_algorithm("d3po", "D3PO: per-step DPO on reward-ranked pairs against the pretrained model")
 class D3PO(Algorithm):
     Config = D3POConfig
+    card = AlgoCard(
+        objective="per-step DPO on reward-ranked pairs against the pretrained model (clamped ratios)",
+        reward="scalar (only its ranking within a pair)",
+        needs="log-probs + reference",
+        paper="Yang et al. 2024, arXiv 2311.13231",
+        code="yk7333/d3po",
+        defaults=("beta", "ratio_clip"),
+    )
     group_sizes = (2,)
     needs_reference = True
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, register_algorithm
+from alignzoo.algos.cards import AlgoCard
 
 
 @dataclass
@@ -37,6 +38,14 @@ class DDPOConfig(AlgoConfig):
 @register_algorithm("ddpo", "DDPO-IS: PPO-clipped policy gradient over the denoising steps (Black et al. 2023)")
 class DDPO(Algorithm):
     Config = DDPOConfig
+    card = AlgoCard(
+        objective="PPO-clipped policy gradient over the denoising steps, per-prompt normalised final reward",
+        reward="scalar",
+        needs="log-probs",
+        paper="Black et al. 2023, arXiv 2305.13301",
+        code="kvablack/ddpo-pytorch",
+        defaults=("clip_range", "adv_clip", "normalization"),
+    )
 
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         """All steps of (gradient_accumulation_steps × train_batch_size) trajectories per update."""

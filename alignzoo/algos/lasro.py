@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from alignzoo.algos.base import AlgoConfig, Algorithm, ComputeException, register_algorithm
+from alignzoo.algos.cards import AlgoCard
 from alignzoo.algos.lasro_preference import ReplayBuffer, ScoreNormalizer, SurrogateFitting
 from alignzoo.models.sampling import Trajectory
 from alignzoo.models.surrogate import BACKBONES, build_surrogate
@@ -89,6 +90,14 @@ class LaSROConfig(AlgoConfig):
 @register_algorithm("lasro", "LaSRO: a Bradley–Terry latent surrogate reward, back-propagated through 1–2 sampling steps (Jia et al.)")
 class LaSRO(SurrogateFitting, Algorithm):
     Config = LaSROConfig
+    card = AlgoCard(
+        objective="a Bradley–Terry latent surrogate of the reward, back-propagated through 1–2 sampling steps",
+        reward="scalar (only its ranking; need not be differentiable)",
+        needs="gradient through the sampler",
+        paper="Jia et al., CVPR 2025, arXiv 2411.15247",
+        code="—",
+        defaults=("surrogate_mode", "objective", "k_gen", "k_surr"),
+    )
 
     def __init__(self, config=None):
         super().__init__(config)

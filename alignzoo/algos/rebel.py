@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, group_rows, register_algorithm
+from alignzoo.algos.cards import AlgoCard
 
 
 @dataclass
@@ -38,6 +39,14 @@ class REBELConfig(AlgoConfig):
 @register_algorithm("rebel", "REBEL: squared regression of paired log-ratio differences onto reward differences")
 class REBEL(Algorithm):
     Config = REBELConfig
+    card = AlgoCard(
+        objective="squared regression of paired log-ratio differences onto reward differences",
+        reward="scalar",
+        needs="log-probs",
+        paper="Gao et al. 2024, arXiv 2404.16767 (on diffusion as in RLCM)",
+        code="Owen-Oertell/rlcm",
+        defaults=("rebel_eta",),
+    )
     group_sizes = (2,)
 
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignzoo.algos.base import register_algorithm
+from alignzoo.algos.cards import AlgoCard
 from alignzoo.algos.ddpo import DDPO, DDPOConfig
 from alignzoo.algos.rebel import REBEL, REBELConfig
 
@@ -54,11 +55,27 @@ class RLCMREBELConfig(REBELConfig):
 
 @register_algorithm("rlcm-ddpo", "RLCM: DDPO's PPO objective on a latent consistency model's multistep sampler")
 class RLCMDDPO(DDPO):
+    card = AlgoCard(
+        objective="DDPO's PPO objective on the LCM multistep sampler's stochastic steps",
+        reward="scalar",
+        needs="log-probs",
+        paper="Oertell et al. 2024, arXiv 2404.03673",
+        code="Owen-Oertell/rlcm",
+        defaults=("clip_range", "lr_schedule"),
+    )
     Config = RLCMDDPOConfig
     model_kinds = ("lcm",)
 
 
 @register_algorithm("rlcm-rebel", "RLCM's REBEL: paired log-ratio regression on a latent consistency model")
 class RLCMREBEL(REBEL):
+    card = AlgoCard(
+        objective="REBEL's paired log-ratio regression on the LCM multistep sampler",
+        reward="scalar",
+        needs="log-probs",
+        paper="Oertell et al. 2024, arXiv 2404.03673",
+        code="Owen-Oertell/rlcm",
+        defaults=("rebel_eta", "lr_schedule"),
+    )
     Config = RLCMREBELConfig
     model_kinds = ("lcm",)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from alignzoo.algos.base import AlgoConfig, Algorithm, ComputeException, EpochData, Items, group_rows, register_algorithm, shuffled_step_columns
+from alignzoo.algos.cards import AlgoCard
 from alignzoo.algos.dense_rewards import adaptive_anchor, similarity_weighted_rewards
 
 REWARD_PREDICTIONS = ("adaptive", "random_anchor", "fixed_anchor", "two_similarity", "two_interpolation", "one_copy", "all")
@@ -95,6 +96,14 @@ def importance_weights(num_steps: int, lam: float, weighting: str = "decay") -> 
 @register_algorithm("sdpo", "SDPO: dense reward difference learning with step-shuffled updates (Zhang et al.)")
 class SDPO(Algorithm):
     Config = SDPOConfig
+    card = AlgoCard(
+        objective="dense per-step reward differences regressed onto paired log-ratios, step-shuffled updates",
+        reward="scalar, queried at 3 steps of each trajectory",
+        needs="log-probs",
+        paper="Zhang et al., arXiv 2411.11727",
+        code="ZiyiZhang27/sdpo",
+        defaults=("gamma", "lam", "clip_range"),
+    )
     group_sizes = (2,)
 
     def __init__(self, config=None):
