@@ -11,30 +11,18 @@ import torch.nn.functional as F
 from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards import get_reward
 
+from helpers import tiny_clip_config
+
 PROJ = 768  # the real MLP input (CLIP ViT-L/14 projection)
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+    from transformers import CLIPImageProcessorPil, CLIPModel
 
     root = tmp_path_factory.mktemp("aesthetic")
     torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=62,
-            eos_token_id=63,
-            pad_token_id=63,
-        ),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=224, patch_size=32),
-        projection_dim=PROJ,
-    )
+    cfg = tiny_clip_config(vocab_size=64, bos=62, eos=63, text_layers=1, max_positions=16, projection_dim=PROJ)
     clip = CLIPModel(cfg).eval()
     clip_dir = root / "clip-vit-large-patch14"
     clip.save_pretrained(clip_dir)

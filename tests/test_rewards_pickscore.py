@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards import get_reward
 
+from helpers import tiny_clip_config
+
 PROMPTS = ["a cat", "a dog on the moon", "zebra", "a green rabbit in a very long prompt that gets cut off somewhere here"]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -34,25 +36,11 @@ def write_tiny_clip_tokenizer(folder):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+    from transformers import CLIPImageProcessorPil, CLIPModel
 
     root = tmp_path_factory.mktemp("pickscore")
     torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=54,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=52,
-            eos_token_id=53,
-            pad_token_id=53,
-        ),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=224, patch_size=32),
-        projection_dim=16,
-    )
+    cfg = tiny_clip_config(vocab_size=54, bos=52, eos=53, text_layers=2, max_positions=77, projection_dim=16)  # the tokenizer below
     model = CLIPModel(cfg).eval()
     with torch.no_grad():  # spread the embeddings so that scores differ visibly between pairs
         model.visual_projection.weight.mul_(20)
