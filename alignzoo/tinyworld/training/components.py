@@ -94,28 +94,24 @@ def sd_pipeline(vae, text_encoder, tokenizer, unet):
     """A ``StableDiffusionPipeline`` of these components with the trailing DDIM scheduler."""
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=ddim_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _pipeline(StableDiffusionPipeline, ddim_scheduler(), vae, text_encoder, tokenizer, unet)
 
 
 def lcm_pipeline(vae, text_encoder, tokenizer, unet):
     """A ``LatentConsistencyModelPipeline`` of these components with the LCM scheduler."""
     from diffusers import LatentConsistencyModelPipeline
 
-    return LatentConsistencyModelPipeline(
+    return _pipeline(LatentConsistencyModelPipeline, lcm_scheduler(), vae, text_encoder, tokenizer, unet)
+
+
+def _pipeline(cls, scheduler, vae, text_encoder, tokenizer, unet):
+    """The tiny models ship without a safety checker (nothing to check in 32 px shapes)."""
+    return cls(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=lcm_scheduler(),
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
