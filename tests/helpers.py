@@ -1,6 +1,6 @@
 """What several test modules build the same way: the arguments of a tiny ``alignzoo train`` run,
-the environment and launcher of ``alignzoo`` subprocesses, a tiny suite file, and a tiny random
-CLIP configuration. (pytest puts this folder on ``sys.path``: ``from helpers import ...``.)"""
+the environment and launcher of ``alignzoo`` subprocesses, a tiny suite file, a tiny random
+CLIP configuration and smooth test images for the reward models. (pytest puts this folder on ``sys.path``: ``from helpers import ...``.)"""
 
 from __future__ import annotations
 
@@ -68,3 +68,14 @@ def tiny_clip_config(*, vocab_size: int, bos: int, eos: int, text_layers: int, m
     text.update(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=224, patch_size=32)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+
+
+def smooth_images(b: int, h: int, w: int, grid: tuple[int, int], seed: int = 0):
+    """(b, 3, h, w) images in [0, 1] on the uint8 grid: a random ``grid`` of colours, bilinearly
+    upsampled (smooth, like photos; the grid's shape keeps each test's images its own)."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(torch.rand(b, 3, *grid, generator=g), size=(h, w), mode="bilinear", align_corners=False)
+    return torch.round(x.clamp(0, 1) * 255) / 255
