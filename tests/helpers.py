@@ -1,6 +1,7 @@
 """What several test modules build the same way: the arguments of a tiny ``alignzoo train`` run,
-the environment and launcher of ``alignzoo`` subprocesses, a tiny suite file, a tiny random
-CLIP configuration and smooth test images for the reward models. (pytest puts this folder on ``sys.path``: ``from helpers import ...``.)"""
+the environment and launcher of ``alignzoo`` subprocesses, a tiny suite file, a tiny random CLIP
+configuration, smooth test images for the reward models and a machine without their weights.
+(pytest puts this folder on ``sys.path``: ``from helpers import ...``.)"""
 
 from __future__ import annotations
 
@@ -79,3 +80,15 @@ def smooth_images(b: int, h: int, w: int, grid: tuple[int, int], seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = F.interpolate(torch.rand(b, 3, *grid, generator=g), size=(h, w), mode="bilinear", align_corners=False)
     return torch.round(x.clamp(0, 1) * 255) / 255
+
+
+def without_weights(monkeypatch, folder: Path, *env_vars: str) -> None:
+    """No reward weights anywhere: an empty hub cache, offline, ``env_vars`` (the weights' variables)
+    unset, and ``folder`` the working directory (no relative default folder holds them)."""
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(folder / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in env_vars:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(folder)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards import get_reward
 
-from helpers import smooth_images, tiny_clip_config
+from helpers import smooth_images, tiny_clip_config, without_weights
 
 PROJ = 768  # the real MLP input (CLIP ViT-L/14 projection)
 
@@ -133,13 +133,7 @@ def test_wrong_mlp_file_is_refused(weights, tmp_path):
 
 @pytest.fixture()
 def no_hub(tmp_path, monkeypatch):
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("ALIGNZOO_AESTHETIC_MLP", "ALIGNZOO_CLIP_L14"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
+    without_weights(monkeypatch, tmp_path, "ALIGNZOO_AESTHETIC_MLP", "ALIGNZOO_CLIP_L14")
 
 
 def test_offline_without_weights(no_hub, weights):

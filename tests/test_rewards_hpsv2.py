@@ -14,7 +14,7 @@ from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards import get_reward
 from alignzoo.rewards.hpsv2 import convert_hps_state_dict
 
-from helpers import smooth_images
+from helpers import smooth_images, without_weights
 
 TINY = "alignzoo-test-tiny-hps"
 TINY_CFG = {
@@ -140,11 +140,7 @@ def test_bad_inputs(reward):
 
 
 def test_offline_without_weights(tmp_path, monkeypatch):
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("ALIGNZOO_HPSV2", raising=False)
+    without_weights(monkeypatch, tmp_path, "ALIGNZOO_HPSV2")
     with pytest.raises(MissingWeightsError) as err:
         get_reward("hpsv2")
     msg = str(err.value)

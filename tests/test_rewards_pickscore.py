@@ -12,7 +12,7 @@ import torch
 from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards import get_reward
 
-from helpers import smooth_images, tiny_clip_config
+from helpers import smooth_images, tiny_clip_config, without_weights
 
 PROMPTS = ["a cat", "a dog on the moon", "zebra", "a green rabbit in a very long prompt that gets cut off somewhere here"]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -132,13 +132,7 @@ def test_bad_inputs(reward):
 
 @pytest.fixture()
 def no_hub(tmp_path, monkeypatch):
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("ALIGNZOO_PICKSCORE", "ALIGNZOO_PICKSCORE_PROCESSOR", "ALIGNZOO_CLIP_L14"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
+    without_weights(monkeypatch, tmp_path, "ALIGNZOO_PICKSCORE", "ALIGNZOO_PICKSCORE_PROCESSOR", "ALIGNZOO_CLIP_L14")
 
 
 def test_offline_without_weights(no_hub, weights):
