@@ -1,10 +1,8 @@
 """Suites, the benchmark runner (resume after a kill) and the evaluation's shared noise."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -14,6 +12,8 @@ from alignzoo.benchmarks import evaluation
 from alignzoo.benchmarks.runner import BenchmarkRunner
 from alignzoo.benchmarks.suites import list_suites, load_suite, parse_suite
 from alignzoo.runlog import read_lines
+
+from helpers import alignzoo_command, subprocess_env, write_suite
 
 
 def _base(**kw):
@@ -148,32 +148,17 @@ def test_evaluation_uses_identical_noise_for_every_model(tiny_random_folders, mo
 def _suite_file(tmp_path, folder):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cat\na blue dog\na green circle\n")
-    f = tmp_path / "mini.toml"
-    f.write_text(f'''
-name = "mini"
-model = "{folder}"
-algorithms = ["sdpo"]
-rewards = ["jpeg_compressibility"]
-samples = 48
-eval_interval = 16
-train_prompts = "{prompts}"
-[train]
-num_steps = 3
-samples_per_epoch = 8
-learning_rate = 0.01
-train_batch_size = 2
-[eval]
-steps = [1, 2]
-prompt_sets = ["{prompts}"]
-images_per_prompt = 2
-grid_images = 2
-''')
-    return f
-
-
-def _bench(suite_file, root):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    return [sys.executable, "-m", "alignzoo", "bench", str(suite_file), "--runs", str(root), "--no-progress"], env
+    return write_suite(
+        tmp_path / "mini.toml",
+        model=folder,
+        prompts=prompts,
+        algorithms=["sdpo"],
+        rewards=["jpeg_compressibility"],
+        samples=48,
+        eval_interval=16,
+        train=dict(num_steps=3, samples_per_epoch=8, learning_rate=0.01, train_batch_size=2),
+        evaluation=dict(steps=[1, 2], images_per_prompt=2, grid_images=2),
+    )
 
 
 @pytest.mark.slow
@@ -185,7 +170,8 @@ def test_bench_resume_after_kill_equals_uninterrupted(tiny_random_folders, tmp_p
         BenchmarkRunner(load_suite(str(suite)), tmp_path / "full", device="cpu", progress=False, log=lambda *_: None).run()
     finally:
         torch.set_num_threads(threads)
-    cmd2, env = _bench(suite, tmp_path / "killed")
+    cmd2 = alignzoo_command("bench", str(suite), "--runs", str(tmp_path / "killed"), "--no-progress")
+    env = subprocess_env()
     proc = subprocess.Popen(cmd2, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cell = tmp_path / "killed" / "mini" / "sdpo__jpeg_compressibility__seed0"
     deadline = time.time() + 300

@@ -15,39 +15,30 @@ from alignzoo.benchmarks.runner import BenchmarkRunner
 from alignzoo.benchmarks.suites import load_suite, parse_suite
 from alignzoo.runlog import read_lines
 
+from helpers import alignzoo_command, subprocess_env, write_suite
+
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench-parallel")]  # one module-scoped sequential run, shared
 CELLS = ("ddpo__jpeg_compressibility__seed0", "sdpo__jpeg_compressibility__seed0")
 
 
 @pytest.fixture(scope="module")
 def two_cell_suite(tiny_random_folders, prompt_file, tmp_path_factory):
-    f = tmp_path_factory.mktemp("suite") / "duo.toml"
-    f.write_text(f'''
-name = "duo"
-model = "{tiny_random_folders["sd"]}"
-algorithms = ["ddpo", "sdpo"]
-rewards = ["jpeg_compressibility"]
-samples = 16
-eval_interval = 8
-train_prompts = "{prompt_file}"
-[train]
-num_steps = 2
-samples_per_epoch = 8
-learning_rate = 0.01
-train_batch_size = 2
-[eval]
-steps = [1, 2]
-prompt_sets = ["{prompt_file}"]
-images_per_prompt = 1
-grid_images = 1
-''')
-    return f
+    return write_suite(
+        tmp_path_factory.mktemp("suite") / "duo.toml",
+        model=tiny_random_folders["sd"],
+        prompts=prompt_file,
+        algorithms=["ddpo", "sdpo"],
+        rewards=["jpeg_compressibility"],
+        samples=16,
+        eval_interval=8,
+        train=dict(num_steps=2, samples_per_epoch=8, learning_rate=0.01, train_batch_size=2),
+        evaluation=dict(steps=[1, 2], images_per_prompt=1, grid_images=1),
+    )
 
 
 def _bench(suite_file, root, *extra):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "alignzoo", "bench", str(suite_file), "--runs", str(root), "--no-progress", *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    cmd = alignzoo_command("bench", str(suite_file), "--runs", str(root), "--no-progress", *extra)
+    return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
 
 
 def _numbers(folder):

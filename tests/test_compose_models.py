@@ -70,7 +70,7 @@ def test_pretraining_scenes_cover_every_category_evenly_and_satisfy_their_prompt
 
 
 def test_compose_tokenizer_keeps_every_caption_word_whole():
-    from alignzoo.tinyworld.compose.base_models import compose_tokenizer
+    from alignzoo.tinyworld.training.compose.base_models import compose_tokenizer
 
     tok = compose_tokenizer()
     for w in pdata.caption_vocabulary():
@@ -79,7 +79,7 @@ def test_compose_tokenizer_keeps_every_caption_word_whole():
 
 
 def test_trailing_timesteps_are_the_union_of_diffusers_1_to_4_step_schedules():
-    from alignzoo.tinyworld.compose.distill import trailing_timesteps
+    from alignzoo.tinyworld.training.compose.distill import trailing_timesteps
 
     # diffusers' "trailing" spacing: round(arange(1000, 0, -1000 / n)) - 1
     expected = {int(t) for n in range(1, 5) for t in np.round(np.arange(1000, 0, -1000 / n)) - 1}
@@ -89,8 +89,8 @@ def test_trailing_timesteps_are_the_union_of_diffusers_1_to_4_step_schedules():
 def test_reflow_line_is_followed_exactly_by_ddim_with_its_constant_eps():
     """Step 2 of distill's docstring: DDIM (diffusers' own step, eta 0) fed eps* at every step
     stays on the line and ends at z0 (up to the final alpha, abar_0 = 0.99915)."""
-    from alignzoo.tinyworld.compose.distill import reflow_point
     from alignzoo.tinyworld.training.components import ddim_scheduler
+    from alignzoo.tinyworld.training.compose.distill import reflow_point
 
     gen = torch.Generator().manual_seed(0)
     xT, z0 = torch.randn(3, 8, 8, 8, generator=gen), torch.randn(3, 8, 8, 8, generator=gen)
@@ -117,7 +117,7 @@ def _weights():
 
 @pytest.mark.parametrize("name", ["tiny-sd-v2", "tiny-turbo", "tiny-lcm-v2"])
 def test_committed_compose_model_samples_through_diffusers(name):
-    from alignzoo.tinyworld.compose.model_eval import MODELS, load_pipeline, sample
+    from alignzoo.tinyworld.training.compose.model_eval import MODELS, load_pipeline, sample
 
     sub, kind = MODELS[name]
     if not (_weights() / sub / "model_index.json").is_file():

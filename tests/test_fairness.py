@@ -9,9 +9,7 @@ and once with the 2-process launcher.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,6 +22,8 @@ from alignzoo.algos.fairness import epoch_compute, run_compute, unequal_compute
 from alignzoo.algos.rebel import REBEL
 from alignzoo.algos.trainer import TrainConfig, Trainer, read_log
 from alignzoo.benchmarks.suites import list_suites, load_suite
+
+from helpers import launch_command, launch_env, train_args
 
 EXCEPTIONS = {"sdpo": "sdpo-step-shuffled", "lasro": "lasro-surrogate-steps"}  # the declared, named ones
 
@@ -149,12 +149,6 @@ def test_batch_numbers_that_do_not_divide_give_a_one_line_error():
     get_algorithm("rebel")(quick.algo_config("rebel")).split_over(4)  # 8 images = 4 pairs: one per process
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p))
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
-
-
 @pytest.mark.slow
 def test_two_processes_make_the_global_update_count_of_one(tiny_random_folders, prompt_file, tmp_path):
     """SDPO (paired, shared noise; step-accumulated updates, no compute exception), 8 images per
@@ -163,40 +157,8 @@ def test_two_processes_make_the_global_update_count_of_one(tiny_random_folders, 
     the two processes end with the same LoRA and split each epoch's pairs in two. (One
     accelerate launch serves the trainer's two-process checks as well: each costs ~30 s.)"""
     sets = ["num_steps=3", "samples_per_epoch=8", "train_batch_size=4", "gradient_accumulation_steps=1", "learning_rate=0.01", "update_order=step_accumulated"]
-    common = [
-        "--algo",
-        "sdpo",
-        "--reward",
-        "jpeg_compressibility",
-        "--model",
-        str(tiny_random_folders["sd"]),
-        "--prompts",
-        str(prompt_file),
-        "--samples",
-        "16",
-        "--no-progress",
-    ] + [a for kv in sets for a in ("--set", kv)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "alignzoo",
-        "train",
-        "--cpu",
-        "--out",
-        str(tmp_path / "two"),
-    ] + common
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    cmd = launch_command(*train_args("sdpo", tiny_random_folders["sd"], prompt_file, tmp_path / "two", samples=16, sets=sets), "--cpu")
+    res = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads((tmp_path / "two" / "final" / "processes.json").read_text())
     assert info["processes"] == 2 and info["lora_checksums"][0] == info["lora_checksums"][1]

@@ -6,6 +6,8 @@ from alignzoo.benchmarks.suites import parse_suite
 from alignzoo.cli import main as cli_main
 from alignzoo.rewards import get_reward
 
+from helpers import train_args
+
 
 @pytest.mark.parametrize(
     "extra, message",
@@ -31,29 +33,8 @@ from alignzoo.rewards import get_reward
 )
 def test_train_rejects_bad_input_with_one_line(extra, message, tiny_random_folders, prompt_file, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = cli_main(
-        [
-            "train",
-            "--algo",
-            "ddpo",
-            "--reward",
-            "jpeg_compressibility",
-            "--model",
-            str(tiny_random_folders["sd"]),
-            "--prompts",
-            str(prompt_file),
-            "--out",
-            str(out),
-            "--no-progress",
-            "--set",
-            "num_steps=2",
-            "--set",
-            "samples_per_epoch=4",
-            "--samples",
-            "4",
-            *extra,
-        ]
-    )
+    sets = ["num_steps=2", "samples_per_epoch=4"]
+    rc = cli_main(train_args("ddpo", tiny_random_folders["sd"], prompt_file, out, samples=4, sets=sets) + extra)
     err = capsys.readouterr().err
     assert rc == 2, err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -19,18 +19,10 @@ import alignzoo
 
 PACKAGE = Path(alignzoo.__file__).parent
 
-# The tiny world's training stages use models and rewards; its definitions (grammar, renderer,
-# tokenizer, small nets) are data the rewards and prompt sets need, so they sit at the bottom.
-TINYWORLD_TRAINING = (
-    "alignzoo.tinyworld.training",
-    "alignzoo.tinyworld.compose.base_models",
-    "alignzoo.tinyworld.compose.distill",
-    "alignzoo.tinyworld.compose.evaluate",
-    "alignzoo.tinyworld.compose.model_eval",
-    "alignzoo.tinyworld.compose.stages",
-    "alignzoo.tinyworld.compose.train_geneval",
-    "alignzoo.tinyworld.compose.train_preference",
-)
+# The tiny world's training stages (alignzoo.tinyworld.training, the compositional world's in its
+# compose/ subpackage) use models and rewards; its definitions (grammar, renderer, tokenizer, small
+# nets) are data the rewards and prompt sets need, so they sit at the bottom.
+TINYWORLD_TRAINING = "alignzoo.tinyworld.training"
 
 MAY_USE = {
     "foundation": set(),
@@ -52,7 +44,7 @@ def layer_of(module: str) -> str:
     parts = module.split(".")
     if parts[-1] in ("cli", "cli_list", "__main__"):
         return "cli"
-    if any(_within(module, p) for p in TINYWORLD_TRAINING):
+    if _within(module, TINYWORLD_TRAINING):
         return "tinyworld-training"
     if len(parts) > 1 and parts[1] in ("models", "rewards", "algos", "benchmarks", "reports"):
         return parts[1]

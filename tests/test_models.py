@@ -21,6 +21,13 @@ def test_folder_kind_detection(tiny_random_sd, tiny_random_lcm):
     assert isinstance(tiny_random_lcm, LatentConsistencyModel)
 
 
+def test_to_pipeline_is_the_kinds_diffusers_pipeline_of_the_same_modules(tiny_random_sd, tiny_random_lcm):
+    for model, name in ((tiny_random_sd, "StableDiffusionPipeline"), (tiny_random_lcm, "LatentConsistencyModelPipeline")):
+        pipe = model.to_pipeline()
+        assert type(pipe).__name__ == name and pipe.safety_checker is None
+        assert pipe.unet is model.unet and pipe.vae is model.vae and pipe.scheduler is model.scheduler
+
+
 @pytest.mark.parametrize("kind", ["sd", "lcm"])
 def test_registered_class_loads_local_folder_like_hub_model(kind, tiny_random_folders):
     # the sd-turbo / lcm entries load any local folder in their layout through the same class

@@ -117,6 +117,50 @@ def test_unknown_algorithm_for_the_model_kind_is_a_user_error(tiny_random_folder
     assert "lcm" in capsys.readouterr().err
 
 
+def test_the_probe_times_through_hooks_and_the_trainer_timer_and_leaves_nothing_behind(tiny_random_folders, prompt_file, tmp_path):
+    """One epoch under the probe: every backward the trainer runs, the rollout phase and the hooked
+    networks are timed and counted; uninstalling removes every hook and restores the no-op timer."""
+    from alignzoo.algos.timer import NullTimer
+    from alignzoo.algos.trainer import TrainConfig, Trainer
+    from alignzoo.benchmarks.perf import Probe
+
+    acfg = get_algorithm("ddpo").Config(num_steps=T, samples_per_epoch=4, train_batch_size=2)
+    model = str(tiny_random_folders["sd"])
+    tcfg = TrainConfig(algo="ddpo", reward="jpeg_compressibility", model=model, prompts=str(prompt_file), out=str(tmp_path), progress=False)
+    trainer = Trainer(tcfg, acfg)
+    assert isinstance(trainer.timer, NullTimer)
+    probe = Probe(trainer.device)
+    probe.install(trainer)
+    try:
+        trainer.train_epoch()
+    finally:
+        probe.uninstall()
+    c, s = probe.counts, probe.seconds
+    assert c["trajectories"] == 4 and c["unet_rows_nograd"] == 4 * T and c["unet_rows_grad"] == 4 * (T - 1)
+    assert c["vae_rows"] == c["reward_images"] == 4 + 4 and c["text_rows"] == 4  # + the logged 1-step rewards
+    assert all(s[k] > 0 for k in ("phase_sampling", "unet", "backward", "vae", "reward", "text_encoder"))
+    assert isinstance(trainer.timer, NullTimer) and probe.depth == 0
+    model = trainer.model
+    for module in (model.unet, model.vae.decoder, model.vae.post_quant_conv, model.text_encoder, trainer.reward):
+        assert not module._forward_pre_hooks and not module._forward_hooks
+
+
+def test_nested_components_count_once_as_the_outermost():
+    from alignzoo.benchmarks.perf import Probe
+
+    inner = torch.nn.Linear(2, 2)
+    outer = torch.nn.Sequential(inner)
+    probe = Probe(torch.device("cpu"))
+    probe.hook(outer, "outer", "outer_rows")
+    probe.hook(inner, "inner", "inner_rows")
+    outer(torch.zeros(3, 2))
+    with probe.component("backward"):
+        inner(torch.zeros(5, 2))
+    assert set(probe.seconds) == {"outer", "backward"} and dict(probe.counts) == {"outer_rows": 3, "inner_rows": 8}
+    probe.uninstall()
+    assert not inner._forward_hooks and not outer._forward_pre_hooks
+
+
 def test_fast_path_options_on_the_adapter(tiny_random_sd):
     model = tiny_random_sd
     model.add_lora(rank=2)

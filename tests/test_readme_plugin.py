@@ -14,6 +14,8 @@ from alignzoo.algos.rollouts import Rollout
 from alignzoo.algos.trainer import read_log
 from alignzoo.cli import main as cli_main
 
+from helpers import train_args
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -47,34 +49,8 @@ def test_the_readme_plugin_normalises_within_groups(tmp_path):
 @pytest.mark.slow
 def test_the_readme_plugin_trains(tiny_random_folders, prompt_file, tmp_path):
     out = tmp_path / "run"
-    rc = cli_main(
-        [
-            "train",
-            "--plugin",
-            str(readme_plugin(tmp_path)),
-            "--algo",
-            "group-ppo",
-            "--reward",
-            "jpeg_compressibility",
-            "--model",
-            str(tiny_random_folders["sd"]),
-            "--prompts",
-            str(prompt_file),
-            "--samples",
-            "16",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--set",
-            "num_steps=2",
-            "--set",
-            "samples_per_epoch=8",
-            "--set",
-            "train_batch_size=4",
-            "--set",
-            "learning_rate=0.05",
-        ]
-    )
+    sets = ["num_steps=2", "samples_per_epoch=8", "train_batch_size=4", "learning_rate=0.05"]
+    rc = cli_main(train_args("group-ppo", tiny_random_folders["sd"], prompt_file, out, samples=16, sets=sets) + ["--plugin", str(readme_plugin(tmp_path))])
     assert rc == 0
     log = read_log(out)
     assert len(log) == 2 and log[-1]["samples"] == 16 and log[-1]["updates"] == 4 and log[-1]["loss"] != 0

@@ -16,6 +16,8 @@ from alignzoo.benchmarks.suites import load_suite
 from alignzoo.cli import main as cli_main
 from alignzoo.runlog import read_lines
 
+from helpers import write_suite
+
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("report-real-run")]
 ALGOS, REWARDS, SEEDS, STEPS = ("ddpo", "rebel"), ("jpeg_compressibility", "jpeg_incompressibility"), (0, 1, 2), (1, 2)
 
@@ -23,28 +25,17 @@ ALGOS, REWARDS, SEEDS, STEPS = ("ddpo", "rebel"), ("jpeg_compressibility", "jpeg
 @pytest.fixture(scope="module")
 def run(tiny_random_folders, prompt_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("real3")
-    f = root / "real3.toml"
-    f.write_text(
-        f'''
-name = "real3"
-model = "{tiny_random_folders["sd"]}"
-algorithms = {list(ALGOS)}
-rewards = {list(REWARDS)}
-seeds = {list(SEEDS)}
-samples = 8
-eval_interval = 8
-train_prompts = "{prompt_file}"
-[train]
-num_steps = 2
-samples_per_epoch = 8
-learning_rate = 0.01
-train_batch_size = 4
-[eval]
-steps = {list(STEPS)}
-prompt_sets = ["{prompt_file}"]
-images_per_prompt = 2
-grid_images = 1
-'''.replace("'", '"')
+    f = write_suite(
+        root / "real3.toml",
+        model=tiny_random_folders["sd"],
+        prompts=prompt_file,
+        algorithms=ALGOS,
+        rewards=REWARDS,
+        seeds=SEEDS,
+        samples=8,
+        eval_interval=8,
+        train=dict(num_steps=2, samples_per_epoch=8, learning_rate=0.01, train_batch_size=4),
+        evaluation=dict(steps=list(STEPS), images_per_prompt=2, grid_images=1),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # fewer than 256 evaluation images: a test-sized run

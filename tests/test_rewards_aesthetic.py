@@ -11,30 +11,18 @@ import torch.nn.functional as F
 from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards import get_reward
 
+from helpers import smooth_images, tiny_clip_config, without_weights
+
 PROJ = 768  # the real MLP input (CLIP ViT-L/14 projection)
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+    from transformers import CLIPImageProcessorPil, CLIPModel
 
     root = tmp_path_factory.mktemp("aesthetic")
     torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=62,
-            eos_token_id=63,
-            pad_token_id=63,
-        ),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=224, patch_size=32),
-        projection_dim=PROJ,
-    )
+    cfg = tiny_clip_config(vocab_size=64, bos=62, eos=63, text_layers=1, max_positions=16, projection_dim=PROJ)
     clip = CLIPModel(cfg).eval()
     clip_dir = root / "clip-vit-large-patch14"
     clip.save_pretrained(clip_dir)
@@ -58,9 +46,7 @@ def reward(weights):
 
 
 def _images(b=4, h=64, w=48, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = F.interpolate(torch.rand(b, 3, 6, 5, generator=g), size=(h, w), mode="bilinear", align_corners=False)
-    return torch.round(x.clamp(0, 1) * 255) / 255
+    return smooth_images(b, h, w, grid=(6, 5), seed=seed)
 
 
 def reference_scores(weights, x):
@@ -147,13 +133,7 @@ def test_wrong_mlp_file_is_refused(weights, tmp_path):
 
 @pytest.fixture()
 def no_hub(tmp_path, monkeypatch):
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("ALIGNZOO_AESTHETIC_MLP", "ALIGNZOO_CLIP_L14"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
+    without_weights(monkeypatch, tmp_path, "ALIGNZOO_AESTHETIC_MLP", "ALIGNZOO_CLIP_L14")
 
 
 def test_offline_without_weights(no_hub, weights):

@@ -11,6 +11,8 @@ from PIL import Image
 
 from alignzoo.cli import main
 
+from helpers import without_weights
+
 
 @pytest.fixture()
 def folder(tmp_path):
@@ -81,11 +83,7 @@ def test_clear_errors(folder, tmp_path, capsys):
 
 
 def test_missing_weights_is_a_clear_error(folder, tmp_path, monkeypatch, capsys):
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("ALIGNZOO_HPSV2", raising=False)
+    without_weights(monkeypatch, tmp_path, "ALIGNZOO_HPSV2")
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\nb\nc\n")
     assert main(["score", "--reward", "hpsv2", "--images", str(folder), "--prompts", str(prompts)]) == 2

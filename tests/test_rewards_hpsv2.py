@@ -14,6 +14,8 @@ from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards import get_reward
 from alignzoo.rewards.hpsv2 import convert_hps_state_dict
 
+from helpers import smooth_images, without_weights
+
 TINY = "alignzoo-test-tiny-hps"
 TINY_CFG = {
     "embed_dim": 16,
@@ -50,9 +52,7 @@ def reward(weights):
 
 
 def _images(b=4, h=64, w=72, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = F.interpolate(torch.rand(b, 3, 8, 9, generator=g), size=(h, w), mode="bilinear", align_corners=False)
-    return torch.round(x.clamp(0, 1) * 255) / 255
+    return smooth_images(b, h, w, grid=(8, 9), seed=seed)
 
 
 def official_scores(path, x, prompts):
@@ -140,11 +140,7 @@ def test_bad_inputs(reward):
 
 
 def test_offline_without_weights(tmp_path, monkeypatch):
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("ALIGNZOO_HPSV2", raising=False)
+    without_weights(monkeypatch, tmp_path, "ALIGNZOO_HPSV2")
     with pytest.raises(MissingWeightsError) as err:
         get_reward("hpsv2")
     msg = str(err.value)

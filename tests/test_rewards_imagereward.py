@@ -17,6 +17,8 @@ from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards import get_reward
 from alignzoo.rewards.imagereward import SCORE_MEAN, SCORE_STD, ImageRewardModel, convert_official_state_dict
 
+from helpers import without_weights
+
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "rewards_imagereward_official_tiny.json").read_text())
 PROMPTS = ["a photo of a cat", "a dog on the moon", "zebra", "the cat"]
 WORDS = ["photo", "of", "cat", "dog", "the", "on", "moon"]
@@ -297,13 +299,7 @@ def test_bad_inputs_raise_value_error(reward):
 
 @pytest.fixture()
 def no_hub(tmp_path, monkeypatch):
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("ALIGNZOO_IMAGEREWARD", "ALIGNZOO_BERT_TOKENIZER"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
+    without_weights(monkeypatch, tmp_path, "ALIGNZOO_IMAGEREWARD", "ALIGNZOO_BERT_TOKENIZER")
 
 
 def test_offline_without_weights_names_files_and_option(no_hub):

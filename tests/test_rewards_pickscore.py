@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from alignzoo.hub import MissingWeightsError
 from alignzoo.rewards import get_reward
+
+from helpers import smooth_images, tiny_clip_config, without_weights
 
 PROMPTS = ["a cat", "a dog on the moon", "zebra", "a green rabbit in a very long prompt that gets cut off somewhere here"]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -34,25 +35,11 @@ def write_tiny_clip_tokenizer(folder):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+    from transformers import CLIPImageProcessorPil, CLIPModel
 
     root = tmp_path_factory.mktemp("pickscore")
     torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=54,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=52,
-            eos_token_id=53,
-            pad_token_id=53,
-        ),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=224, patch_size=32),
-        projection_dim=16,
-    )
+    cfg = tiny_clip_config(vocab_size=54, bos=52, eos=53, text_layers=2, max_positions=77, projection_dim=16)  # the tokenizer below
     model = CLIPModel(cfg).eval()
     with torch.no_grad():  # spread the embeddings so that scores differ visibly between pairs
         model.visual_projection.weight.mul_(20)
@@ -70,9 +57,7 @@ def reward(weights):
 
 
 def _images(b=4, h=56, w=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = F.interpolate(torch.rand(b, 3, 7, 8, generator=g), size=(h, w), mode="bilinear", align_corners=False)
-    return torch.round(x.clamp(0, 1) * 255) / 255
+    return smooth_images(b, h, w, grid=(7, 8), seed=seed)
 
 
 def official_scores(weights, x, prompts):
@@ -147,13 +132,7 @@ def test_bad_inputs(reward):
 
 @pytest.fixture()
 def no_hub(tmp_path, monkeypatch):
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("ALIGNZOO_PICKSCORE", "ALIGNZOO_PICKSCORE_PROCESSOR", "ALIGNZOO_CLIP_L14"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
+    without_weights(monkeypatch, tmp_path, "ALIGNZOO_PICKSCORE", "ALIGNZOO_PICKSCORE_PROCESSOR", "ALIGNZOO_CLIP_L14")
 
 
 def test_offline_without_weights(no_hub, weights):

@@ -12,7 +12,7 @@ from alignzoo.rewards import get_reward, list_rewards
 from alignzoo.rewards.tiny_compose import TinyGenevalJudge2Reward, TinyGenevalReward, TinyGenevalStrictReward
 from alignzoo.tinyworld.compose import grammar as g
 from alignzoo.tinyworld.compose.render import render_batch
-from alignzoo.tinyworld.compose.train_geneval import EVAL_SEED, eval_set
+from alignzoo.tinyworld.training.compose.train_geneval import EVAL_SEED, eval_set
 
 TEST_SEED = 5150  # neither a training pool's seed nor the documented evaluation's
 JUDGES = ["tiny_geneval", "tiny_geneval_judge2"]

@@ -14,7 +14,7 @@ from alignzoo.rewards import get_reward, list_rewards
 from alignzoo.rewards.tiny_preference import TRAIN_CMD, TinyPreferenceReward
 from alignzoo.tinyworld.compose import preference as pref
 from alignzoo.tinyworld.compose.grammar import Obj, Scene, Style, seen_prompts, unseen_prompts
-from alignzoo.tinyworld.compose.train_preference import hack_figures, render_pool
+from alignzoo.tinyworld.training.compose.train_preference import hack_figures, render_pool
 
 HELD_OUT_SEED = 4242  # training uses seed 0 (pool) and 1000 (evaluation)
 N = 96

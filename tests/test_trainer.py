@@ -1,10 +1,8 @@
 """The shared trainer: exact resume after a kill, plugins, fairness, multi-process runs."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -15,36 +13,17 @@ from alignzoo.algos import get_algorithm
 from alignzoo.algos.trainer import TrainConfig, Trainer, read_log
 from alignzoo.cli import main as cli_main
 
-FAST = ["--set", "num_steps=3", "--set", "samples_per_epoch=8", "--set", "train_batch_size=2", "--set", "learning_rate=0.01"]
+from helpers import alignzoo_command, launch_command, launch_env, subprocess_env, train_args
+
+FAST = ["num_steps=3", "samples_per_epoch=8", "train_batch_size=2", "learning_rate=0.01"]
 
 
 def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
+    return subprocess_env(PYTHONUNBUFFERED="1")
 
 
-def _train_cmd(folder, prompts, out, algo="sdpo", samples=48, extra=()):
-    return [
-        sys.executable,
-        "-m",
-        "alignzoo",
-        "train",
-        "--algo",
-        algo,
-        "--reward",
-        "jpeg_compressibility",
-        "--model",
-        str(folder),
-        "--prompts",
-        str(prompts),
-        "--samples",
-        str(samples),
-        "--out",
-        str(out),
-        "--no-progress",
-        *FAST,
-        *extra,
-    ]
+def _train_args(folder, prompts, out):
+    return train_args("sdpo", folder, prompts, out, samples=48, sets=FAST)
 
 
 @pytest.mark.slow
@@ -54,11 +33,11 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_random_folders, prompt_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the uninterrupted run in this process, on one thread like the subprocesses
     try:
-        assert cli_main(_train_cmd(folder, prompt_file, full)[3:]) == 0
+        assert cli_main(_train_args(folder, prompt_file, full)) == 0
     finally:
         torch.set_num_threads(threads)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(folder, prompt_file, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(alignzoo_command(*_train_args(folder, prompt_file, killed)), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not list((killed / "checkpoints").glob("epoch_00002")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -68,7 +47,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_random_folders, prompt_
     assert not (killed / "final").exists()
     n_before = len(read_log(killed))
     assert 2 <= n_before < 6
-    subprocess.run(_train_cmd(folder, prompt_file, killed), check=True, env=_env(), capture_output=True, timeout=600)
+    subprocess.run(alignzoo_command(*_train_args(folder, prompt_file, killed)), check=True, env=_env(), capture_output=True, timeout=600)
     a, b = read_log(full), read_log(killed)
     assert [r["epoch"] for r in b] == list(range(1, 7))
     drop = lambda r: {k: v for k, v in r.items() if not k.startswith("seconds")}  # noqa: E731
@@ -82,43 +61,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_random_folders, prompt_
 def test_cli_errors_are_clear(tiny_random_folders, prompt_file, tmp_path, capsys):
     assert cli_main(["train", "--algo", "nope", "--reward", "jpeg_compressibility", "--out", str(tmp_path / "x")]) == 2
     assert "Known algorithms: d3po, ddpo" in capsys.readouterr().err
-    assert (
-        cli_main(
-            [
-                "train",
-                "--algo",
-                "sdpo",
-                "--reward",
-                "jpeg_compressibility",
-                "--model",
-                str(tiny_random_folders["sd"]),
-                "--out",
-                str(tmp_path / "y"),
-                "--set",
-                "lamda=0.9",
-            ]
-        )
-        == 2
-    )
+    assert cli_main(train_args("sdpo", tiny_random_folders["sd"], prompt_file, tmp_path / "y", sets=["lamda=0.9"])) == 2
     assert "unknown config key 'lamda'" in capsys.readouterr().err
-    assert (
-        cli_main(
-            [
-                "train",
-                "--algo",
-                "rlcm-ddpo",
-                "--reward",
-                "jpeg_compressibility",
-                "--model",
-                str(tiny_random_folders["sd"]),
-                "--prompts",
-                str(prompt_file),
-                "--out",
-                str(tmp_path / "z"),
-            ]
-        )
-        == 2
-    )
+    assert cli_main(train_args("rlcm-ddpo", tiny_random_folders["sd"], prompt_file, tmp_path / "z")) == 2
     assert "runs on lcm models" in capsys.readouterr().err
 
 
@@ -204,38 +149,8 @@ def test_two_processes_lasro_agree_on_lora_and_surrogate(tiny_random_folders, pr
         "tie_margin=0.0",
         "learning_rate=0.01",
     ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "alignzoo",
-        "train",
-        "--cpu",
-        "--algo",
-        "lasro",
-        "--reward",
-        "jpeg_compressibility",
-        "--model",
-        str(tiny_random_folders["lcm"]),
-        "--prompts",
-        str(prompt_file),
-        "--samples",
-        "56",
-        "--out",
-        str(out),
-        "--no-progress",
-    ] + [a for kv in sets for a in ("--set", kv)]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    cmd = launch_command(*train_args("lasro", tiny_random_folders["lcm"], prompt_file, out, samples=56, sets=sets), "--cpu")
+    res = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads((out / "final" / "processes.json").read_text())
     assert info["processes"] == 2 and info["prompts_per_process_per_epoch"] == [1.0, 1.0]  # 8 images = 2 prompts × N_s 4

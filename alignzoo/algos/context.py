@@ -3,10 +3,10 @@
 Per-step policy gradients need none of it (the trainer runs rollout → advantages → plan → loss).
 Algorithms that are not (LaSRO today; reward backprop and forward-process methods next) define
 ``update_epoch(ctx, rollout)`` and work through this small surface only: draw prompts, sample
-(with or without gradient, optionally detaching between steps), score, gather, average
-gradients, count, and step the optimiser with an lr scale. Every random draw goes through the
-trainer's generators, so a resumed run repeats the same draws; every image and network call is
-counted through :meth:`count`.
+(with or without gradient, optionally detaching between steps), score, gather, back-propagate,
+average gradients, count, and step the optimiser with an lr scale. Every random draw goes through
+the trainer's generators, so a resumed run repeats the same draws; every image and network call
+is counted through :meth:`count`, every backward pass goes through :meth:`backward`.
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ class TrainerContext:
         self._trainer.count(unet=unet, grad=grad, phase=phase, **counts)
 
     # -- updates -------------------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, through the trainer (timed by ``alignzoo perf``)."""
+        self._trainer.backward(loss)
+
     def zero_grad(self) -> None:
         self._trainer.optimizer.zero_grad(set_to_none=True)
 

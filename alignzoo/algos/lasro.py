@@ -263,7 +263,7 @@ class LaSRO(SurrogateFitting, Algorithm):
         try:
             with ctx.autocast():
                 loss, reg, info = self._generator_loss(ctx, prompts)
-            loss.backward()
+            ctx.backward(loss)
         finally:
             for p, f in zip(s.parameters(), flags):
                 p.requires_grad_(f)

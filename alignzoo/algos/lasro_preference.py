@@ -306,7 +306,7 @@ class SurrogateFitting:
         with ctx.autocast():
             scores = s(z, self.embeds(ctx.model, prompts)).float()
         loss = bradley_terry_loss(scores[w.to(scores.device)], scores[l.to(scores.device)]) if w.numel() else scores.sum() * 0
-        loss.backward()
+        ctx.backward(loss)
         params = [p for p in s.parameters() if p.requires_grad]
         ctx.average_gradients(params)
         if self.config.surrogate_grad_clip is not None:

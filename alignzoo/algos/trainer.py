@@ -43,6 +43,7 @@ from alignzoo.algos.base import Algorithm, get_algorithm
 from alignzoo.algos.context import TrainerContext
 from alignzoo.algos.optim import make_optimizer
 from alignzoo.algos.stat_tracking import StatTracker
+from alignzoo.algos.timer import NullTimer
 from alignzoo.models.sampling import Trajectory, recompute_log_probs
 from alignzoo.prompts import get_prompts
 from alignzoo.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
@@ -91,6 +92,7 @@ class Trainer:
         self.totals = dict(FRESH_TOTALS)
         self.pending: dict[str, int] = {}
         self._first_ratio: float | None = None
+        self.timer = NullTimer()  # alignzoo perf sets its probe here (alignzoo/algos/timer.py)
         self.out = Path(config.out)
         self.ckpt_dir = self.out / "checkpoints"
         self.log_path = self.out / "log.jsonl"
@@ -187,8 +189,10 @@ class Trainer:
         acfg = self.algo.config
         t_start = time.perf_counter()
         self.model.unet.train()
-        traj = self.rollout()
+        with self.timer.phase("sampling"):
+            traj = self.rollout()
         b, t = traj.batch_size, traj.num_steps
+        self.timer.count("trajectories", b)
         self.totals["seconds_sampling"] += time.perf_counter() - t_start
         self._first_ratio, nonfinite_before = None, self.totals["nonfinite_losses"]
         scored, final, first = rollouts.scored_rollout(self, traj)
@@ -271,7 +275,7 @@ class Trainer:
                 first = True
                 self._first_ratio = max(self._first_ratio or 0.0, float((new.detach() - old).abs().max()))
             loss_items, info = self.algo.loss(chunk, new, old, data)
-            (loss_items.sum() / total).backward()
+            self.backward(loss_items.sum() / total)
             loss_sum += float(loss_items.detach().sum())
             kl_sum += float((0.5 * (new.detach() - old) ** 2).flatten(1).mean(1).sum())
             for name, v in info.items():
@@ -282,6 +286,12 @@ class Trainer:
         if grad_norm is not None:
             out["grad_norm"] = grad_norm
         return out
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``: every backward pass of a run goes through here (the context's too),
+        so that the trainer's timer sees them all."""
+        with self.timer.component("backward"):
+            loss.backward()
 
     def optimizer_step(self) -> float | None:
         """Averages gradients over processes, clips them, steps; returns the pre-clip norm."""

@@ -152,6 +152,16 @@ def _with_folder_defaults(spec: ModelSpec, folder: Path) -> ModelSpec:
     return spec
 
 
+def diffusers_pipeline(kind: str, vae, text_encoder, tokenizer, unet, scheduler):
+    """A ``StableDiffusionPipeline`` (``kind`` "sd") or ``LatentConsistencyModelPipeline`` ("lcm")
+    of these components, without a safety checker (no model alignzoo builds or trains has one)."""
+    from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
+
+    cls = LatentConsistencyModelPipeline if kind == "lcm" else StableDiffusionPipeline
+    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+    return cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
 class DiffusionModel:
     """Shared part of the SD and LCM adapters. Subclasses set ``kind`` and the step kernel."""
 
@@ -227,8 +237,10 @@ class DiffusionModel:
         raise NotImplementedError
 
     def to_pipeline(self):
-        """A diffusers pipeline built from these components (for users' own inference)."""
-        raise NotImplementedError
+        """A diffusers pipeline of these components (for users' own inference). An LCM's scheduler
+        spaces steps as modern diffusers does; for ``lcm_schedule="rlcm"`` call the pipeline with
+        ``timesteps=model.timesteps(N).tolist()`` to sample the same schedule."""
+        return diffusers_pipeline(self.kind, self.vae, self.text_encoder, self.tokenizer, self.unet, self.scheduler)
 
     # ----------------------------------------------------------------------------- geometry
     @property

@@ -119,19 +119,3 @@ class LatentConsistencyModel(DiffusionModel):
         x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
         c_skip, c_out = self.boundary_coefficients(t)
         return eps, c_out * x0 + c_skip * x
-
-    def to_pipeline(self):
-        """A diffusers pipeline of these components. Its scheduler spaces steps as modern diffusers does; for
-        ``lcm_schedule="rlcm"`` call it with ``timesteps=model.timesteps(N).tolist()`` to sample the same schedule."""
-        from diffusers import LatentConsistencyModelPipeline
-
-        return LatentConsistencyModelPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )

@@ -55,17 +55,3 @@ class StableDiffusionModel(DiffusionModel):
         else:
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
         return eps, x0
-
-    def to_pipeline(self):
-        from diffusers import StableDiffusionPipeline
-
-        return StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )

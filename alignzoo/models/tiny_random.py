@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from alignzoo.models.base import diffusers_pipeline
+
 WORDS = ["a", "an", "the", "red", "green", "blue", "cat", "dog", "circle", "square", "on", "left", "right", "photo", "of"]
 
 
@@ -48,8 +50,6 @@ def write_word_tokenizer(folder: Path, words, max_length: int = 16):
 def build_tiny_pipeline(folder, kind: str = "sd", seed: int = 0, sample_size: int = 8, vae_downsamples: int = 1) -> Path:
     """Writes a random tiny SD (DDIM, trailing) or LCM (LCMScheduler, w-embedding) pipeline."""
     from diffusers import DDIMScheduler, LCMScheduler
-    from diffusers import LatentConsistencyModelPipeline as LCMPipe
-    from diffusers import StableDiffusionPipeline as SDPipe
 
     folder = Path(folder)
     torch.manual_seed(seed)  # the text encoder, VAE and UNet draw their weights in this order
@@ -59,20 +59,10 @@ def build_tiny_pipeline(folder, kind: str = "sd", seed: int = 0, sample_size: in
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
     if kind == "lcm":
-        pipe_cls, scheduler = LCMPipe, LCMScheduler(original_inference_steps=50, timestep_spacing="leading", **schedule)
+        scheduler = LCMScheduler(original_inference_steps=50, timestep_spacing="leading", **schedule)
     else:
-        pipe_cls, scheduler = SDPipe, DDIMScheduler(timestep_spacing="trailing", **schedule)
-    pipe = pipe_cls(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder)
+        scheduler = DDIMScheduler(timestep_spacing="trailing", **schedule)
+    diffusers_pipeline(kind, vae, text_encoder, tok, unet, scheduler).save_pretrained(folder)
     return folder
 
 

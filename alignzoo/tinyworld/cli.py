@@ -19,7 +19,7 @@ import os
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="tinyworld_command", metavar="ACTION")
     t = sub.add_parser("train", help="train the tiny reward models, VAE, tiny-sd and tiny-lcm")
-    from alignzoo.tinyworld.compose.stages import COMPOSE_STAGES
+    from alignzoo.tinyworld.training.compose.stages import COMPOSE_STAGES
 
     t.add_argument(
         "--stage",
@@ -58,14 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _compose_stages() -> dict:
-    from alignzoo.tinyworld.compose.stages import COMPOSE_STAGES
+    from alignzoo.tinyworld.training.compose.stages import COMPOSE_STAGES
 
     return COMPOSE_STAGES
 
 
 def _train(args: argparse.Namespace) -> int:
     if args.stage in _compose_stages() or args.stage == "compose-models":
-        from alignzoo.tinyworld.compose.stages import MODEL_STAGES, run_stage
+        from alignzoo.tinyworld.training.compose.stages import MODEL_STAGES, run_stage
 
         stages = MODEL_STAGES if args.stage == "compose-models" else (args.stage,)
         for stage in stages:
@@ -107,7 +107,7 @@ def _eval(args: argparse.Namespace) -> int:
     quiet_from_now()
     w = Path(args.weights) if args.weights else weights_dir()
     if args.world == "compose":
-        from alignzoo.tinyworld.compose.model_eval import MODELS, main
+        from alignzoo.tinyworld.training.compose.model_eval import MODELS, main
 
         models = [m.strip() for m in args.models.split(",") if m.strip()]
         unknown = [m for m in models if m not in MODELS]
@@ -137,7 +137,7 @@ def _prompts(args: argparse.Namespace) -> int:
 def _geneval(args: argparse.Namespace) -> int:
     import torch
 
-    from alignzoo.tinyworld.compose.evaluate import main
+    from alignzoo.tinyworld.training.compose.evaluate import main
 
     torch.set_num_threads(args.threads)
     main(args.per_prompt, args.seed, args.degraded, args.split, args.judges.split(","))

@@ -189,7 +189,8 @@ class PerfRun:
         # (LaSRO's surrogate: a learned latent reward model) count as reward-model calls.
         model_s = s["unet"] + s["backward"] + s["vae"] + s["reward"] + s["algo_nets"]
         overhead = max(0.0, epoch_s - model_s)
-        grad_rows = c["unet_rows_grad"]
+        # the UNet hook counts its batch rows: two per image under classifier-free guidance
+        grad_rows = c["unet_rows_grad"] // (2 if trainer.model.uses_cfg else 1)
         return {
             "epoch_seconds": epoch_s,
             "trajectories": c["trajectories"],
@@ -198,7 +199,7 @@ class PerfRun:
             "train_transitions_per_s": grad_rows / update if grad_rows and update > 0 else None,
             "reward_queries_per_traj": c["reward_images"] / n,
             "vae_decodes_per_traj": c["vae_rows"] / n,
-            "unet_evals_per_traj": (c["unet_rows_grad"] + c["unet_rows_nograd"]) * (2 if trainer.model.uses_cfg else 1) / n,
+            "unet_evals_per_traj": (c["unet_rows_grad"] + c["unet_rows_nograd"]) / n,
             "overhead_fraction": overhead / epoch_s if epoch_s > 0 else None,
             "overhead_fraction_excl_text_encoder": max(0.0, overhead - s["text_encoder"]) / epoch_s if epoch_s > 0 else None,
             "sec_per_1k": {

@@ -1,8 +1,11 @@
-"""Timers and memory gauges for ``alignzoo perf``. :class:`Probe` wraps the calls an epoch is made
-of (UNet, backward, VAE decode, text encoder, reward model, the algorithm's own networks, and the
-rollout phase) on one trainer, accumulating seconds and rows per component and removing its
-wrappers afterwards; :class:`PeakMemory` reads the peak memory of a window (CUDA's allocator, or
-the process RSS high-water mark on CPU). docs/perf.md says how the epoch's time is split.
+"""Timers and memory gauges for ``alignzoo perf``. :class:`Probe` times the parts an epoch is
+made of on one trainer, accumulating seconds and rows per component: the UNet, the VAE decoder,
+the text encoder, the reward model and the networks the algorithm owns through forward hooks on
+their modules, and every backward pass and the rollout phase as the trainer's timer (the trainer
+calls it there: alignzoo/algos/timer.py). :meth:`Probe.uninstall` removes the hooks and gives the
+trainer back its :class:`~alignzoo.algos.timer.NullTimer`. :class:`PeakMemory` reads the peak
+memory of a window (CUDA's allocator, or the process RSS high-water mark on CPU). docs/perf.md
+says how the epoch's time is split.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+
+from alignzoo.algos.timer import NullTimer
 
 
 def synchronize(device: torch.device) -> None:
@@ -29,15 +34,28 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _unet_rows() -> str:
+    return "unet_rows_grad" if torch.is_grad_enabled() else "unet_rows_nograd"
+
+
+def _batch_rows(args: tuple, kwargs: dict) -> int:
+    """The rows of a module call's first argument (positional, or else the first keyword)."""
+    first = args[0] if args else next(iter(kwargs.values()))
+    return len(first)
+
+
 class Probe:
-    """Accumulates time and rows per component; nested component calls count once (outermost)."""
+    """Accumulates time and rows per component; nested component calls count once (outermost).
+    The trainer's timer (alignzoo/algos/timer.py) while installed."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.depth = 0
+        self._t0 = 0.0
         self.seconds: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
-        self._undo: list[Callable[[], None]] = []
+        self._handles: list = []
+        self._trainer = None
 
     def now(self) -> float:
         synchronize(self.device)
@@ -47,20 +65,27 @@ class Probe:
         self.seconds.clear()
         self.counts.clear()
 
-    @contextlib.contextmanager
-    def component(self, name: str, rows: int = 0, count_as: str | None = None) -> Iterator[None]:
+    # -- the timer: components (outermost only) and phases ---------------------------------------
+    def start(self, rows: int = 0, count_as: str | None = None) -> None:
         if count_as:
             self.counts[count_as] += rows
-        if self.depth:
-            yield
-            return
         self.depth += 1
-        t0 = self.now()
+        if self.depth == 1:
+            self._t0 = self.now()
+
+    def stop(self, name: str) -> None:
+        """Ends the innermost open component; only the outermost's time counts (as ``name``)."""
+        self.depth -= 1
+        if self.depth == 0:
+            self.seconds[name] += self.now() - self._t0
+
+    @contextlib.contextmanager
+    def component(self, name: str, rows: int = 0, count_as: str | None = None) -> Iterator[None]:
+        self.start(rows, count_as)
         try:
             yield
         finally:
-            self.seconds[name] += self.now() - t0
-            self.depth -= 1
+            self.stop(name)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -70,59 +95,48 @@ class Probe:
         finally:
             self.seconds["phase_" + name] += self.now() - t0
 
-    # -- installation (instance attributes shadow the class methods; removed afterwards) --------
-    def wrap(self, obj, attr: str, make: Callable[[Callable], Callable]) -> None:
-        had = attr in vars(obj)
-        orig = getattr(obj, attr)
-        setattr(obj, attr, make(orig))
+    def count(self, counter: str, n: int) -> None:
+        self.counts[counter] += n
 
-        def undo():
-            if had:
-                setattr(obj, attr, orig)
-            else:
-                delattr(obj, attr)
+    # -- installation ------------------------------------------------------------------------------
+    def hook(self, module: torch.nn.Module, name: str, count_as: str | Callable[[], str] | None = None) -> None:
+        """Times ``module``'s forward calls as ``name``; with ``count_as`` (a counter's name, or a
+        function that picks it at call time), also counts the rows of each call's first argument."""
 
-        self._undo.append(undo)
+        # compiled modules (--compile) run their hooks eagerly: the clock is read at call time
+        @torch.compiler.disable
+        def before(_module, args, kwargs):
+            counter = count_as() if callable(count_as) else count_as
+            self.start(_batch_rows(args, kwargs) if counter else 0, counter)
 
-    def time_calls(self, obj, attr: str, component: str, count_as: str | Callable[[], str] | None = None) -> None:
-        """Times ``obj.attr`` as ``component``; with ``count_as`` (a counter's name, or a function
-        that picks it at call time), also counts the rows of the call's first argument there."""
+        @torch.compiler.disable
+        def after(_module, _args, _kwargs, _output):
+            self.stop(name)
 
-        def make(orig):
-            def timed(*args, **kwargs):
-                counter = count_as() if callable(count_as) else count_as
-                with self.component(component, len(args[0]) if counter else 0, counter):
-                    return orig(*args, **kwargs)
-
-            return timed
-
-        self.wrap(obj, attr, make)
+        self._handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
+        self._handles.append(module.register_forward_hook(after, with_kwargs=True, always_call=True))
 
     def install(self, trainer) -> None:
+        """Hooks the trainer's networks and becomes its timer (backward passes, the rollout phase).
+        UNet rows are its batch rows: twice the images under classifier-free guidance."""
         model = trainer.model
-        self.time_calls(model, "predict_noise", "unet", lambda: "unet_rows_grad" if torch.is_grad_enabled() else "unet_rows_nograd")
-        self.time_calls(model, "decode", "vae", "vae_rows")
-        self.time_calls(model, "encode_prompts", "text_encoder", "text_rows")
-        self.time_calls(trainer.reward, "forward", "reward", "reward_images")
-        self.wrap(trainer, "rollout", self._sampling_phase)
+        self.hook(model.unet, "unet", _unet_rows)
+        vae = model.vae
+        if getattr(vae, "post_quant_conv", None) is not None:  # the decode's first layer, then the decoder
+            self.hook(vae.post_quant_conv, "vae")
+        self.hook(vae.decoder, "vae", "vae_rows")
+        self.hook(model.text_encoder, "text_encoder", "text_rows")
+        self.hook(trainer.reward, "reward", "reward_images")
         for value in list(vars(trainer.algo).values()):  # networks the algorithm owns (LaSRO's surrogate)
             if isinstance(value, torch.nn.Module):
-                self.time_calls(value, "forward", "algo_nets")
-        # the losses are elementwise in the UNet's outputs, so every backward is the UNet's
-        self.time_calls(torch.Tensor, "backward", "backward")
-
-    def _sampling_phase(self, rollout: Callable) -> Callable:
-        def timed_rollout(*args, **kwargs):
-            with self.phase("sampling"):
-                traj = rollout(*args, **kwargs)
-            self.counts["trajectories"] += traj.batch_size
-            return traj
-
-        return timed_rollout
+                self.hook(value, "algo_nets")
+        self._trainer, trainer.timer = trainer, self
 
     def uninstall(self) -> None:
-        while self._undo:
-            self._undo.pop()()
+        while self._handles:
+            self._handles.pop().remove()
+        if self._trainer is not None:
+            self._trainer.timer, self._trainer = NullTimer(), None
 
 
 class PeakMemory:

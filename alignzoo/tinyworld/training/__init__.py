@@ -15,7 +15,8 @@ lcm      latent consistency distillation (LCM paper, Alg. 1) of tiny-sd: DDIM so
          distillation on purpose (see LCM_STEPS).                      -> weights/tiny-lcm/
 
 Everything is seeded; the machine's two cores are the budget (see TRAINING.md for timings). The
-compositional world's stages (``alignzoo.tinyworld.compose``) reuse the components and loops here.
+compositional world's stages (``compose/``, this package's subpackage) reuse the components and
+loops here.
 """
 
 from __future__ import annotations

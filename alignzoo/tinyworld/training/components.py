@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from alignzoo.models.base import diffusers_pipeline
+
 # SD 1.x / SD-Turbo's training noise schedule: the training loss and both samplers share it
 NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 TRAIN_TIMESTEPS = NOISE_SCHEDULE["num_train_timesteps"]
@@ -92,31 +94,9 @@ def alphas_cumprod() -> torch.Tensor:
 
 def sd_pipeline(vae, text_encoder, tokenizer, unet):
     """A ``StableDiffusionPipeline`` of these components with the trailing DDIM scheduler."""
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=ddim_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return diffusers_pipeline("sd", vae, text_encoder, tokenizer, unet, ddim_scheduler())
 
 
 def lcm_pipeline(vae, text_encoder, tokenizer, unet):
     """A ``LatentConsistencyModelPipeline`` of these components with the LCM scheduler."""
-    from diffusers import LatentConsistencyModelPipeline
-
-    return LatentConsistencyModelPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=lcm_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return diffusers_pipeline("lcm", vae, text_encoder, tokenizer, unet, lcm_scheduler())

@@ -227,8 +227,8 @@ def train_geneval(out: Path, seed: int = 0, scale: float = 1.0) -> dict:
 def main(argv=None) -> None:
     """Piecewise runs of the stage (same seeds, same results): one judge, or the evaluation.
 
-    python -m alignzoo.tinyworld.compose.train_geneval --judge tiny_geneval_judge2 --out DIR
-    python -m alignzoo.tinyworld.compose.train_geneval --evaluate --out DIR
+    python -m alignzoo.tinyworld.training.compose.train_geneval --judge tiny_geneval_judge2 --out DIR
+    python -m alignzoo.tinyworld.training.compose.train_geneval --evaluate --out DIR
     """
     import argparse
 

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 COMPOSE_STAGES: dict[str, str] = {
-    "geneval": "alignzoo.tinyworld.compose.train_geneval:train_geneval",
-    "preference": "alignzoo.tinyworld.compose.train_preference:stage",
-    "vae2": "alignzoo.tinyworld.compose.base_models:train_vae2",
-    "sd2": "alignzoo.tinyworld.compose.base_models:train_sd2",
-    "turbo": "alignzoo.tinyworld.compose.distill:train_turbo",
-    "lcm2": "alignzoo.tinyworld.compose.distill:train_lcm2",
+    "geneval": "alignzoo.tinyworld.training.compose.train_geneval:train_geneval",
+    "preference": "alignzoo.tinyworld.training.compose.train_preference:stage",
+    "vae2": "alignzoo.tinyworld.training.compose.base_models:train_vae2",
+    "sd2": "alignzoo.tinyworld.training.compose.base_models:train_sd2",
+    "turbo": "alignzoo.tinyworld.training.compose.distill:train_turbo",
+    "lcm2": "alignzoo.tinyworld.training.compose.distill:train_lcm2",
 }
 # ``--stage compose-models`` runs these in order (each reads what the one before wrote)
 MODEL_STAGES = ("vae2", "sd2", "turbo", "lcm2")

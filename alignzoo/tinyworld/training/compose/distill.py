@@ -30,9 +30,9 @@ import torch
 
 from alignzoo.tinyworld.compose import grammar as g
 from alignzoo.tinyworld.compose import pretrain_data as pdata
-from alignzoo.tinyworld.compose.base_models import LATENT_CHANNELS, LCM_DIR, SD_DIR, TURBO_DIR, encode_pretraining_set
 from alignzoo.tinyworld.training.common import EMA, log, log_every, optimizer_step, tokenize, write_alignzoo_json
 from alignzoo.tinyworld.training.components import alphas_cumprod, ddim_scheduler, lcm_pipeline, sd_pipeline
+from alignzoo.tinyworld.training.compose.base_models import LATENT_CHANNELS, LCM_DIR, SD_DIR, TURBO_DIR, encode_pretraining_set
 from alignzoo.tinyworld.training.lcm import LCM_GUIDANCE_RANGE, lcm_distill
 
 TURBO_STEPS, TURBO_COUPLINGS, TEACHER_STEPS = 2000, 8192, 8

@@ -16,7 +16,7 @@ import torch
 
 from alignzoo.tinyworld.compose import grammar as g
 from alignzoo.tinyworld.compose.render import DEGRADATIONS, degrade, render_batch
-from alignzoo.tinyworld.compose.train_geneval import DEGRADED_SEVERITY
+from alignzoo.tinyworld.training.compose.train_geneval import DEGRADED_SEVERITY
 
 
 def category_table(images: torch.Tensor, prompts: Sequence[str], judges: Sequence[str], batch: int = 500) -> dict:

@@ -298,7 +298,7 @@ def measure(weights=None, seed: int = 1000) -> dict:
     return {"heldout": ev, "hack": hack, **breakdown(score, seed=seed + 3000), "degraded": degraded_effects(score, seed=seed + 4000)}
 
 
-if __name__ == "__main__":  # python -m alignzoo.tinyworld.compose.train_preference [WEIGHTS]
+if __name__ == "__main__":  # python -m alignzoo.tinyworld.training.compose.train_preference [WEIGHTS]
     import sys
 
     torch.set_num_threads(1)

@@ -52,7 +52,7 @@ def _vae_batch(rng: np.random.Generator, n: int) -> torch.Tensor:
 def reconstruction_check(vae, seed: int = 777, per_prompt: int = 2) -> dict:
     """PSNR and tiny_geneval's strict score (overall, per category) of reconstructions against
     the clean renders they came from (every prompt x ``per_prompt``)."""
-    from alignzoo.tinyworld.compose.evaluate import category_table, render_prompts
+    from alignzoo.tinyworld.training.compose.evaluate import category_table, render_prompts
 
     x, prompts = render_prompts(per_prompt, seed)
     with torch.no_grad():
