@@ -288,6 +288,15 @@ def test_a_reward_without_gradients_is_a_clear_one_line_error(reward, tmp_path):
     check_reward_gradients(RewardBackprop, "linear", LinearReward())
 
 
+def test_a_suite_pairing_reward_backprop_with_a_reward_without_gradients_fails_at_load():
+    from alignzoo.benchmarks.suites import parse_suite
+
+    base = {"name": "t", "model": "tiny-sd", "algorithms": ["ddpo", "reward-backprop"], "rewards": ["tiny_alignment", "jpeg_compressibility"]}
+    with pytest.raises(ValueError, match="suite 't': reward-backprop back-propagates the reward into the model, but reward 'jpeg_compressibility' is not"):
+        parse_suite(base)
+    parse_suite({**base, "rewards": ["tiny_alignment"]})
+
+
 def test_config_errors_name_the_setting():
     for kw, name in [({"mode": "draft-k"}, "mode"), ({"draft_k": 0}, "draft_k"), ({"refl_window_start": 0.9, "refl_window_end": 0.5}, "refl_window_start")]:
         with pytest.raises(ValueError, match=f"reward-backprop: {name} must be"):
