@@ -10,7 +10,8 @@ sampler renders); sg[·] stops the gradient.
 * ``refl`` — ReFL (Xu et al., ImageReward, arXiv 2304.05977, Algorithm 1; code THUDM/ImageReward
   ``ReFL.py``): per update s ~ U{window}; x_s = sg[sampler to step s]; L = −r(x̂0_θ(x_s, t_s)), one
   UNet call with gradient. Window: steps ⌊lo·T⌋ .. ⌈hi·T⌉ − 1 with (lo, hi) = (``refl_window_start``,
-  ``refl_window_end``) = (0.75, 1.0), the code's s ∈ [30, 39] of 40 steps (at T ≤ 4: the last step).
+  ``refl_window_end``) = (0.75, 1.0), the code's s ∈ [30, 39] of 40 steps (at T ≤ 4: the last step,
+  so ReFL = DRaFT-1 there). ReFL's alternating pre-training loss is left out (no image data here).
 * ``draft`` — DRaFT-K (Clark et al., arXiv 2309.17400, §4): steps 0..T−K−1 without gradient, the
   last K with it, through the states between them: ∇_θ r(x̂0_{T−1}). K = ``draft_k`` = 1 (DRaFT-1;
   K ≥ T is full DRaFT).
@@ -20,8 +21,9 @@ sampler renders); sg[·] stops the gradient.
   we average them, a factor 1/n that Adam absorbs but the grad-norm clip does not].
 * ``alignprop`` — AlignProp (Prabhudesai et al., arXiv 2310.03739, randomised truncated
   backpropagation; code mihirp1998/AlignProp ``sd_pipeline.py``): per update k ~ U{k_min..k_max}
-  (``alignprop_k_min``, ``_max`` = 1, 20: the code's uniform truncation b ∈ [30, 50) of 50 steps,
-  k = 50 − b), clamped to [1, T]; the last k steps with gradient, each UNet call checkpointed
+  (``alignprop_k_min``, ``_max`` = 1, 20: the code's "uniform" strategy, truncation b ∈ [30, 50) of
+  50 steps, k = 50 − b; its default is "gaussian", b ~ N(42, 5²)), clamped to [1, T]; the last k
+  steps with gradient, each UNet call checkpointed
   (``torch.utils.checkpoint``, as the code does), so memory holds k step inputs and one UNet's
   activations. The code never trains step 0 (b ≥ 1); we allow k = T, which few-step models need.
 
