@@ -4,7 +4,10 @@ Each (algorithm, model) trains with the shipped suite presets (quick for tiny-sd
 tiny-lcm-v2) on a small budget, then is evaluated against the pretrained model (the same UNet with
 its LoRA disabled) on the same prompts and held-out noise seeds. The gain must exceed 3 paired
 standard errors AND the gain of a control run trained with the same algorithm, settings and
-budget on the `random` reward (drift alone moves rewards: TINYWORLD_NOTES).
+budget on the `random` reward (drift alone moves rewards: TINYWORLD_NOTES). Reward-backprop
+algorithms need a reward gradient, which `random` has not: their control is `random_direction`,
+its differentiable twin (a pseudo-random gradient direction per image and prompt: the same
+back-propagation and optimiser steps, nothing consistent to learn, so it measures their drift).
 
 The reward is tiny_preference, the world's ImageReward analogue: it moves within a test's budget
 (ddpo +0.80 +- 0.03 at 1,024 images, its random control +0.02 +- 0.02). tiny_geneval does not
@@ -19,6 +22,7 @@ import functools
 import pytest
 import torch
 
+from alignzoo.algos import get_algorithm
 from alignzoo.algos.trainer import TrainConfig, Trainer
 from alignzoo.benchmarks.evaluation import paired_gains, pretrained_scores
 from alignzoo.benchmarks.suites import load_suite
@@ -36,6 +40,7 @@ CASES = [
     ("rlcm-ddpo", "tiny-lcm-v2", TP),
     ("rlcm-rebel", "tiny-lcm-v2", TP),
     ("sdpo", "tiny-lcm-v2", TP),
+    ("reward-backprop", "tiny-sd-v2", TP),
 ]
 SUITE_OF = {"tiny-sd-v2": "quick", "tiny-lcm-v2": "tiny-lcm"}
 BUDGET = 384  # generated images per training run (6 epochs of 64)
@@ -48,8 +53,13 @@ _PRETRAINED: dict = {}  # (model, steps) -> per-image scores of the pretrained m
 
 
 @functools.lru_cache(maxsize=None)
-def _reward(name):
-    return get_reward(name)
+def _reward(name, differentiable=False):
+    return get_reward(name, differentiable=differentiable)
+
+
+def control_for(algo: str) -> str:
+    """The control reward: `random`, or its differentiable twin for reward-backprop algorithms."""
+    return "random_direction" if get_algorithm(algo).needs_reward_grad else "random"
 
 
 def setup_for(algo: str, model: str, reward: str):
@@ -78,7 +88,7 @@ def trained(algo: str, model: str, train_reward: str, cfg, budget: int, tmp_root
                 log_first_step_reward=False,
             ),
             cfg,
-            reward=_reward(train_reward),
+            reward=_reward(train_reward, get_algorithm(algo).needs_reward_grad),
         )
         tr.train()
         prompts = get_prompts(EVAL_PROMPTS)
@@ -115,7 +125,7 @@ def test_algorithm_learns(algo, model, reward, tmp_root):
     torch.manual_seed(0)
     cfg, budget = setup_for(algo, model, reward)
     result = trained(algo, model, reward, cfg, budget, tmp_root)[reward]
-    control = trained(algo, model, "random", cfg, budget, tmp_root)[reward]  # same settings, random reward
+    control = trained(algo, model, control_for(algo), cfg, budget, tmp_root)[reward]  # same settings, a reward with nothing to learn
     print(f"{algo}/{model}/{reward}: {result} control {control}")
     assert result["gain"] > 3 * result["se"], f"{algo} on {model} did not raise {reward} by 3 SE: {result}"
     assert result["gain"] > control["gain"] + 2 * control["se"], f"{algo} on {model}: gain {result} not above the random-reward control {control}"

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 SPECS = [("ddpo", "tiny-sd-v2"), ("rebel", "tiny-sd-v2"), ("d3po", "tiny-sd-v2"), ("sdpo", "tiny-sd-v2"),
-         ("rlcm-ddpo", "tiny-lcm-v2"), ("rlcm-rebel", "tiny-lcm-v2"), ("sdpo", "tiny-lcm-v2"), ("lasro", "tiny-lcm-v2")]  # fmt: skip
+         ("rlcm-ddpo", "tiny-lcm-v2"), ("rlcm-rebel", "tiny-lcm-v2"), ("sdpo", "tiny-lcm-v2"), ("lasro", "tiny-lcm-v2"), ("reward-backprop", "tiny-sd-v2")]  # fmt: skip
 
 
 def old_pair_order() -> None:

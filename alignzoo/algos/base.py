@@ -239,6 +239,8 @@ class Algorithm:
     Config: ClassVar[type] = AlgoConfig
     group_sizes: ClassVar[tuple[int, ...] | None] = None  # the G the math allows (None: any G >= 1)
     needs_reference: ClassVar[bool] = False  # wants log-probs under the pretrained model
+    needs_log_probs: ClassVar[bool] = True  # trains on transition log-probs, so DDIM needs eta > 0 (False: eta = 0 allowed)
+    needs_reward_grad: ClassVar[bool] = False  # back-propagates the reward: the trainer builds it differentiable
     model_kinds: ClassVar[tuple[str, ...]] = ("sd", "lcm")
 
     world_size: int = 1  # processes that share each update (set by split_over)
@@ -331,13 +333,11 @@ class Algorithm:
 
     # -- optional hooks (algorithms that are not per-step policy gradients, e.g. LaSRO) ------
     def setup(self, ctx) -> None:
-        """Called once the trainer has its model, reward and optimiser (before resuming), with
-        the :class:`~alignzoo.algos.context.TrainerContext`."""
+        """Called with the :class:`~alignzoo.algos.context.TrainerContext` once the trainer has its model, reward and optimiser (before resuming)."""
 
     update_epoch = None
-    """Optionally a method ``update_epoch(ctx, rollout) -> dict`` that replaces the
-    advantages/plan/loss loop for the epoch, working through the
-    :class:`~alignzoo.algos.context.TrainerContext` ``ctx`` only (``ctx.optimizer_step()``)."""
+    """Optionally ``update_epoch(ctx, rollout) -> dict``: replaces the advantages/plan/loss loop of
+    the epoch, working through the :class:`~alignzoo.algos.context.TrainerContext` ``ctx`` only."""
 
     def state_dict(self) -> dict:
         """Extra state to checkpoint (e.g. a surrogate model and its replay buffer)."""

@@ -74,11 +74,12 @@ class TrainConfig:
 
 class Trainer:
     def __init__(self, config: TrainConfig, algo_config=None, accelerator=None, model=None, reward=None):
-        from alignzoo.algos.validation import validate_configs
+        from alignzoo.algos.validation import check_reward_gradients, validate_configs
 
         self.config = config
         algo_cls: type[Algorithm] = get_algorithm(config.algo)
         self.algo = algo_cls(validate_configs(config, algo_config if algo_config is not None else algo_cls.Config(), builds_reward=reward is None))
+        check_reward_gradients(algo_cls, config.reward, reward)
         self._setup_accelerator(accelerator)
         self._setup_model(model)
         self._setup_reward_and_prompts(reward)
@@ -132,7 +133,7 @@ class Trainer:
         if model.kind not in self.algo.model_kinds:
             raise ValueError(f"algorithm {config.algo!r} runs on {'/'.join(self.algo.model_kinds)} models; {config.model!r} is a {model.kind} model")
         self.num_steps = int(acfg.num_steps or model.spec.train_steps)
-        if model.kind == "sd" and acfg.eta <= 0:
+        if model.kind == "sd" and acfg.eta <= 0 and self.algo.needs_log_probs:
             raise ValueError("training needs a stochastic policy: set eta > 0 (DDIM with eta = 0 has no log-probability)")
         if model.lora_config is None:
             model.add_lora(rank=acfg.lora_rank, alpha=acfg.lora_alpha, target_modules=acfg.lora_targets, seed=config.seed)
@@ -145,7 +146,8 @@ class Trainer:
         if reward is None:
             from alignzoo.rewards import get_reward
 
-            reward = get_reward(self.config.reward, device=self.device, **self.config.reward_kwargs)
+            grad = {"differentiable": True} if self.algo.needs_reward_grad else {}  # reward backprop: gradients w.r.t. the images
+            reward = get_reward(self.config.reward, device=self.device, **{**self.config.reward_kwargs, **grad})
             reward.to(self.device)
         self.reward = reward
         self.prompt_set = get_prompts(self.config.prompts or self.model.spec.train_prompts)

@@ -93,3 +93,23 @@ def validate_configs(train_config, algo_config, builds_reward: bool = True):
     """Both checks, before the trainer loads a model; returns ``algo_config``."""
     validate_train_config(train_config, builds_reward)
     return validate_algo_config(algo_config)
+
+
+def check_reward_gradients(algo_cls, reward_name: str, reward=None) -> None:
+    """An algorithm that back-propagates the reward (``needs_reward_grad``) needs one that gives
+    gradients w.r.t. the images: a one-line error naming the problem and the fix otherwise, before
+    any model loads. ``reward``: a reward object the caller built (it must be differentiable)."""
+    if not algo_cls.needs_reward_grad:
+        return
+    from alignzoo.rewards import REWARDS
+
+    fix = "use a differentiable reward such as tiny_preference, tiny_geneval or aesthetic (`alignzoo list rewards`), or a log-prob algorithm (ddpo, sdpo, ...)"
+    name = getattr(reward, "name", reward_name)
+    if not (REWARDS.get(reward_name) if reward is None else reward).supports_grad:
+        raise ValueError(
+            f"{algo_cls.name} back-propagates the reward into the model, but reward {name!r} is not differentiable (computed outside torch); {fix}"
+        )
+    if reward is not None and not getattr(reward, "differentiable", False):
+        raise ValueError(
+            f"{algo_cls.name} back-propagates the reward into the model, but the reward {name!r} it was given was built without gradients; build it with get_reward({name!r}, differentiable=True)"
+        )

@@ -215,6 +215,7 @@ class BenchmarkRunner:
         return {"scores": out.scores, "thumbnails": thumbs}
 
     def run_cell(self, algo: str, reward: str, seed: int, baseline: dict) -> Path:
+        from alignzoo.algos import get_algorithm
         from alignzoo.algos.trainer import TrainConfig, Trainer
 
         d = self.dir / cell_name(algo, reward, seed)
@@ -234,8 +235,8 @@ class BenchmarkRunner:
             progress=self.progress,
             cpu=self.device == "cpu",
         )
-        rewards = self.rewards()
-        trainer = Trainer(cfg, algo_cfg, model=self.load_model(), reward=rewards[reward])
+        rewards, own = self.rewards(), get_algorithm(algo).needs_reward_grad  # reward backprop: the trainer builds its own, differentiable
+        trainer = Trainer(cfg, algo_cfg, model=self.load_model(), reward=None if own else rewards[reward])
         eval_path = d / "eval.jsonl"
         done_samples = trainer.totals["samples"]
         kept = [r for r in read_lines(eval_path) if r["samples"] <= done_samples]

@@ -270,7 +270,8 @@ def _check_keys(data: dict, name: str) -> None:
 
 
 def _validate(suite: Suite) -> None:
-    from alignzoo.algos import list_algorithms
+    from alignzoo.algos import get_algorithm, list_algorithms
+    from alignzoo.algos.validation import check_reward_gradients
     from alignzoo.prompts import PROMPT_SETS
     from alignzoo.rewards import check_reward_kwargs, list_rewards
 
@@ -305,8 +306,12 @@ def _validate(suite: Suite) -> None:
     _check_names("algorithm", suite.algo_reward, suite.algorithms, name)
     for per_reward in suite.algo_reward.values():
         _check_names("reward", per_reward, suite.rewards, name)
-    for a, r, _seed in suite.cells():  # validates every override now, not hours into the run
+    for a, r, _seed in suite.cells():  # validates every override and pairing now, not hours into the run
         suite.algo_config(a, r)
+        try:
+            check_reward_gradients(get_algorithm(a), r)  # reward backprop needs a differentiable reward
+        except ValueError as err:
+            raise ValueError(f"suite {name!r}: {err}") from None
     _warn_small_eval(suite)
 
 

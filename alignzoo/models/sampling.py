@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.utils.checkpoint
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -49,6 +50,7 @@ class Trajectory:
     log_probs: torch.Tensor  # (B, T); NaN for deterministic DDIM (eta = 0)
     eta: float
     kernel: str  # "ddim" or "lcm"
+    noise: torch.Tensor | None = None  # (B, T, C, h, w): step i's z (x_{i+1} = mean_i + std_i·z_i), for replay()
 
     @property
     def batch_size(self) -> int:
@@ -81,6 +83,7 @@ class Trajectory:
             log_probs=cat("log_probs"),
             eta=first.eta,
             kernel=first.kernel,
+            noise=cat("noise"),
         )
 
 
@@ -113,6 +116,19 @@ def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
     return lp.mean(dim=tuple(range(1, lp.ndim)))
 
 
+def denoising_step(model, x, t, prev_t, embeds, neg, eta: float, z):
+    """One step of the model's kernel from x at timestep t with noise z: (x_t', x̂0, mean, std)."""
+    eps, x0 = model.predict_noise(x, t, embeds, neg)
+    mean, std = step_distribution(model, x, t, prev_t, eps, x0, eta)
+    return mean + std * z, x0, mean, std
+
+
+def noised(model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """A draw of the forward process q(x_t | x_0) = N(√ᾱ_t·x0, (1 − ᾱ_t)·I) with noise ``eps``."""
+    a = model.alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
 # ----------------------------------------------------------------------------------- sampling
 def sample(
     model,
@@ -143,13 +159,11 @@ def sample(
     with torch.set_grad_enabled(grad):
         embeds = model.encode_prompts(prompts)
         neg = model.negative_embeds(b)
-        states, x0s, logps = [x], [], []
+        states, x0s, logps, zs = [x], [], [], []
         for i in range(num_steps):
-            t, tp = timesteps[i].expand(b), prev[i].expand(b)
-            eps, x0 = model.predict_noise(x, t, embeds, neg)
-            mean, std = step_distribution(model, x, t, tp, eps, x0, eta)
             z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(model.device)
-            x = mean + std * z
+            x, x0, mean, std = denoising_step(model, x, timesteps[i].expand(b), prev[i].expand(b), embeds, neg, eta, z)
+            zs.append(z)
             if detach_between_steps:
                 x = x.detach()
             logps.append(gaussian_log_prob(x, mean, std) if bool((std > 0).all()) else torch.full((b,), float("nan"), device=model.device))
@@ -166,6 +180,7 @@ def sample(
         log_probs=torch.stack(logps, 1),
         eta=float(eta),
         kernel="lcm" if model.kind == "lcm" else "ddim",
+        noise=torch.stack(zs, 1),
     )
 
 
@@ -182,6 +197,42 @@ def sample_groups(
     if shared_noise and group_size > 1:
         init = model.init_noise(len(prompts), generator).repeat_interleave(group_size, 0)
     return sample(model, rows, num_steps, eta, generator, init_noise=init)
+
+
+def replay(model, traj: Trajectory, rows, grad_from: int, stop: int | None = None, checkpoint: bool = False, from_stored: bool = False) -> torch.Tensor:
+    """Re-runs trajectories under the *current* parameters (reward backprop): the clean predictions
+    x̂0 of steps ``grad_from`` .. ``stop`` − 1 (default: to the end), (B', S, C, h, w), with gradients.
+
+    Rows ``rows`` start from their stored x_T and take their stored per-step noise (``traj.noise``),
+    so under the parameters that sampled them they reproduce the stored trajectory exactly; steps
+    before ``grad_from`` run without gradient (DRaFT-K, AlignProp's truncation, ReFL's no-grad
+    prefix), or are skipped with ``from_stored``, which starts at the stored state x_{grad_from}
+    (computed when the trajectory was sampled). Steps from ``grad_from`` keep the graph through the
+    states between them; ``checkpoint`` recomputes each such step's UNet activations during the
+    backward pass (AlignProp), so memory holds one step's activations plus the S step inputs.
+    """
+    if traj.noise is None:
+        raise ValueError("replay needs the trajectory's per-step noise: sample it with alignzoo.models.sampling.sample")
+    stop = traj.num_steps if stop is None else stop
+    if not 0 <= grad_from < stop <= traj.num_steps:
+        raise ValueError(f"replay needs 0 <= grad_from < stop <= T = {traj.num_steps}, got grad_from={grad_from}, stop={stop}")
+    rows = torch.as_tensor(rows, dtype=torch.long, device=traj.latents.device)
+    start = grad_from if from_stored else 0
+    x = traj.latents[rows, start].to(model.device)
+    embeds = traj.prompt_embeds[rows].to(model.device)
+    neg = traj.neg_embeds[rows].to(model.device) if traj.neg_embeds is not None else None
+    ts, prev = traj.timesteps.to(model.device), traj.prev_timesteps.to(model.device)
+    x0s = []
+    for i in range(start, stop):
+        args = (model, x, ts[i].expand(len(rows)), prev[i].expand(len(rows)), embeds, neg, traj.eta, traj.noise[rows, i].to(model.device))
+        if i < grad_from:
+            with torch.no_grad():
+                x, *_ = denoising_step(*args)
+            continue
+        step = torch.utils.checkpoint.checkpoint(denoising_step, *args, use_reentrant=False) if checkpoint else denoising_step(*args)
+        x, x0 = step[0], step[1]
+        x0s.append(x0)
+    return torch.stack(x0s, 1)
 
 
 def recompute_log_probs(model, traj: Trajectory, steps: torch.Tensor, rows: torch.Tensor | None = None, eta: float | None = None) -> torch.Tensor:

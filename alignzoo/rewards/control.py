@@ -5,11 +5,19 @@ quantised image bytes (``round(x * 255)``), its shape, the prompt and a seed. Th
 always gets the same score, but nearby images get unrelated scores, so there is nothing a
 policy can learn from it: fine-tuning on ``random`` measures pure drift (how far an algorithm
 moves the model and how much its reported reward rises by chance alone).
+
+``random_direction`` is its differentiable twin, the control for reward-backprop algorithms
+(which need a reward gradient, so cannot train on ``random``): r(x, c) = ⟨u, 2x − 1⟩ / √(3HW), with
+u ~ N(0, I) drawn from a generator seeded by the same hash of (quantised image, prompt, seed). Its
+gradient 2u/√(3HW) is a fixed pseudo-random direction per (image, prompt), unrelated between
+images, so the expected gradient is zero: the same back-propagation and optimiser steps as a real
+reward, with nothing consistent to learn (values ≈ N(0, mean of (2x − 1)²)).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Sequence
 
 import torch
@@ -44,3 +52,19 @@ class RandomReward(Reward):
         u8 = to_uint8(images).cpu().contiguous()
         vals = [hash_score(u8[i].numpy().tobytes(), tuple(u8[i].shape), prompts[i], self.seed) for i in range(u8.shape[0])]
         return torch.tensor(vals, dtype=torch.float32, device=images.device)
+
+
+@register_reward("random_direction", "control for reward backprop: a pseudo-random linear score per (image, prompt); differentiable, no learnable signal")
+class RandomDirectionReward(RandomReward):
+    """⟨u, 2x − 1⟩ / √(3HW) with a direction u seeded per (image, prompt); training on it measures the drift of gradient methods."""
+
+    supports_grad = True
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        u8 = to_uint8(images).cpu().contiguous()
+        out = []
+        for i in range(u8.shape[0]):
+            seed = int(hash_score(u8[i].numpy().tobytes(), tuple(u8[i].shape), prompts[i], self.seed) * 2.0**53)
+            u = torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(seed)).to(images.device)
+            out.append((u * (2 * images[i] - 1)).sum() / math.sqrt(u.numel()))
+        return torch.stack(out)

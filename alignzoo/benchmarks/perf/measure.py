@@ -84,6 +84,8 @@ class PerfRun:
         from alignzoo.algos.base import get_algorithm, list_algorithms
 
         names = list(self.cfg.algos) if self.cfg.algos else [a for a in list_algorithms() if self.kind in get_algorithm(a).model_kinds]
+        if not self.cfg.algos and not self.reward.supports_grad:  # reward backprop needs a differentiable reward
+            names = [a for a in names if not get_algorithm(a).needs_reward_grad]
         for a in names:
             cls = get_algorithm(a)
             if self.kind not in cls.model_kinds:
@@ -128,7 +130,8 @@ class PerfRun:
             log_first_step_reward=self.cfg.log_first_step_reward,
             max_transitions_per_forward=self.cfg.max_transitions_per_forward,
         )
-        trainer = Trainer(tcfg, acfg, accelerator=self.accelerator, model=model if model is not None else self.model(), reward=self.reward)
+        reward = None if cls.needs_reward_grad else self.reward  # None: the trainer builds it differentiable
+        trainer = Trainer(tcfg, acfg, accelerator=self.accelerator, model=model if model is not None else self.model(), reward=reward)
         trainer.model.enable_fast_paths(channels_last=self.cfg.channels_last, compile=self.cfg.compile, gradient_checkpointing=self.cfg.grad_checkpointing)
         return trainer
 
