@@ -239,6 +239,7 @@ class Algorithm:
     Config: ClassVar[type] = AlgoConfig
     group_sizes: ClassVar[tuple[int, ...] | None] = None  # the G the math allows (None: any G >= 1)
     needs_reference: ClassVar[bool] = False  # wants log-probs under the pretrained model
+    needs_log_probs: ClassVar[bool] = True  # trains on per-step log-probs: a DDIM model must sample with eta > 0
     model_kinds: ClassVar[tuple[str, ...]] = ("sd", "lcm")
 
     world_size: int = 1  # processes that share each update (set by split_over)
@@ -331,13 +332,12 @@ class Algorithm:
 
     # -- optional hooks (algorithms that are not per-step policy gradients, e.g. LaSRO) ------
     def setup(self, ctx) -> None:
-        """Called once the trainer has its model, reward and optimiser (before resuming), with
-        the :class:`~alignzoo.algos.context.TrainerContext`."""
+        """Called once the trainer has its model, reward and optimiser (before resuming), with the :class:`~alignzoo.algos.context.TrainerContext`."""
 
+    sampling_policy = None  # optionally ``sampling_policy(ctx)``: a context the rollout is sampled in (DiffusionNFT: its old policy)
     update_epoch = None
-    """Optionally a method ``update_epoch(ctx, rollout) -> dict`` that replaces the
-    advantages/plan/loss loop for the epoch, working through the
-    :class:`~alignzoo.algos.context.TrainerContext` ``ctx`` only (``ctx.optimizer_step()``)."""
+    """Optionally a method ``update_epoch(ctx, rollout) -> dict`` that replaces the advantages/plan/loss loop for the epoch,
+    working through the :class:`~alignzoo.algos.context.TrainerContext` ``ctx`` only (``ctx.optimizer_step()``)."""
 
     def state_dict(self) -> dict:
         """Extra state to checkpoint (e.g. a surrogate model and its replay buffer)."""
