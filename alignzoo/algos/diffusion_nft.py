@@ -286,7 +286,7 @@ class DiffusionNFT(Algorithm):
         sums: dict[str, float] = {}
         for part in torch.arange(rows.shape[0]).split(ctx.max_rows_per_forward):
             loss, info = self.rows_loss(ctx, traj, rows[part], cols[part], r)
-            (loss.sum() / rows.shape[0]).backward()
+            ctx.backward(loss.sum() / rows.shape[0])
             for k, v in {"loss": loss, **info}.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach().sum())
         grad_norm = ctx.optimizer_step()
