@@ -45,7 +45,7 @@ def _entries(suite, reward, algorithms, sections=True):
 
 
 def _train_only(suite, algo):
-    from alignzoo.algos.base import config_from_strings
+    from alignzoo.algos.config_strings import config_from_strings
 
     cls = get_algorithm(algo)
     return config_from_strings(cls.Config, cls.Config(), suite.train)

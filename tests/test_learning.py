@@ -41,6 +41,7 @@ CASES = [
     ("rlcm-rebel", "tiny-lcm-v2", TP),
     ("sdpo", "tiny-lcm-v2", TP),
     ("reward-backprop", "tiny-sd-v2", TP),
+    ("diffusion-nft", "tiny-sd-v2", TP),
 ]
 SUITE_OF = {"tiny-sd-v2": "quick", "tiny-lcm-v2": "tiny-lcm"}
 BUDGET = 384  # generated images per training run (6 epochs of 64)

@@ -51,7 +51,8 @@ def old_pair_order() -> None:
 def run(out: Path, only: list[str]) -> None:
     import torch
 
-    from alignzoo.algos.base import config_from_strings, get_algorithm
+    from alignzoo.algos.base import get_algorithm
+    from alignzoo.algos.config_strings import config_from_strings
     from alignzoo.algos.trainer import TrainConfig, Trainer
 
     torch.set_num_threads(1)

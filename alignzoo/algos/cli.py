@@ -34,7 +34,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from alignzoo.algos.base import config_from_strings, get_algorithm, load_plugin, parse_assignments
+    from alignzoo.algos.base import get_algorithm, load_plugin
+    from alignzoo.algos.config_strings import config_from_strings, parse_assignments
     from alignzoo.algos.trainer import TrainConfig, Trainer
 
     for plugin in args.plugin or []:

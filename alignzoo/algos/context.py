@@ -55,6 +55,11 @@ class TrainerContext:
     def world(self) -> int:
         return self._trainer.world
 
+    @property
+    def max_rows_per_forward(self) -> int:
+        """The most UNet rows one forward should hold (TrainConfig.max_transitions_per_forward)."""
+        return int(self._trainer.config.max_transitions_per_forward)
+
     def autocast(self):
         return self._trainer.accelerator.autocast()
 

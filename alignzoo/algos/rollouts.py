@@ -7,6 +7,7 @@ epoch records' ``samples``, ``vae_decodes`` and ``reward_queries`` cover trainin
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -53,12 +54,14 @@ class Rollout:
 
 
 def rollout(trainer) -> Trajectory:
-    """This process's share of the epoch's trajectories under the current (= old) policy, no grad:
+    """This process's share of the epoch's trajectories under the sampling policy (the current one
+    unless the algorithm's ``sampling_policy`` says otherwise), no grad:
     prompts from the shared generator (the same draw on every process), split by rank, each
     sampled ``group_size`` times (rows prompt-major)."""
     prompts = trainer.context.draw_prompts(trainer.prompts_per_process)
     c = trainer.algo.config
-    with torch.no_grad(), trainer.accelerator.autocast():
+    policy = trainer.algo.sampling_policy(trainer.context) if trainer.algo.sampling_policy else contextlib.nullcontext()
+    with torch.no_grad(), trainer.accelerator.autocast(), policy:
         traj = sample_groups(trainer.model, prompts, c.group_size, trainer.num_steps, c.eta, trainer.noise_gen, shared_noise=c.shared_noise)
     trainer.count(samples=traj.batch_size, unet=traj.batch_size * traj.num_steps, phase="sampling")
     return traj

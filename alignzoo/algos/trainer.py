@@ -134,7 +134,7 @@ class Trainer:
             raise ValueError(f"algorithm {config.algo!r} runs on {'/'.join(self.algo.model_kinds)} models; {config.model!r} is a {model.kind} model")
         self.num_steps = int(acfg.num_steps or model.spec.train_steps)
         if model.kind == "sd" and acfg.eta <= 0 and self.algo.needs_log_probs:
-            raise ValueError("training needs a stochastic policy: set eta > 0 (DDIM with eta = 0 has no log-probability)")
+            raise ValueError(f"{config.algo} trains on log-probs, so it needs a stochastic policy: set eta > 0 (DDIM with eta = 0 has no log-probability)")
         if model.lora_config is None:
             model.add_lora(rank=acfg.lora_rank, alpha=acfg.lora_alpha, target_modules=acfg.lora_targets, seed=config.seed)
         # the LoRA parameters, listed once: walking the UNet's named_parameters() at every update

@@ -98,7 +98,7 @@ class Suite:
         """The algorithm's Config with the suite's [train], [algo.<name>] and
         [algo_reward.<name>.<reward>] overrides applied, in that order."""
         from alignzoo.algos import get_algorithm
-        from alignzoo.algos.base import config_from_strings
+        from alignzoo.algos.config_strings import config_from_strings
         from alignzoo.algos.validation import validate_algo_config
 
         cls = get_algorithm(algo)

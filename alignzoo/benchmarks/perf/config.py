@@ -79,7 +79,7 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args) -> PerfConfig:
-    from alignzoo.algos.base import parse_assignments
+    from alignzoo.algos.config_strings import parse_assignments
 
     ablate = [a.strip() for a in (args.ablate or "").split(",") if a.strip()]
     for a in ablate:
@@ -134,7 +134,7 @@ def algo_config(algo_cls, cfg: PerfConfig, extra: dict | None = None):
     """The algorithm's default config with the benchmark's settings and overrides applied; an
     ``algo.key`` override that names no field of the algorithm is an error, as with ``alignzoo
     train --set``."""
-    from alignzoo.algos.base import config_from_strings
+    from alignzoo.algos.config_strings import config_from_strings
 
     assignments: dict = {"samples_per_epoch": cfg.batch}
     if cfg.steps is not None:
