@@ -100,6 +100,42 @@ def format_rows(results: dict, per_prompt: int) -> str:
     return "\n".join(lines)
 
 
+# Issue 13's bands for the base models (item 4): a teacher like SD-class models (good at single
+# objects, weak at position and colour attribution, mid-range overall at 4-16 steps) and a
+# distilled turbo model whose 1-step sample keeps most of its 4-step score.
+TEACHER_STEPS = (4, 8, 16)
+TEACHER_OVERALL = (0.35, 0.60)
+TEACHER_SINGLE_MIN = 0.75
+TEACHER_WEAK_MAX = 0.40  # position and colour attribution
+TURBO_ONE_STEP_RATIO = 0.8
+
+
+def band_checks(results: dict) -> list[tuple[str, float, str, bool]]:
+    """(what, measured, band, inside) for every band the evaluated models and steps allow."""
+    checks = []
+    sd = {int(n): row for n, row in results.get("tiny-sd-v2", {}).items()}
+    lo, hi = TEACHER_OVERALL
+    for n in sorted(set(sd) & set(TEACHER_STEPS)):
+        row = sd[n]
+        checks.append((f"tiny-sd-v2 overall, {n} steps", row["overall"], f"[{lo}, {hi}]", lo <= row["overall"] <= hi))
+        checks.append((f"tiny-sd-v2 single_object, {n} steps", row["single_object"], f">= {TEACHER_SINGLE_MIN}", row["single_object"] >= TEACHER_SINGLE_MIN))
+        for cat in ("position", "color_attr"):
+            checks.append((f"tiny-sd-v2 {cat}, {n} steps", row[cat], f"<= {TEACHER_WEAK_MAX}", row[cat] <= TEACHER_WEAK_MAX))
+    turbo = {int(n): row for n, row in results.get("tiny-turbo", {}).items()}
+    if 1 in turbo and 4 in turbo:
+        ratio = turbo[1]["overall"] / max(turbo[4]["overall"], 1e-9)
+        checks.append(("tiny-turbo overall, 1 step / 4 steps", round(ratio, 3), f">= {TURBO_ONE_STEP_RATIO}", ratio >= TURBO_ONE_STEP_RATIO))
+    return checks
+
+
+def format_bands(checks: list[tuple[str, float, str, bool]]) -> str:
+    if not checks:
+        return "(no band applies to the models and step counts evaluated: tiny-sd-v2 at 4/8/16 steps, tiny-turbo at 1 and 4)"
+    lines = ["| band (issue 13) | measured | band | inside |", "|---|---|---|---|"]
+    lines += [f"| {what} | {value:.3f} | {band} | {'yes' if ok else 'NO'} |" for what, value, band, ok in checks]
+    return "\n".join(lines)
+
+
 def main(weights: Path, models: Sequence[str] = tuple(MODELS), steps: Sequence[int] = (1, 2, 4, 8, 16), per_prompt: int = 4, seed: int = 0) -> dict:
     results = {m: evaluate_model(m, weights, steps, per_prompt, seed) for m in models}
     print(
@@ -107,4 +143,6 @@ def main(weights: Path, models: Sequence[str] = tuple(MODELS), steps: Sequence[i
         f"(seed {seed}); overall = mean over categories"
     )
     print(format_rows(results, per_prompt))
+    checks = band_checks(results)
+    print(f"\n{format_bands(checks)}\n{sum(ok for *_, ok in checks)} of {len(checks)} bands hold")
     return results
