@@ -28,11 +28,12 @@ import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from alignzoo.algos.config_strings import config_from_strings, parse_assignments  # noqa: F401  (public here)
 from alignzoo.registry import Registry
 
 ALGORITHMS: Registry = Registry("algorithm")
@@ -136,58 +137,6 @@ class AlgoConfig:
         return dataclasses.replace(self, **kw)
 
 
-def parse_assignments(items: list[str] | None, flag: str = "--set") -> dict[str, str]:
-    """``["key=value", ...]`` (the ``--set`` / ``--reward-arg`` flags) → ``{key: value}`` strings."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"{flag} expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def config_from_strings(config_cls, base, assignments: dict[str, str]):
-    """Applies ``--set key=value`` strings to a config, converting to each field's type."""
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    kw = {}
-    for key, text in assignments.items():
-        if key not in fields:
-            raise ValueError(f"unknown config key {key!r} for {config_cls.__name__}; known keys: {', '.join(sorted(fields))}")
-        current = getattr(base, key)
-        kw[key] = _convert(text, current, key)
-    return dataclasses.replace(base, **kw)
-
-
-def _convert(text: Any, current: Any, key: str):
-    if not isinstance(text, str):
-        return text
-    low = text.strip().lower()
-    if low in ("none", "null"):
-        return None
-    try:
-        if isinstance(current, bool):
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return low in ("true", "1", "yes")
-        if isinstance(current, int) and not isinstance(current, bool):
-            return int(text)
-        if isinstance(current, float):
-            return float(text)
-        if isinstance(current, (tuple, list)):
-            return tuple(s.strip() for s in text.split(",") if s.strip())
-        if current is None:
-            for conv in (int, float):
-                try:
-                    return conv(text)
-                except ValueError:
-                    pass
-            return text
-    except ValueError:
-        raise ValueError(f"config key {key!r}: cannot read {text!r} as {type(current).__name__}") from None
-    return text
-
-
 @dataclass
 class Items:
     """M loss items over groups: ``rows`` and ``steps`` are (M, G, K) long tensors. Item m reads,
@@ -229,6 +178,7 @@ class EpochData:
 
     advantages: torch.Tensor  # (B, T) per (trajectory, step)
     ref_log_probs: torch.Tensor | None = None  # (B, T) under the reference policy, if needed
+    ref_means: torch.Tensor | None = None  # (B, T, C, h, w) step means μ_ref, if needed (needs_reference and needs_means)
     extra: dict = field(default_factory=dict)
 
 
@@ -239,6 +189,10 @@ class Algorithm:
     Config: ClassVar[type] = AlgoConfig
     group_sizes: ClassVar[tuple[int, ...] | None] = None  # the G the math allows (None: any G >= 1)
     needs_reference: ClassVar[bool] = False  # wants log-probs under the pretrained model
+    # loss() also receives new_means=(M, G, K, C, h, w), the current policy's step means μ_θ (with
+    # grad); the rollout keeps the sampling policy's (Trajectory.means), and with needs_reference
+    # the trainer adds the pretrained model's (EpochData.ref_means)
+    needs_means: ClassVar[bool] = False
     model_kinds: ClassVar[tuple[str, ...]] = ("sd", "lcm")
 
     world_size: int = 1  # processes that share each update (set by split_over)
@@ -310,6 +264,11 @@ class Algorithm:
                 f"over {world_size} process(es): make it a multiple of {unit * world_size}"
             )
         return n // world_size
+
+    def sampling_eta(self, num_steps: int) -> float | list[float]:
+        """DDIM η of this epoch's rollout: ``config.eta`` at every step, or a list of T values
+        (MixGRPO: η = 0 outside its SDE window). The LCM kernel has no η."""
+        return self.config.eta
 
     def query_steps(self, traj, generator: np.random.Generator) -> torch.Tensor:
         """(B, Q) sampling-order steps whose x̂0 is decoded and scored. Default: the sample."""
