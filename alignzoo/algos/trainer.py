@@ -231,6 +231,7 @@ class Trainer:
             "reward_std": float(np.nanstd(final_all.numpy())),
             "reward_1step_mean": float(np.nanmean(first_all.numpy())) if not torch.isnan(first_all).all() else None,
             "reward_1step_std": float(np.nanstd(first_all.numpy())) if not torch.isnan(first_all).all() else None,
+            **rollouts.component_means(self, scored),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             **{k: float(np.mean(v)) for k, v in stats.items()},
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.totals.items()},

@@ -72,9 +72,10 @@ class BenchmarkRunner:
     def rewards(self) -> dict:
         if self._rewards is None:
             from alignzoo.rewards import get_reward
+            from alignzoo.rewards.combined import component_kwargs
 
             names = list(dict.fromkeys(self.suite.rewards + self.suite.eval.rewards))  # trained, then evaluation-only
-            self._rewards = {r: get_reward(r, device=self.device, **self.suite.reward_args.get(r, {})).to(self.device) for r in names}
+            self._rewards = {r: get_reward(r, device=self.device, **component_kwargs(r, self.suite.reward_args)).to(self.device) for r in names}
         return self._rewards
 
     def load_model(self):
@@ -216,6 +217,7 @@ class BenchmarkRunner:
 
     def run_cell(self, algo: str, reward: str, seed: int, baseline: dict) -> Path:
         from alignzoo.algos.trainer import TrainConfig, Trainer
+        from alignzoo.rewards.combined import component_kwargs
 
         d = self.dir / cell_name(algo, reward, seed)
         if (d / "DONE").exists():
@@ -230,7 +232,7 @@ class BenchmarkRunner:
             samples=self.suite.samples,
             seed=seed,
             prompts=self.suite.train_prompts,
-            reward_kwargs=self.suite.reward_args.get(reward, {}),
+            reward_kwargs=component_kwargs(reward, self.suite.reward_args),
             progress=self.progress,
             cpu=self.device == "cpu",
         )

@@ -6,7 +6,7 @@ user's own file works too. Schema (every key optional except model, algorithms, 
     name = "quick"                    description = "..."
     model = "tiny-sd"                 model_path = "/local/folder"      # optional
     lcm_schedule = "rlcm"             # LCM timesteps, "diffusers" (default) or "rlcm": becomes model = "NAME@rlcm"
-    algorithms = ["ddpo", "sdpo"]     rewards = ["tiny_alignment"]
+    algorithms = ["ddpo", "sdpo"]     rewards = ["tiny_alignment"]     # or a weighted sum: "a+b@0.5"
     seeds = [0]                       samples = 512                     # budget per cell (images)
     eval_interval = 256               train_prompts = "seen"
     gpus_per_cell = 0                 # GPUs a cell asks for under --executor ray (may be fractional)
@@ -226,6 +226,23 @@ def _check_names(kind: str, names, known, suite: str):
             raise ValueError(f"suite {suite!r}: unknown {kind} {n!r}; known {kind}s: {', '.join(sorted(known))}")
 
 
+def _check_rewards(specs, known, suite: str) -> list[str]:
+    """Checks reward names and weighted combinations (``a+b@0.5``); returns every reward they name."""
+    from alignzoo.rewards.combined import is_combination, parse_combination
+
+    names = []
+    for spec in specs:
+        if not is_combination(spec):
+            _check_names("reward", [spec], known, suite)
+            names.append(spec)
+            continue
+        try:
+            names += [n for n, _ in parse_combination(spec)]
+        except ValueError as err:
+            raise ValueError(f"suite {suite!r}: {err}") from None
+    return names
+
+
 def parse_suite(data: dict, source: str | None = None) -> Suite:
     """A suite from its TOML data, every name, key and number checked now (not hours into a run)."""
     name = data.get("name") or (Path(source).stem if source else "suite")
@@ -282,10 +299,9 @@ def _validate(suite: Suite) -> None:
     except ValueError as err:
         raise ValueError(f"suite {name!r}: {err}") from None
     _check_names("algorithm", suite.algorithms, list_algorithms(), name)
-    _check_names("reward", suite.rewards, list_rewards(), name)
-    _check_names("reward", suite.eval.rewards, list_rewards(), name)
+    components = _check_rewards(suite.rewards + suite.eval.rewards, list_rewards(), name)
     _check_names("algorithm", suite.algo, suite.algorithms, name)
-    _check_names("reward", suite.reward_args, suite.rewards + suite.eval.rewards, name)
+    _check_names("reward", suite.reward_args, components, name)
     for r, kwargs in suite.reward_args.items():  # a typo fails now, not as a TypeError when the reward is built
         try:
             check_reward_kwargs(r, kwargs)
