@@ -287,3 +287,27 @@ def test_shared_noise_starts_a_group_from_one_x_T(shared, tiny_random_folders, p
     groups = torch.arange(8) // 4
     # DanceGRPO: the 4 images of a prompt share x_T, two groups never; Flow-GRPO's default: no two alike
     assert torch.equal(same, groups[:, None] == groups[None] if shared else torch.eye(8, dtype=torch.bool))
+
+
+def test_a_resumed_run_continues_the_window_where_it_was(tiny_random_folders, prompt_file, tmp_path):
+    from alignzoo.algos.trainer import TrainConfig, Trainer
+
+    cfg = GRPO.Config(num_steps=3, samples_per_epoch=8, group_size=4, train_batch_size=4, sde_window=1, sde_window_every=1)
+
+    def trainer(samples):
+        tc = TrainConfig(
+            algo="grpo",
+            reward="jpeg_compressibility",
+            model=str(tiny_random_folders["sd"]),
+            prompts=str(prompt_file),
+            out=str(tmp_path),
+            samples=samples,
+            progress=False,
+        )
+        return Trainer(tc, cfg)
+
+    first = trainer(8)
+    assert first.algo.window(3) == [0] and first.algo.sampling_eta(3) == [1.0, 0.0, 0.0]
+    first.train()
+    resumed = trainer(16)  # picks up the checkpoint of epoch 1
+    assert resumed.resumed_from is not None and resumed.algo.window(3) == [1] and resumed.algo.sampling_eta(3) == [0.0, 1.0, 0.0]
