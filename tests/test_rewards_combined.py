@@ -51,3 +51,20 @@ def test_bad_combinations_say_what_is_wrong(spec, message):
 def test_a_non_differentiable_part_makes_the_sum_non_differentiable():
     with pytest.raises(ValueError, match="reward 'random' is not differentiable"):
         get_reward("random+jpeg_compressibility", differentiable=True)
+
+
+@pytest.mark.parametrize("algo", ["ddpo", "sdpo"])
+def test_train_cli_on_two_weighted_rewards(algo, tiny_random_folders, prompt_file, tmp_path):
+    """Any algorithm taking scalar rewards trains on the weighted sum; the log adds each reward's mean."""
+    import json
+
+    from alignzoo.cli import main as cli_main
+
+    out = tmp_path / algo
+    args = ["train", "--algo", algo, "--model", str(tiny_random_folders["sd"]), "--prompts", str(prompt_file), "--out", str(out), "--no-progress"]
+    args += ["--reward", "jpeg_compressibility", "--reward", "random", "--reward-weights", "2,0.5", "--reward-arg", "random.seed=3"]
+    args += ["--samples", "4", "--set", "num_steps=3", "--set", "samples_per_epoch=4", "--set", "train_batch_size=2"]
+    assert cli_main(args) == 0
+    rec = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["reward_mean"] == pytest.approx(2 * rec["reward_mean[jpeg_compressibility]"] + 0.5 * rec["reward_mean[random]"], abs=1e-4)
+    assert 0 <= rec["reward_mean[random]"] < 1 and rec["reward_queries"] == (12 if algo == "sdpo" else 8)  # one query per scored image
