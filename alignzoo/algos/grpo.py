@@ -177,7 +177,7 @@ def window_start(epoch: int, trainable: int, size: int, stride: int | None, ever
 class GRPO(Algorithm):
     Config = GRPOConfig
     card = AlgoCard(
-        objective="PPO-clipped per-step ratios, group-normalised final reward; options: KL to the pretrained model, SDE window, noise weights, DPPO mask",
+        objective="PPO clip on per-step ratios, group-normalised final reward; optional mean-space KL, SDE window, noise weights, DPPO mask",
         reward="scalar, or several (weighted sum, or GDPO)",
         needs="log-probs (+ reference if kl_beta > 0)",
         paper="Liu et al. 2025, arXiv 2505.05470 (Flow-GRPO); Xue et al. 2025, arXiv 2505.07818 (DanceGRPO)",
