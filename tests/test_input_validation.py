@@ -29,6 +29,26 @@ from helpers import train_args
         (["--reward-arg", "bogus=1"], "reward 'jpeg_compressibility' does not take 'bogus'; its arguments: differentiable, quality"),
         (["--reward-arg", "device=cpu"], "reward 'jpeg_compressibility' does not take 'device'"),
         (["--reward-arg", "quality"], "--reward-arg expects key=value, got 'quality'"),
+        # several rewards (the base command's --reward jpeg_compressibility is the first)
+        (
+            ["--reward", "random", "--reward-weights", "1"],
+            "--reward-weights gives 1 weight(s) for 2 reward(s) (jpeg_compressibility, random): give one weight per --reward",
+        ),
+        (["--reward", "rnadom"], "unknown reward 'rnadom'. Did you mean 'random'?"),
+        (["--reward", "random", "--reward-weights", "1,0"], "reward weight of 'random' must be a finite number > 0, got 0.0; leave a reward out to drop it"),
+        (["--reward", "random", "--reward-weights", "1,-0.5"], "reward weight of 'random' must be a finite number > 0, got -0.5"),
+        (["--reward", "random", "--reward-weights", "1,inf"], "reward weight of 'random' must be a finite number > 0, got inf"),
+        (["--reward", "random", "--reward-weights", "1,half"], "--reward-weights expects comma-separated numbers, e.g. 1,0.5; got '1,half'"),
+        (["--reward", "jpeg_compressibility"], "reward combination 'jpeg_compressibility+jpeg_compressibility' names a reward twice"),
+        (
+            ["--reward", "random", "--reward-arg", "quality=50"],
+            "--reward-arg quality=50: with several rewards, name the one it is for: --reward-arg REWARD.quality=50",
+        ),
+        (
+            ["--reward", "random", "--reward-arg", "aesthetic.seed=1"],
+            "reward arguments for 'aesthetic', which is not one of the rewards of 'jpeg_compressibility+random' (jpeg_compressibility, random)",
+        ),
+        (["--reward", "random", "--reward-arg", "random.colour=1"], "reward 'random' does not take 'colour'; its arguments: differentiable, seed"),
     ],
 )
 def test_train_rejects_bad_input_with_one_line(extra, message, tiny_random_folders, prompt_file, tmp_path, capsys):
@@ -63,6 +83,16 @@ SUITE = {"model": "tiny-sd", "algorithms": ["ddpo", "sdpo"], "rewards": ["jpeg_c
         ({"samples": 0}, "suite 't': samples must be >= 1, got 0"),
         ({"seeds": [0, -1]}, "suite 't': seeds must be a non-empty list of integers >= 0, got [0, -1]"),
         ({"eval": {"images_per_prompt": 0}}, "suite 't': eval.images_per_prompt must be >= 1, got 0"),
+        ({"rewards": ["jpeg_compressibility+random@0"]}, "suite 't': reward weight of 'random' must be a finite number > 0, got 0.0"),
+        (
+            {"rewards": ["jpeg_compressibility+random@x"]},
+            "suite 't': reward combination 'jpeg_compressibility+random@x': the weight of 'random' is 'x', not a number",
+        ),
+        ({"rewards": ["jpeg_compressibility+rnadom"]}, "unknown reward 'rnadom'. Did you mean 'random'?"),
+        (
+            {"rewards": ["jpeg_compressibility+random"], "reward_args": {"aesthetic": {}}},
+            "suite 't': unknown reward 'aesthetic'; known rewards: jpeg_compressibility, random",
+        ),
     ],
 )
 def test_suites_reject_bad_values_when_loaded(extra, message):
@@ -72,6 +102,18 @@ def test_suites_reject_bad_values_when_loaded(extra, message):
     with pytest.raises(ValueError) as err:
         parse_suite({**SUITE, "name": "t", **extra})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_suite_may_train_on_a_weighted_sum_of_rewards():
+    suite = parse_suite({**SUITE, "name": "t", "rewards": ["jpeg_compressibility", "jpeg_compressibility+random@0.5"], "reward_args": {"random": {"seed": 3}}})
+    assert suite.cells()[1] == ("ddpo", "jpeg_compressibility+random@0.5", 0)
+    from alignzoo.rewards.combined import component_kwargs
+    from alignzoo.runlog import cell_name, parse_cell_name
+
+    name = cell_name("ddpo", "jpeg_compressibility+random@0.5", 0)
+    assert name == "ddpo__jpeg_compressibility+random@0.5__seed0" and parse_cell_name(name) == ("ddpo", "jpeg_compressibility+random@0.5", 0)
+    assert component_kwargs("jpeg_compressibility+random@0.5", suite.reward_args) == {"random": {"seed": 3}}
+    assert component_kwargs("random", suite.reward_args) == {"seed": 3} and component_kwargs("jpeg_compressibility", suite.reward_args) == {}
 
 
 def test_bench_cli_reports_a_bad_suite_in_one_line(tmp_path, capsys):

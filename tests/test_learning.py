@@ -37,11 +37,13 @@ CASES = [
     ("rebel", "tiny-sd-v2", TP),
     ("d3po", "tiny-sd-v2", TP),
     ("sdpo", "tiny-sd-v2", TP),
+    ("grpo", "tiny-sd-v2", TP),
     ("rlcm-ddpo", "tiny-lcm-v2", TP),
     ("rlcm-rebel", "tiny-lcm-v2", TP),
     ("sdpo", "tiny-lcm-v2", TP),
     ("reward-backprop", "tiny-sd-v2", TP),
     ("diffusion-nft", "tiny-sd-v2", TP),
+    ("grpo", "tiny-lcm-v2", TP),
 ]
 SUITE_OF = {"tiny-sd-v2": "quick", "tiny-lcm-v2": "tiny-lcm"}
 BUDGET = 384  # generated images per training run (6 epochs of 64)

@@ -309,13 +309,16 @@ def test_config_errors_name_the_setting():
 
 def test_random_direction_control_has_a_gradient_but_no_direction():
     r = get_reward("random_direction", differentiable=True)
-    x = torch.rand(64, 3, 8, 8, requires_grad=True)
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)).requires_grad_()
     v = r(x, ["a red cat"] * 64)
     assert torch.equal(v.detach(), r(x.detach(), ["a red cat"] * 64)) and not torch.equal(v.detach(), r(x.detach(), ["two dogs"] * 64))
     v.sum().backward()
     g = x.grad.flatten(1)
     cos = torch.nn.functional.cosine_similarity(g[:, None], g[None], dim=-1)
-    assert cos.diag().allclose(torch.ones(64)) and float((cos - torch.eye(64)).abs().max()) < 0.3  # unrelated directions per image
+    # unrelated directions per image: independent directions in D = 3,072 dimensions have cosines of
+    # SD 1/√D ≈ 0.018, so the largest of the 2,016 pairs stays below ~0.08; a shared direction gives 1
+    off = (cos - torch.eye(64)).abs()
+    assert cos.diag().allclose(torch.ones(64)) and float(off.max()) < 0.15
 
 
 # ----------------------------------------------------------------------------- trainer-level (tiny random pipelines)

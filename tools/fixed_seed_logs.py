@@ -30,20 +30,20 @@ def old_pair_order() -> None:
 
     groups = rollouts.sample_groups
 
-    def drawn_as_before(model, prompts, group_size, num_steps, eta=1.0, generator=None, shared_noise=True):
+    def drawn_as_before(model, prompts, group_size, num_steps, eta=1.0, generator=None, shared_noise=True, keep_means=False):
         if group_size != 2:
-            return groups(model, prompts, group_size, num_steps, eta, generator, shared_noise=shared_noise)
+            return groups(model, prompts, group_size, num_steps, eta, generator, shared_noise=shared_noise, keep_means=keep_means)
         prompts, p = list(prompts), len(prompts)
         init = None
         if shared_noise:
             x = model.init_noise(p, generator)
             init = torch.cat([x, x])
-        t = sample(model, prompts + prompts, num_steps, eta, generator, init_noise=init)
+        t = sample(model, prompts + prompts, num_steps, eta, generator, init_noise=init, keep_means=keep_means)
         perm = torch.stack([torch.arange(p), torch.arange(p) + p], 1).reshape(-1)
         pick = lambda v: None if v is None else v[perm.to(v.device)]  # noqa: E731
         return Trajectory(prompts=[t.prompts[i] for i in perm.tolist()], prompt_embeds=pick(t.prompt_embeds), neg_embeds=pick(t.neg_embeds),
                           timesteps=t.timesteps, prev_timesteps=t.prev_timesteps, latents=pick(t.latents), pred_x0=pick(t.pred_x0),
-                          log_probs=pick(t.log_probs), eta=t.eta, kernel=t.kernel)  # fmt: skip
+                          log_probs=pick(t.log_probs), eta=t.eta, kernel=t.kernel, step_etas=t.step_etas, stds=t.stds, means=pick(t.means))  # fmt: skip
 
     rollouts.sample_groups = drawn_as_before
 

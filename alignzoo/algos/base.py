@@ -33,6 +33,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from alignzoo.algos.config_strings import config_from_strings, parse_assignments  # noqa: F401  (public here)
 from alignzoo.registry import Registry
 
 ALGORITHMS: Registry = Registry("algorithm")
@@ -177,6 +178,7 @@ class EpochData:
 
     advantages: torch.Tensor  # (B, T) per (trajectory, step)
     ref_log_probs: torch.Tensor | None = None  # (B, T) under the reference policy, if needed
+    ref_means: torch.Tensor | None = None  # (B, T, C, h, w) step means μ_ref, if needed (needs_reference and needs_means)
     extra: dict = field(default_factory=dict)
 
 
@@ -189,6 +191,10 @@ class Algorithm:
     needs_reference: ClassVar[bool] = False  # wants log-probs under the pretrained model
     needs_log_probs: ClassVar[bool] = True  # trains on transition log-probs, so DDIM needs eta > 0 (False: eta = 0 allowed)
     needs_reward_grad: ClassVar[bool] = False  # back-propagates the reward: the trainer builds it differentiable
+    # loss() also receives new_means=(M, G, K, C, h, w), the current policy's step means μ_θ (with
+    # grad); the rollout keeps the sampling policy's (Trajectory.means), and with needs_reference
+    # the trainer adds the pretrained model's (EpochData.ref_means)
+    needs_means: ClassVar[bool] = False
     model_kinds: ClassVar[tuple[str, ...]] = ("sd", "lcm")
 
     world_size: int = 1  # processes that share each update (set by split_over)
@@ -260,6 +266,11 @@ class Algorithm:
                 f"over {world_size} process(es): make it a multiple of {unit * world_size}"
             )
         return n // world_size
+
+    def sampling_eta(self, num_steps: int) -> float | list[float]:
+        """DDIM η of this epoch's rollout: ``config.eta`` at every step, or a list of T values
+        (MixGRPO: η = 0 outside its SDE window). The LCM kernel has no η."""
+        return self.config.eta
 
     def query_steps(self, traj, generator: np.random.Generator) -> torch.Tensor:
         """(B, Q) sampling-order steps whose x̂0 is decoded and scored. Default: the sample."""

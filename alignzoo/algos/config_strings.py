@@ -1,4 +1,4 @@
-"""``--set key=value`` strings (the CLI's, a suite's and perf's) → typed config fields."""
+"""``--set key=value`` strings → config fields: the one parser the CLI, the suites and perf share."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ from alignzoo.algos.context import TrainerContext
 from alignzoo.algos.optim import make_optimizer
 from alignzoo.algos.stat_tracking import StatTracker
 from alignzoo.algos.timer import NullTimer
-from alignzoo.models.sampling import Trajectory, recompute_log_probs
+from alignzoo.models.sampling import Trajectory, step_moments
 from alignzoo.prompts import get_prompts
 from alignzoo.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
 
@@ -206,8 +206,8 @@ class Trainer:
         else:
             data = self.algo.advantages(scored)
             data.advantages = data.advantages.to(self.device)
-            if self.algo.needs_reference:
-                data.ref_log_probs = self.log_probs_all(traj, reference=True, num_steps=self.algo.action_steps(t))  # only what the losses read
+            if self.algo.needs_reference:  # only what the losses read
+                data.ref_log_probs, data.ref_means = self.log_probs_all(traj, True, self.algo.action_steps(t), means=self.algo.needs_means)
             for _inner in range(acfg.num_inner_epochs):
                 for items in self.algo.plan(b, t, self.shared_rng):
                     info = self.update(traj, items, data)
@@ -233,6 +233,7 @@ class Trainer:
             "reward_std": float(np.nanstd(final_all.numpy())),
             "reward_1step_mean": float(np.nanmean(first_all.numpy())) if not torch.isnan(first_all).all() else None,
             "reward_1step_std": float(np.nanstd(first_all.numpy())) if not torch.isnan(first_all).all() else None,
+            **rollouts.component_means(self, scored),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             **{k: float(np.mean(v)) for k, v in stats.items()},
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.totals.items()},
@@ -242,23 +243,29 @@ class Trainer:
             record["loss"] = float("nan")  # another process's loss was not finite
         return record
 
-    def log_probs_all(self, traj: Trajectory, reference: bool = False, num_steps: int | None = None) -> torch.Tensor:
+    def log_probs_all(self, traj: Trajectory, reference: bool = False, num_steps: int | None = None, means: bool = False):
         """Log-probs of the first ``num_steps`` (default all) stored transitions of every row, no
-        grad, under the pretrained model if asked: (B, T), NaN for the transitions not computed."""
+        grad, under the pretrained model if asked: (B, T), NaN for the transitions not computed
+        (and deterministic ones), and with ``means`` their step means (B, T, C, h, w), else None."""
         b, t = traj.batch_size, traj.num_steps
         n = t if num_steps is None else num_steps
         rows = torch.arange(b).repeat_interleave(n)
         steps = torch.arange(n).repeat(b)
-        out = []
+        out, mus = [], []
         chunk = self.config.max_transitions_per_forward
         with torch.no_grad(), self.accelerator.autocast(), self.model.reference() if reference else contextlib.nullcontext():
             for r, s in zip(rows.split(chunk), steps.split(chunk)):
-                out.append(recompute_log_probs(self.model, traj, s, r).float())
+                lp, mu, _std = step_moments(self.model, traj, s, r)
+                out.append(lp.float())
+                mus.append(mu.float() if means else None)
         self.count(unet=b * n)
         computed = torch.cat(out).view(b, n)
         full = torch.full((b, t), float("nan"), device=computed.device)
         full[:, :n] = computed
-        return full
+        if not means:
+            return full, None
+        mu = torch.cat(mus).view(b, n, *mus[0].shape[1:])
+        return full, torch.cat([mu, torch.full((b, t - n, *mu.shape[2:]), float("nan"), device=mu.device)], 1)
 
     def update(self, traj: Trajectory, items, data) -> dict:
         """One optimiser step on the mean of the algorithm's per-item losses over ``items``."""
@@ -271,12 +278,16 @@ class Trainer:
         for chunk in items.split(per_forward):
             r, s = chunk.rows.reshape(-1), chunk.steps.reshape(-1)
             with self.accelerator.autocast():
-                new = recompute_log_probs(self.model, traj, s, r).float().view(len(chunk), *shape)
+                new, mean, std = step_moments(self.model, traj, s, r)
+            if not bool((std > 0).all()):
+                raise ValueError(f"{self.config.algo}: its plan trains a deterministic step (eta = 0 there), which has no log-probability")
+            new = new.float().view(len(chunk), *shape)
+            extra = {"new_means": mean.float().view(len(chunk), *shape, *mean.shape[1:])} if self.algo.needs_means else {}
             old = traj.log_probs[r, s].float().view(len(chunk), *shape)
             if self._first_ratio is None or first:  # the epoch's first update, before its step (must be ~0)
                 first = True
                 self._first_ratio = max(self._first_ratio or 0.0, float((new.detach() - old).abs().max()))
-            loss_items, info = self.algo.loss(chunk, new, old, data)
+            loss_items, info = self.algo.loss(chunk, new, old, data, **extra)
             self.backward(loss_items.sum() / total)
             loss_sum += float(loss_items.detach().sum())
             kl_sum += float((0.5 * (new.detach() - old) ** 2).flatten(1).mean(1).sum())

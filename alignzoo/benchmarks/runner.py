@@ -72,9 +72,10 @@ class BenchmarkRunner:
     def rewards(self) -> dict:
         if self._rewards is None:
             from alignzoo.rewards import get_reward
+            from alignzoo.rewards.combined import component_kwargs
 
             names = list(dict.fromkeys(self.suite.rewards + self.suite.eval.rewards))  # trained, then evaluation-only
-            self._rewards = {r: get_reward(r, device=self.device, **self.suite.reward_args.get(r, {})).to(self.device) for r in names}
+            self._rewards = {r: get_reward(r, device=self.device, **component_kwargs(r, self.suite.reward_args)).to(self.device) for r in names}
         return self._rewards
 
     def load_model(self):
@@ -214,27 +215,35 @@ class BenchmarkRunner:
         (d / "DONE").write_text("ok")
         return {"scores": out.scores, "thumbnails": thumbs}
 
+    def train_config(self, algo: str, reward: str, seed: int, out: Path):
+        """The cell's TrainConfig: the suite's model, budget and prompts, the cell's algorithm, reward and seed."""
+        from alignzoo.algos.trainer import TrainConfig
+        from alignzoo.rewards.combined import component_kwargs
+
+        suite = self.suite
+        return TrainConfig(
+            algo=algo,
+            reward=reward,
+            model=suite.model,
+            model_path=suite.model_path,
+            out=str(out),
+            samples=suite.samples,
+            seed=seed,
+            prompts=suite.train_prompts,
+            reward_kwargs=component_kwargs(reward, suite.reward_args),
+            progress=self.progress,
+            cpu=self.device == "cpu",
+        )
+
     def run_cell(self, algo: str, reward: str, seed: int, baseline: dict) -> Path:
         from alignzoo.algos import get_algorithm
-        from alignzoo.algos.trainer import TrainConfig, Trainer
+        from alignzoo.algos.trainer import Trainer
 
         d = self.dir / cell_name(algo, reward, seed)
         if (d / "DONE").exists():
             return d
         algo_cfg = self.suite.algo_config(algo, reward)
-        cfg = TrainConfig(
-            algo=algo,
-            reward=reward,
-            model=self.suite.model,
-            model_path=self.suite.model_path,
-            out=str(d),
-            samples=self.suite.samples,
-            seed=seed,
-            prompts=self.suite.train_prompts,
-            reward_kwargs=self.suite.reward_args.get(reward, {}),
-            progress=self.progress,
-            cpu=self.device == "cpu",
-        )
+        cfg = self.train_config(algo, reward, seed, d)
         rewards, own = self.rewards(), get_algorithm(algo).needs_reward_grad  # reward backprop: the trainer builds its own, differentiable
         trainer = Trainer(cfg, algo_cfg, model=self.load_model(), reward=None if own else rewards[reward])
         eval_path = d / "eval.jsonl"

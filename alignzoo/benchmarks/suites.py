@@ -6,7 +6,7 @@ user's own file works too. Schema (every key optional except model, algorithms, 
     name = "quick"                    description = "..."
     model = "tiny-sd"                 model_path = "/local/folder"      # optional
     lcm_schedule = "rlcm"             # LCM timesteps, "diffusers" (default) or "rlcm": becomes model = "NAME@rlcm"
-    algorithms = ["ddpo", "sdpo"]     rewards = ["tiny_alignment"]
+    algorithms = ["ddpo", "sdpo"]     rewards = ["tiny_alignment"]     # or a weighted sum: "a+b@0.5"
     seeds = [0]                       samples = 512                     # budget per cell (images)
     eval_interval = 256               train_prompts = "seen"
     gpus_per_cell = 0                 # GPUs a cell asks for under --executor ray (may be fractional)
@@ -22,38 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomllib
 
+from alignzoo.benchmarks.suite_checks import base_model, check_keys, registered, validate
 from alignzoo.registry import Registry
 
 SUITE_DIR = Path(__file__).resolve().parent / "suites"
-MIN_EVAL_IMAGES = 256  # per (cell, step count, prompt set) for seed-level intervals (issue 12)
 SUITES: Registry = Registry("suite")
-
-TOP_KEYS = {
-    "name",
-    "description",
-    "model",
-    "model_path",
-    "lcm_schedule",
-    "algorithms",
-    "rewards",
-    "seeds",
-    "samples",
-    "eval_interval",
-    "train_prompts",
-    "gpus_per_cell",
-    "train",
-    "algo",
-    "algo_reward",
-    "eval",
-    "reward_args",
-}
-EVAL_KEYS = {"rewards", "steps", "prompt_sets", "images_per_prompt", "prompts_per_set", "eta", "seed", "grid_images", "batch_size"}
 
 
 @dataclass
@@ -138,7 +116,7 @@ class Suite:
         """The trajectory length T a cell trains on: the config's, else the model's default."""
         from alignzoo.models import get_model_spec
 
-        return int(cfg.num_steps or (get_model_spec(self.model).train_steps if _registered(self.model) else 50))
+        return int(cfg.num_steps or (get_model_spec(self.model).train_steps if registered(self.model) else 50))
 
     def compute_table(self, world_size: int = 1, algorithms=None) -> list[dict]:
         """Per (algorithm, reward): epochs, images, optimiser updates and images per update under
@@ -194,46 +172,14 @@ def _algo(name: str, cfg):
     return get_algorithm(name)(cfg)
 
 
-def _model_names():
-    from alignzoo.models import list_models
-
-    return list_models()
-
-
-def _base_model(model: str) -> str:
-    """The model name or folder without its ``@schedule`` suffix (alignzoo/models/lcm.py)."""
-    from alignzoo.models.lcm import split_schedule
-
-    return split_schedule(model)[0]
-
-
-def _registered(model: str) -> bool:
-    return _base_model(model) in _model_names()
-
-
-def _check_model(model: str) -> None:
-    from alignzoo.models import get_model_spec
-
-    if _registered(model):
-        get_model_spec(model)  # checks its LCM schedule
-    elif not Path(_base_model(model)).is_dir():
-        raise ValueError(f"unknown model {model!r}; known models: {', '.join(_model_names())} (or a diffusers folder)")
-
-
-def _check_names(kind: str, names, known, suite: str):
-    for n in names:
-        if n not in known:
-            raise ValueError(f"suite {suite!r}: unknown {kind} {n!r}; known {kind}s: {', '.join(sorted(known))}")
-
-
 def parse_suite(data: dict, source: str | None = None) -> Suite:
     """A suite from its TOML data, every name, key and number checked now (not hours into a run)."""
     name = data.get("name") or (Path(source).stem if source else "suite")
-    _check_keys(data, name)
+    check_keys(data, name)
     ev = dict(data.get("eval", {}))
     model = data["model"]
     if data.get("lcm_schedule") is not None:  # it rides on the model name, so training and evaluation share it
-        model = f"{_base_model(model)}@{data['lcm_schedule']}"
+        model = f"{base_model(model)}@{data['lcm_schedule']}"
     suite = Suite(
         name=name,
         model=model,
@@ -253,88 +199,8 @@ def parse_suite(data: dict, source: str | None = None) -> Suite:
         source=source,
         gpus_per_cell=data.get("gpus_per_cell", 0),
     )
-    _validate(suite)
+    validate(suite)
     return suite
-
-
-def _check_keys(data: dict, name: str) -> None:
-    unknown = set(data) - TOP_KEYS
-    if unknown:
-        raise ValueError(f"suite {name!r}: unknown key(s) {', '.join(sorted(unknown))}; known keys: {', '.join(sorted(TOP_KEYS))}")
-    for key in ("model", "algorithms", "rewards"):
-        if key not in data:
-            raise ValueError(f"suite {name!r} lacks the required key {key!r}")
-    bad = set(data.get("eval", {})) - EVAL_KEYS
-    if bad:
-        raise ValueError(f"suite {name!r} [eval]: unknown key(s) {', '.join(sorted(bad))}; known keys: {', '.join(sorted(EVAL_KEYS))}")
-
-
-def _validate(suite: Suite) -> None:
-    from alignzoo.algos import get_algorithm, list_algorithms
-    from alignzoo.algos.validation import check_reward_gradients
-    from alignzoo.prompts import PROMPT_SETS
-    from alignzoo.rewards import check_reward_kwargs, list_rewards
-
-    name = suite.name
-    if isinstance(suite.gpus_per_cell, bool) or not isinstance(suite.gpus_per_cell, (int, float)) or suite.gpus_per_cell < 0:
-        raise ValueError(f"suite {name!r}: gpus_per_cell must be a number >= 0 (GPUs per Ray task), got {suite.gpus_per_cell!r}")
-    try:
-        _check_model(suite.model)
-    except ValueError as err:
-        raise ValueError(f"suite {name!r}: {err}") from None
-    _check_names("algorithm", suite.algorithms, list_algorithms(), name)
-    _check_names("reward", suite.rewards, list_rewards(), name)
-    _check_names("reward", suite.eval.rewards, list_rewards(), name)
-    _check_names("algorithm", suite.algo, suite.algorithms, name)
-    _check_names("reward", suite.reward_args, suite.rewards + suite.eval.rewards, name)
-    for r, kwargs in suite.reward_args.items():  # a typo fails now, not as a TypeError when the reward is built
-        try:
-            check_reward_kwargs(r, kwargs)
-        except ValueError as err:
-            raise ValueError(f"suite {name!r} [reward_args.{r}]: {err}") from None
-    if not suite.seeds or min(suite.seeds) < 0:
-        raise ValueError(f"suite {name!r}: seeds must be a non-empty list of integers >= 0, got {suite.seeds}")
-    for key, value in (("samples", suite.samples), ("eval.images_per_prompt", suite.eval.images_per_prompt), ("eval.batch_size", suite.eval.batch_size)):
-        if value < 1:
-            raise ValueError(f"suite {name!r}: {key} must be >= 1, got {value}")
-    sets = PROMPT_SETS.names()
-    for p in suite.eval.prompt_sets + [suite.train_prompts]:
-        if p not in sets and not Path(p).is_file():
-            raise ValueError(f"suite {name!r}: unknown prompt set {p!r}; known prompt sets: {', '.join(sets)} (or a file)")
-    if not suite.eval.steps or min(suite.eval.steps) < 1:
-        raise ValueError(f"suite {name!r}: eval.steps must be positive step counts")
-    _check_names("algorithm", suite.algo_reward, suite.algorithms, name)
-    for per_reward in suite.algo_reward.values():
-        _check_names("reward", per_reward, suite.rewards, name)
-    for a, r, _seed in suite.cells():  # validates every override and pairing now, not hours into the run
-        suite.algo_config(a, r)
-        try:
-            check_reward_gradients(get_algorithm(a), r)  # reward backprop needs a differentiable reward
-        except ValueError as err:
-            raise ValueError(f"suite {name!r}: {err}") from None
-    _warn_small_eval(suite)
-
-
-def _warn_small_eval(suite: Suite) -> None:
-    """A suite with several seeds exists to give intervals over seeds and prompts × noises; a
-    prompt set with fewer than MIN_EVAL_IMAGES evaluation images makes them wide: warn."""
-    from alignzoo.prompts import get_prompts
-
-    if len(suite.seeds) < 2:
-        return
-    ev = suite.eval
-    small = []
-    for p in ev.prompt_sets:
-        n = min(len(get_prompts(p)), ev.prompts_per_set or 10**9) * ev.images_per_prompt
-        if n < MIN_EVAL_IMAGES:
-            small.append(f"{p} ({n})")
-    if small:
-        warnings.warn(
-            f"suite {suite.name!r} runs {len(suite.seeds)} seeds but evaluates fewer than {MIN_EVAL_IMAGES} images per "
-            f"prompt set: {', '.join(small)}; raise [eval] images_per_prompt or prompts_per_set",
-            UserWarning,
-            stacklevel=3,
-        )
 
 
 def load_suite(name_or_path: str) -> Suite:

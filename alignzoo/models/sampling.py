@@ -19,7 +19,8 @@ Two batched step kernels:
 
 * DDIM-with-logprob (DDPM/DDIM eq. 12 of Song et al., as in DDPO): previous timestep
   t' = clamp(t − 1000/N, 0, 999);  σ_t² = (1−ᾱ_t')/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_t');  std = η·σ_t;
-  μ = √ᾱ_t'·x̂0 + √(1−ᾱ_t'−std²)·ε̂;  x_t' = μ + std·z.
+  μ = √ᾱ_t'·x̂0 + √(1−ᾱ_t'−std²)·ε̂;  x_t' = μ + std·z.  η may differ per step (a list of T
+  values: MixGRPO's SDE window, η = 0 outside it); a step with std 0 has no log-prob (NaN).
 * LCM-with-logprob (RLCM §3.3): x_τ' ~ N(√ᾱ_τ'·f_θ(x_τ, τ), (1−ᾱ_τ')·I) with τ' the next
   timestep of the schedule; the last step re-noises to its own timestep. No η.
 """
@@ -47,10 +48,17 @@ class Trajectory:
     prev_timesteps: torch.Tensor  # (T,) long
     latents: torch.Tensor  # (B, T+1, C, h, w)
     pred_x0: torch.Tensor  # (B, T, C, h, w)
-    log_probs: torch.Tensor  # (B, T); NaN for deterministic DDIM (eta = 0)
+    log_probs: torch.Tensor  # (B, T); NaN for deterministic DDIM steps (eta = 0)
     eta: float
     kernel: str  # "ddim" or "lcm"
     noise: torch.Tensor | None = None  # (B, T, C, h, w): step i's z (x_{i+1} = mean_i + std_i·z_i), for replay()
+    step_etas: torch.Tensor | None = None  # (T,) each step's η when they differ (None: eta at every step)
+    stds: torch.Tensor | None = None  # (T,) each step's Gaussian std (η·σ_t for DDIM), the same for every row
+    means: torch.Tensor | None = None  # (B, T, C, h, w) each transition's mean μ, kept when asked (keep_means)
+
+    def etas(self) -> torch.Tensor:
+        """(T,) the η of every step."""
+        return self.step_etas if self.step_etas is not None else torch.full((self.num_steps,), float(self.eta))
 
     @property
     def batch_size(self) -> int:
@@ -84,6 +92,9 @@ class Trajectory:
             eta=first.eta,
             kernel=first.kernel,
             noise=cat("noise"),
+            step_etas=first.step_etas,
+            stds=first.stds,
+            means=cat("means"),
         )
 
 
@@ -98,13 +109,16 @@ def previous_timesteps(model, timesteps: torch.Tensor) -> torch.Tensor:
     return (timesteps - model.num_train_timesteps // n).clamp(0, model.num_train_timesteps - 1)
 
 
-def step_distribution(model, x: torch.Tensor, t: torch.Tensor, prev_t: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, eta: float):
-    """Mean and std (per sample, shape (B,1,1,1)) of p(x_t' | x_t) for the model's kernel."""
+def step_distribution(model, x: torch.Tensor, t: torch.Tensor, prev_t: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, eta: float | torch.Tensor):
+    """Mean and std (per sample, shape (B,1,1,1)) of p(x_t' | x_t) for the model's kernel;
+    ``eta`` a float or one per sample, (B,)."""
     a_prev = model.alphas_cumprod[prev_t].view(-1, 1, 1, 1)
     if model.kind == "lcm":
         return a_prev.sqrt() * x0, (1 - a_prev).sqrt()
     a_t = model.alphas_cumprod[t].view(-1, 1, 1, 1)
     variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    if isinstance(eta, torch.Tensor):
+        eta = eta.to(variance.device, variance.dtype).view(-1, 1, 1, 1)
     std = eta * variance.clamp(min=0).sqrt()
     mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps
     return mean, std
@@ -134,23 +148,25 @@ def sample(
     model,
     prompts: Sequence[str],
     num_steps: int,
-    eta: float = 1.0,
+    eta: float | Sequence[float] = 1.0,
     generator: torch.Generator | None = None,
     init_noise: torch.Tensor | None = None,
     grad: bool = False,
     detach_between_steps: bool = False,
+    keep_means: bool = False,
 ) -> Trajectory:
     """Samples one trajectory per prompt under the model's current parameters.
 
-    ``init_noise`` (B, C, h, w) fixes x_T; otherwise it is drawn from ``generator`` (a CPU
+    ``eta``: DDIM's η at every step, or a list of T values, one per step (the LCM kernel has
+    none). ``init_noise`` (B, C, h, w) fixes x_T; otherwise it is drawn from ``generator`` (a CPU
     generator gives bit-identical runs). ``grad=True`` keeps the graph (reward backprop);
     ``detach_between_steps`` then stops it at every re-noised state, so the gradient of a step's
-    x̂0 flows through that step's UNet call only (LaSRO's option, DRaFT-1-like).
+    x̂0 flows through that step's UNet call only (LaSRO's option, DRaFT-1-like). ``keep_means``
+    stores every transition's mean μ (detached) in ``Trajectory.means``.
     """
     prompts = list(prompts)
     b = len(prompts)
-    if model.kind == "sd" and eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    etas, step_etas = _etas(model, eta, num_steps)
     timesteps = model.timesteps(num_steps)
     prev = previous_timesteps(model, timesteps)
     x = model.init_noise(b, generator) if init_noise is None else init_noise.to(model.device, torch.float32)
@@ -159,16 +175,18 @@ def sample(
     with torch.set_grad_enabled(grad):
         embeds = model.encode_prompts(prompts)
         neg = model.negative_embeds(b)
-        states, x0s, logps, zs = [x], [], [], []
+        states, x0s, logps, zs, means, stds = [x], [], [], [], [], []
         for i in range(num_steps):
             z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(model.device)
-            x, x0, mean, std = denoising_step(model, x, timesteps[i].expand(b), prev[i].expand(b), embeds, neg, eta, z)
+            x, x0, mean, std = denoising_step(model, x, timesteps[i].expand(b), prev[i].expand(b), embeds, neg, etas[i], z)
             zs.append(z)
             if detach_between_steps:
                 x = x.detach()
             logps.append(gaussian_log_prob(x, mean, std) if bool((std > 0).all()) else torch.full((b,), float("nan"), device=model.device))
             states.append(x)
             x0s.append(x0)
+            means.append(mean.detach() if keep_means else None)
+            stds.append(float(torch.as_tensor(std).reshape(-1)[0]))
     return Trajectory(
         prompts=prompts,
         prompt_embeds=embeds,
@@ -178,14 +196,35 @@ def sample(
         latents=torch.stack(states, 1),
         pred_x0=torch.stack(x0s, 1),
         log_probs=torch.stack(logps, 1),
-        eta=float(eta),
+        eta=max(etas),
         kernel="lcm" if model.kind == "lcm" else "ddim",
         noise=torch.stack(zs, 1),
+        step_etas=step_etas,
+        stds=torch.tensor(stds, dtype=torch.float32),
+        means=torch.stack(means, 1) if keep_means else None,
     )
 
 
+def _etas(model, eta, num_steps: int) -> tuple[list[float], torch.Tensor | None]:
+    """(η of each step, the (T,) tensor to store when they differ, else None); checks them."""
+    per_step = not isinstance(eta, (int, float))
+    etas = [float(e) for e in eta] if per_step else [float(eta)] * num_steps
+    if len(etas) != num_steps:
+        raise ValueError(f"eta has {len(etas)} values for {num_steps} steps: give one η, or one per step")
+    if model.kind == "sd" and min(etas) < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    return etas, (torch.tensor(etas, dtype=torch.float32) if per_step else None)
+
+
 def sample_groups(
-    model, prompts: Sequence[str], group_size: int, num_steps: int, eta: float = 1.0, generator: torch.Generator | None = None, shared_noise: bool = True
+    model,
+    prompts: Sequence[str],
+    group_size: int,
+    num_steps: int,
+    eta: float | Sequence[float] = 1.0,
+    generator: torch.Generator | None = None,
+    shared_noise: bool = True,
+    keep_means: bool = False,
 ) -> Trajectory:
     """G trajectories per prompt, rows prompt-major: row p·G + g is trajectory g of prompt p.
 
@@ -196,7 +235,7 @@ def sample_groups(
     init = None
     if shared_noise and group_size > 1:
         init = model.init_noise(len(prompts), generator).repeat_interleave(group_size, 0)
-    return sample(model, rows, num_steps, eta, generator, init_noise=init)
+    return sample(model, rows, num_steps, eta, generator, init_noise=init, keep_means=keep_means)
 
 
 def replay(model, traj: Trajectory, rows, grad_from: int, stop: int | None = None, checkpoint: bool = False, from_stored: bool = False) -> torch.Tensor:
@@ -222,9 +261,9 @@ def replay(model, traj: Trajectory, rows, grad_from: int, stop: int | None = Non
     embeds = traj.prompt_embeds[rows].to(model.device)
     neg = traj.neg_embeds[rows].to(model.device) if traj.neg_embeds is not None else None
     ts, prev = traj.timesteps.to(model.device), traj.prev_timesteps.to(model.device)
-    x0s = []
+    x0s, etas = [], traj.etas()
     for i in range(start, stop):
-        args = (model, x, ts[i].expand(len(rows)), prev[i].expand(len(rows)), embeds, neg, traj.eta, traj.noise[rows, i].to(model.device))
+        args = (model, x, ts[i].expand(len(rows)), prev[i].expand(len(rows)), embeds, neg, float(etas[i]), traj.noise[rows, i].to(model.device))
         if i < grad_from:
             with torch.no_grad():
                 x, *_ = denoising_step(*args)
@@ -240,13 +279,21 @@ def recompute_log_probs(model, traj: Trajectory, steps: torch.Tensor, rows: torc
 
     One batched UNet call over K (row, step) pairs, with gradients (the caller decides
     whether to wrap it in no_grad). ``steps``/``rows``: (K,) long tensors; ``rows=None`` means
-    row k for pair k (``steps`` then has length B).
+    row k for pair k (``steps`` then has length B). ``eta``: the trajectory's own by default.
     """
+    log_prob, _mean, std = step_moments(model, traj, steps, rows, eta)
+    if traj.kernel == "ddim" and not bool((std > 0).all()):
+        raise ValueError("log-probs of DDIM transitions need eta > 0 (eta = 0 is deterministic); sample with eta=1 for training")
+    return log_prob
+
+
+def step_moments(model, traj: Trajectory, steps: torch.Tensor, rows: torch.Tensor | None = None, eta: float | None = None):
+    """(log-prob (K,), mean μ_θ (K, C, h, w), std (K,)) of stored transitions under the current
+    parameters, as :func:`recompute_log_probs` (one batched UNet call, with gradients); the
+    log-prob is NaN where the step is deterministic (std 0)."""
     steps = torch.as_tensor(steps, dtype=torch.long, device=traj.latents.device)
     rows = torch.arange(steps.shape[0], device=steps.device) if rows is None else torch.as_tensor(rows, dtype=torch.long, device=steps.device)
-    eta = traj.eta if eta is None else eta
-    if traj.kernel == "ddim" and eta <= 0:
-        raise ValueError("log-probs of DDIM transitions need eta > 0 (eta = 0 is deterministic); sample with eta=1 for training")
+    etas = traj.etas()[steps.cpu()] if eta is None else torch.full(steps.shape, float(eta))
     x = traj.latents[rows, steps].to(model.device)
     nxt = traj.latents[rows, steps + 1].to(model.device)
     t = traj.timesteps.to(model.device)[steps.to(model.device)]
@@ -254,8 +301,11 @@ def recompute_log_probs(model, traj: Trajectory, steps: torch.Tensor, rows: torc
     embeds = traj.prompt_embeds[rows].to(model.device)
     neg = traj.neg_embeds[rows].to(model.device) if traj.neg_embeds is not None else None
     eps, x0 = model.predict_noise(x, t, embeds, neg)
-    mean, std = step_distribution(model, x, t, tp, eps, x0, eta)
-    return gaussian_log_prob(nxt, mean, std)
+    mean, std = step_distribution(model, x, t, tp, eps, x0, etas)
+    std = std.reshape(-1, 1, 1, 1).expand(x.shape[0], 1, 1, 1)
+    stochastic = std > 0
+    log_prob = gaussian_log_prob(nxt, mean, torch.where(stochastic, std, torch.ones_like(std)))
+    return torch.where(stochastic.view(-1), log_prob, torch.full_like(log_prob, float("nan"))), mean, std.view(-1)
 
 
 def decode_steps(model, traj: Trajectory, steps: Sequence[int], rows: Sequence[int] | None = None, chunk: int = 64) -> torch.Tensor:

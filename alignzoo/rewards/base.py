@@ -34,9 +34,20 @@ def register_reward(name: str, summary: str | None = None):
 
 def get_reward(name: str, **kwargs) -> "Reward":
     """Builds the reward registered as ``name``; unknown names list the known ones, and an
-    argument the reward does not take is a ``ValueError`` listing those it does."""
+    argument the reward does not take is a ``ValueError`` listing those it does. A weighted
+    combination ``a+b@0.5`` (alignzoo.rewards.combined) takes ``{component: its arguments}``."""
+    if _is_combination(name):
+        from alignzoo.rewards.combined import build_combination
+
+        return build_combination(name, **kwargs)
     check_reward_kwargs(name, {k: v for k, v in kwargs.items() if k != "device"})
     return REWARDS.get(name)(**kwargs)
+
+
+def _is_combination(name: str) -> bool:
+    from alignzoo.rewards.combined import is_combination
+
+    return is_combination(name)
 
 
 def reward_arguments(name: str) -> list[str] | None:
@@ -54,6 +65,10 @@ def reward_arguments(name: str) -> list[str] | None:
 def check_reward_kwargs(name: str, kwargs: dict) -> None:
     """Raises ``ValueError`` for arguments reward ``name`` does not take (before building it, so
     a typo in ``--reward-arg`` or a suite's ``[reward_args]`` fails at once, not as a TypeError)."""
+    if _is_combination(name):
+        from alignzoo.rewards.combined import check_combination_kwargs
+
+        return check_combination_kwargs(name, kwargs)
     accepted = reward_arguments(name)
     unknown = [k for k in kwargs if accepted is not None and k not in accepted]
     if unknown:
