@@ -239,6 +239,7 @@ class Algorithm:
     Config: ClassVar[type] = AlgoConfig
     group_sizes: ClassVar[tuple[int, ...] | None] = None  # the G the math allows (None: any G >= 1)
     needs_reference: ClassVar[bool] = False  # wants log-probs under the pretrained model
+    needs_reference_kl: ClassVar[bool] = False  # loss(..., kl=) gets each transition's KL(π_θ ‖ π_ref), (M, G, K), with grad
     model_kinds: ClassVar[tuple[str, ...]] = ("sd", "lcm")
 
     world_size: int = 1  # processes that share each update (set by split_over)
@@ -326,13 +327,12 @@ class Algorithm:
         raise NotImplementedError
 
     def loss(self, items: Items, new_logp: torch.Tensor, old_logp: torch.Tensor, data: EpochData) -> tuple[torch.Tensor, dict]:
-        """Per-item loss (M,) and per-item diagnostics (each (M,)) for one group of items."""
+        """Per-item loss (M,) and per-item diagnostics (each (M,)) for one group of items (``needs_reference_kl``: and ``kl=``)."""
         raise NotImplementedError
 
     # -- optional hooks (algorithms that are not per-step policy gradients, e.g. LaSRO) ------
     def setup(self, ctx) -> None:
-        """Called once the trainer has its model, reward and optimiser (before resuming), with
-        the :class:`~alignzoo.algos.context.TrainerContext`."""
+        """Called once the trainer has its model, reward and optimiser (before resuming), with the :class:`~alignzoo.algos.context.TrainerContext`."""
 
     update_epoch = None
     """Optionally a method ``update_epoch(ctx, rollout) -> dict`` that replaces the

@@ -9,6 +9,7 @@ sample, which steps to score, how to form advantages and the loss of a group of 
         rewards ← decode and score only the (trajectory, step) x̂0 the algorithm asks for
         advantages ← algorithm (statistics gathered over all processes)
         [reference log-probs ← same UNet, LoRA disabled]       (D3PO)
+        [per-transition KL to it, in each update's forward]   (DPOK)
         for update in algorithm.plan(...):                     (one optimiser step each)
             new log-probs of the update's transitions, batched (≤ max_transitions_per_forward)
             loss = mean of the algorithm's per-item losses; backward
@@ -43,7 +44,7 @@ from alignzoo.algos.base import Algorithm, get_algorithm
 from alignzoo.algos.context import TrainerContext
 from alignzoo.algos.optim import make_optimizer
 from alignzoo.algos.stat_tracking import StatTracker
-from alignzoo.models.sampling import Trajectory, recompute_log_probs
+from alignzoo.models.sampling import Trajectory, log_probs_and_reference_kl, recompute_log_probs
 from alignzoo.prompts import get_prompts
 from alignzoo.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
 
@@ -264,13 +265,20 @@ class Trainer:
         info_sums: dict[str, float] = {}
         for chunk in items.split(per_forward):
             r, s = chunk.rows.reshape(-1), chunk.steps.reshape(-1)
+            extra = {}
             with self.accelerator.autocast():
-                new = recompute_log_probs(self.model, traj, s, r).float().view(len(chunk), *shape)
+                if self.algo.needs_reference_kl:  # and each transition's KL to the pretrained model (DPOK)
+                    new, kl = log_probs_and_reference_kl(self.model, traj, s, r)
+                    extra["kl"] = kl.float().view(len(chunk), *shape)
+                    self.count(unet=r.shape[0])  # the reference's forward, no grad
+                else:
+                    new = recompute_log_probs(self.model, traj, s, r)
+                new = new.float().view(len(chunk), *shape)
             old = traj.log_probs[r, s].float().view(len(chunk), *shape)
             if self._first_ratio is None or first:  # the epoch's first update, before its step (must be ~0)
                 first = True
                 self._first_ratio = max(self._first_ratio or 0.0, float((new.detach() - old).abs().max()))
-            loss_items, info = self.algo.loss(chunk, new, old, data)
+            loss_items, info = self.algo.loss(chunk, new, old, data, **extra)
             (loss_items.sum() / total).backward()
             loss_sum += float(loss_items.detach().sum())
             kl_sum += float((0.5 * (new.detach() - old) ** 2).flatten(1).mean(1).sum())

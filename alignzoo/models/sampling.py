@@ -184,13 +184,11 @@ def sample_groups(
     return sample(model, rows, num_steps, eta, generator, init_noise=init)
 
 
-def recompute_log_probs(model, traj: Trajectory, steps: torch.Tensor, rows: torch.Tensor | None = None, eta: float | None = None) -> torch.Tensor:
-    """log p_θ(x_{i+1} | x_i, c) of stored transitions under the *current* parameters.
-
-    One batched UNet call over K (row, step) pairs, with gradients (the caller decides
-    whether to wrap it in no_grad). ``steps``/``rows``: (K,) long tensors; ``rows=None`` means
-    row k for pair k (``steps`` then has length B).
-    """
+def transition_distribution(model, traj: Trajectory, steps: torch.Tensor, rows: torch.Tensor | None = None, eta: float | None = None):
+    """(next, mean, std) of stored transitions under the *current* parameters: the stored next
+    state x_{i+1} and the Gaussian p_θ(·|x_i, c) it was drawn from, one batched UNet call over K
+    (row, step) pairs, with gradients (the caller decides whether to wrap it in no_grad).
+    ``steps``/``rows``: (K,) long tensors; ``rows=None`` means row k for pair k."""
     steps = torch.as_tensor(steps, dtype=torch.long, device=traj.latents.device)
     rows = torch.arange(steps.shape[0], device=steps.device) if rows is None else torch.as_tensor(rows, dtype=torch.long, device=steps.device)
     eta = traj.eta if eta is None else eta
@@ -204,7 +202,31 @@ def recompute_log_probs(model, traj: Trajectory, steps: torch.Tensor, rows: torc
     neg = traj.neg_embeds[rows].to(model.device) if traj.neg_embeds is not None else None
     eps, x0 = model.predict_noise(x, t, embeds, neg)
     mean, std = step_distribution(model, x, t, tp, eps, x0, eta)
-    return gaussian_log_prob(nxt, mean, std)
+    return nxt, mean, std
+
+
+def recompute_log_probs(model, traj: Trajectory, steps: torch.Tensor, rows: torch.Tensor | None = None, eta: float | None = None) -> torch.Tensor:
+    """log p_θ(x_{i+1} | x_i, c) of stored transitions under the *current* parameters (K,): see
+    :func:`transition_distribution` for the arguments."""
+    return gaussian_log_prob(*transition_distribution(model, traj, steps, rows, eta))
+
+
+def mean_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ_p, σ²I) ‖ N(μ_q, σ²I)) = ‖μ_p − μ_q‖²/(2σ²) of two Gaussian steps with one variance
+    (both kernels: σ does not depend on the UNet), *averaged* over the latent dimensions like the
+    log-probs (module docstring): (B,)."""
+    kl = (mean_p - mean_q) ** 2 / (2 * std**2)
+    return kl.mean(dim=tuple(range(1, kl.ndim)))
+
+
+def log_probs_and_reference_kl(model, traj: Trajectory, steps: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p_θ, KL(p_θ ‖ p_ref)) of stored transitions, (K,) each, with gradients: the reference is
+    the pretrained model (``model.reference()``, the LoRA disabled), evaluated without grad. Two
+    UNet calls over the K pairs (the caller counts them)."""
+    nxt, mean, std = transition_distribution(model, traj, steps, rows)
+    with torch.no_grad(), model.reference():
+        _, ref_mean, _ = transition_distribution(model, traj, steps, rows)
+    return gaussian_log_prob(nxt, mean, std), mean_kl(mean, ref_mean.detach(), std)
 
 
 def decode_steps(model, traj: Trajectory, steps: Sequence[int], rows: Sequence[int] | None = None, chunk: int = 64) -> torch.Tensor:
