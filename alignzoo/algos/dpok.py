@@ -1,13 +1,13 @@
 """DPOK: KL-regularised policy gradient over denoising steps (Fan et al. 2023, "DPOK: Reinforcement
 Learning for Fine-tuning Text-to-Image Diffusion Models", arXiv 2305.16381).
 
-The paper minimises, over prompts z (its eq. 4 / Lemma 4.2, the KL of the whole chain bounded by
-the sum of the per-step KLs):
+The paper (§4) minimises, over prompts z, the reward weighted by α plus β times the KL to the
+pretrained model, the KL of the whole chain bounded above by the sum of the per-step KLs:
 
     E_z[ −α·E_{p_θ(x_0|z)}[r(x_0, z)] + β·Σ_t E[ KL(p_θ(x_{t−1}|x_t, z) ‖ p_pre(x_{t−1}|x_t, z)) ] ]
 
 with the policy-gradient term estimated from the old policy's samples with a clamped importance
-ratio (§4.3; ``train_online_pg.py``: ``ratio = clamp(exp(log p_θ − log p_old), 1 − ε, 1 + ε)``,
+ratio (the released ``train_online_pg.py``: ``ratio = clamp(exp(log p_θ − log p_old), 1 − ε, 1 + ε)``,
 ``loss = −α·adv·ratio + β·kl``) — the ratio itself is clamped, so outside [1 − ε, 1 + ε] the
 transition gives no policy gradient at all (not PPO's min of clipped and unclipped surrogates).
 Per trained transition (step j of trajectory i, r = p_θ/p_θold of the stored transition):
@@ -79,7 +79,7 @@ class DPOKConfig(AlgoConfig):
 
 
 def dpok_loss(adv: torch.Tensor, log_ratio: torch.Tensor, kl: torch.Tensor, alpha: float, beta: float, eps: float) -> torch.Tensor:
-    """−α·A·clamp(exp(log_ratio), 1 − ε, 1 + ε) + β·KL, elementwise (DPOK §4.3)."""
+    """−α·A·clamp(exp(log_ratio), 1 − ε, 1 + ε) + β·KL, elementwise (DPOK's policy loss)."""
     return -alpha * adv * log_ratio.exp().clamp(1 - eps, 1 + eps) + beta * kl
 
 
