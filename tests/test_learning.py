@@ -36,6 +36,8 @@ CASES = [
     ("rlcm-ddpo", "tiny-lcm-v2", TP),
     ("rlcm-rebel", "tiny-lcm-v2", TP),
     ("sdpo", "tiny-lcm-v2", TP),
+    ("dpok", "tiny-sd-v2", TP),
+    ("diffusion-dpo", "tiny-sd-v2", TP),
 ]
 SUITE_OF = {"tiny-sd-v2": "quick", "tiny-lcm-v2": "tiny-lcm"}
 BUDGET = 384  # generated images per training run (6 epochs of 64)
