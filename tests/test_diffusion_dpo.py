@@ -125,9 +125,9 @@ def test_bad_settings_are_one_line_errors(bad, match):
 
 
 @pytest.mark.parametrize("kind", ["sd", "lcm"])
-def test_a_run_trains_on_the_best_and_worst_and_counts_its_forwards(kind, tiny_random_folders, prompt_file, tmp_path, monkeypatch):
+def test_a_run_trains_on_the_best_and_worst_and_counts_its_forwards(kind, tiny_run, tmp_path, monkeypatch):
     from alignzoo.algos import diffusion_dpo
-    from alignzoo.algos.trainer import TrainConfig, Trainer
+    from alignzoo.algos.trainer import Trainer
 
     seen = []
     real = diffusion_dpo.noise_errors
@@ -138,17 +138,7 @@ def test_a_run_trains_on_the_best_and_worst_and_counts_its_forwards(kind, tiny_r
 
     monkeypatch.setattr(diffusion_dpo, "noise_errors", spy)
     cfg = DiffusionDPOConfig(num_steps=2, samples_per_epoch=8, train_batch_size=4, learning_rate=1e-2, noise_draws=2, is_turbo=kind == "lcm")
-    tc = TrainConfig(
-        algo="diffusion-dpo",
-        reward="jpeg_compressibility",
-        model=str(tiny_random_folders[kind]),
-        prompts=str(prompt_file),
-        out=str(tmp_path),
-        samples=8,
-        progress=False,
-        log_first_step_reward=False,
-    )
-    tr = Trainer(tc, cfg)
+    tr = Trainer(tiny_run("diffusion-dpo", kind, tmp_path, 8), cfg)
     rollouts = []
     real_update = tr.algo.update_epoch
     tr.algo.update_epoch = lambda ctx, rollout: real_update(ctx, rollouts.append(rollout) or rollout)

@@ -202,23 +202,37 @@ def test_plan_is_ddpos():
 
 # ---------------------------------------------------------------------------------- in the trainer
 @pytest.mark.parametrize("kind", ["sd", "lcm"])
-def test_a_run_counts_the_reference_forwards(kind, tiny_random_folders, prompt_file, tmp_path):
-    from alignzoo.algos.trainer import TrainConfig, Trainer
+def test_a_run_counts_the_reference_forwards(kind, tiny_run, tmp_path):
+    from alignzoo.algos.trainer import Trainer
 
     cfg = DPOKConfig(num_steps=3, samples_per_epoch=4, train_batch_size=2, learning_rate=1e-2, value_steps=2)
-    tc = TrainConfig(
-        algo="dpok",
-        reward="jpeg_compressibility",
-        model=str(tiny_random_folders[kind]),
-        prompts=str(prompt_file),
-        out=str(tmp_path),
-        samples=4,
-        progress=False,
-        log_first_step_reward=False,
-    )
-    tr = Trainer(tc, cfg)
+    tr = Trainer(tiny_run("dpok", kind, tmp_path, 4), cfg)
     rec = tr.train()[-1]
     # sampling 4 × 3; the two updates' 4 images × 2 rendered steps: the policy with grad, the reference without
     assert (rec["unet_forward"], rec["unet_backward"], rec["updates"]) == (4 * 3 + 2 * 4 * 2, 4 * 2, 2)
     assert rec["kl"] > 0 and math.isfinite(rec["value_loss"]) and rec["first_log_ratio_abs"] < 1e-4
     assert len(tr.algo.replicated_parameters()) == 8  # 2 layers, 2 gates, the output layer: the checked extra state
+
+
+@pytest.mark.parametrize("algo", ["dpok", "diffusion-dpo"])
+def test_a_resumed_run_repeats_the_uninterrupted_one(algo, tiny_run, tmp_path):
+    """Both keep state beyond the LoRA (DPOK's value head and its optimiser, Diffusion-DPO's draws
+    of groups, t and ε): a run stopped after its first epoch and resumed ends where an
+    uninterrupted one does."""
+    from safetensors.torch import load_file
+
+    from alignzoo.algos.trainer import Trainer, read_log
+
+    cls = get_algorithm(algo)
+    cfg = cls.Config(num_steps=2, samples_per_epoch=4, train_batch_size=4, learning_rate=1e-2, group_size=2 if algo == "diffusion-dpo" else 1)
+
+    def run(out, samples):
+        Trainer(tiny_run(algo, "sd", out, samples), cfg).train()
+
+    run(tmp_path / "full", 8)
+    run(tmp_path / "resumed", 4)
+    run(tmp_path / "resumed", 8)
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("seconds")}  # noqa: E731
+    assert [drop(r) for r in read_log(tmp_path / "full")] == [drop(r) for r in read_log(tmp_path / "resumed")]
+    a, b = (load_file(str(tmp_path / d / "final" / "pytorch_lora_weights.safetensors")) for d in ("full", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
