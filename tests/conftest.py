@@ -38,3 +38,24 @@ def prompt_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
     p.write_text("a red cat\na blue dog\na green circle\na red square\n")
     return p
+
+
+@pytest.fixture()
+def tiny_run(tiny_random_folders, prompt_file):
+    """``tiny_run(algo, kind, out, samples)``: a TrainConfig for a short run on a tiny random
+    pipeline ("sd" or "lcm"), jpeg reward, the four prompts, no log-only reward queries."""
+    from alignzoo.algos.trainer import TrainConfig
+
+    def make(algo: str, kind: str, out, samples: int) -> TrainConfig:
+        return TrainConfig(
+            algo=algo,
+            reward="jpeg_compressibility",
+            model=str(tiny_random_folders[kind]),
+            prompts=str(prompt_file),
+            out=str(out),
+            samples=samples,
+            progress=False,
+            log_first_step_reward=False,
+        )
+
+    return make

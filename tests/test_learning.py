@@ -44,6 +44,8 @@ CASES = [
     ("reward-backprop", "tiny-sd-v2", TP),
     ("diffusion-nft", "tiny-sd-v2", TP),
     ("grpo", "tiny-lcm-v2", TP),
+    ("dpok", "tiny-sd-v2", TP),
+    ("diffusion-dpo", "tiny-sd-v2", TP),
 ]
 SUITE_OF = {"tiny-sd-v2": "quick", "tiny-lcm-v2": "tiny-lcm"}
 BUDGET = 384  # generated images per training run (6 epochs of 64)

@@ -9,6 +9,7 @@ sample, which steps to score, how to form advantages and the loss of a group of 
         rewards ← decode and score only the (trajectory, step) x̂0 the algorithm asks for
         advantages ← algorithm (statistics gathered over all processes)
         [reference log-probs ← same UNet, LoRA disabled]       (D3PO)
+        [per-transition KL to it, in each update's forward]   (DPOK)
         for update in algorithm.plan(...):                     (one optimiser step each)
             new log-probs of the update's transitions, batched (≤ max_transitions_per_forward)
             loss = mean of the algorithm's per-item losses; backward
@@ -44,7 +45,7 @@ from alignzoo.algos.context import TrainerContext
 from alignzoo.algos.optim import make_optimizer
 from alignzoo.algos.stat_tracking import StatTracker
 from alignzoo.algos.timer import NullTimer
-from alignzoo.models.sampling import Trajectory, step_moments
+from alignzoo.models.sampling import Trajectory, mean_kl, step_moments
 from alignzoo.prompts import get_prompts
 from alignzoo.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
 
@@ -277,12 +278,19 @@ class Trainer:
         info_sums: dict[str, float] = {}
         for chunk in items.split(per_forward):
             r, s = chunk.rows.reshape(-1), chunk.steps.reshape(-1)
+            extra = {}
             with self.accelerator.autocast():
                 new, mean, std = step_moments(self.model, traj, s, r)
+                if self.algo.needs_reference_kl:  # and each transition's KL to the pretrained model (DPOK)
+                    with torch.no_grad(), self.model.reference():
+                        _, ref_mean, _ = step_moments(self.model, traj, s, r)
+                    extra["kl"] = mean_kl(mean, ref_mean, std.view(-1, 1, 1, 1)).float().view(len(chunk), *shape)
+                    self.count(unet=r.shape[0])  # the reference's forward, no grad
             if not bool((std > 0).all()):
                 raise ValueError(f"{self.config.algo}: its plan trains a deterministic step (eta = 0 there), which has no log-probability")
             new = new.float().view(len(chunk), *shape)
-            extra = {"new_means": mean.float().view(len(chunk), *shape, *mean.shape[1:])} if self.algo.needs_means else {}
+            if self.algo.needs_means:
+                extra["new_means"] = mean.float().view(len(chunk), *shape, *mean.shape[1:])
             old = traj.log_probs[r, s].float().view(len(chunk), *shape)
             if self._first_ratio is None or first:  # the epoch's first update, before its step (must be ~0)
                 first = True
