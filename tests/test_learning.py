@@ -43,7 +43,6 @@ CASES = [
     ("sdpo", "tiny-lcm-v2", TP),
     ("reward-backprop", "tiny-sd-v2", TP),
     ("diffusion-nft", "tiny-sd-v2", TP),
-    ("grpo", "tiny-lcm-v2", TP),
     ("dpok", "tiny-sd-v2", TP),
     ("diffusion-dpo", "tiny-sd-v2", TP),
 ]
