@@ -10,9 +10,8 @@ import torch
 from alignzoo.algos import get_algorithm, list_algorithms
 from alignzoo.algos.base import EpochData, Items
 from alignzoo.algos.d3po import preference_signs
-from alignzoo.algos.dense_rewards import adaptive_anchor, similarity_weighted_rewards
+from alignzoo.algos.dense_rewards import adaptive_anchor, discounted_returns, importance_weights, similarity_weighted_rewards
 from alignzoo.algos.rollouts import Rollout
-from alignzoo.algos.sdpo import discounted_returns, importance_weights
 from alignzoo.algos.stat_tracking import StatTracker
 
 

@@ -1,4 +1,5 @@
-"""Dense rewards from a few queried steps (SDPO paper, §3.2, eqs. 9–11).
+"""Dense rewards from a few queried steps (SDPO paper, §3.2, eqs. 9–11), their discounted
+returns (eq. 13) and the stepwise importance weights (eq. 14).
 
 A trajectory's reward is queried at a few steps' clean predictions x̂0 (first, an anchor, last);
 every other step gets the similarity-weighted mean of the queried rewards. Sampling order
@@ -43,3 +44,25 @@ def similarity_weighted_rewards(x0: torch.Tensor, query_steps: torch.Tensor, que
     dense = (w * query_rewards[:, None, :]).sum(2)
     dense[torch.arange(b)[:, None], query_steps] = query_rewards  # query steps keep their real reward
     return dense
+
+
+def discounted_returns(rewards: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    """Eq. 13 in sampling order: G_i = Σ_{k≥0} γ^k R̂_{i+k}; ``gamma=None`` returns R̂."""
+    if gamma is None:
+        return rewards.clone()
+    out = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for i in range(rewards.shape[1] - 1, -1, -1):
+        running = rewards[:, i] + gamma * running
+        out[:, i] = running
+    return out
+
+
+def importance_weights(num_steps: int, lam: float, weighting: str = "decay") -> torch.Tensor:
+    """λ^(T−t−1) = λ^i for sampling index i ("decay"), or the reversed λ^(T−1−i)."""
+    i = torch.arange(num_steps, dtype=torch.float32)
+    if weighting == "decay":
+        return lam**i
+    if weighting == "reversed":
+        return lam ** (num_steps - 1 - i)
+    raise ValueError(f"unknown weighting {weighting!r}: choose decay or reversed")

@@ -38,7 +38,7 @@ import torch
 
 from alignzoo.algos.base import AlgoConfig, Algorithm, ComputeException, EpochData, Items, group_rows, register_algorithm, shuffled_step_columns
 from alignzoo.algos.cards import AlgoCard
-from alignzoo.algos.dense_rewards import adaptive_anchor, similarity_weighted_rewards
+from alignzoo.algos.dense_rewards import adaptive_anchor, discounted_returns, importance_weights, similarity_weighted_rewards
 
 REWARD_PREDICTIONS = ("adaptive", "random_anchor", "fixed_anchor", "two_similarity", "two_interpolation", "one_copy", "all")
 UPDATE_ORDERS = ("shuffled", "step_accumulated", "unshuffled")
@@ -69,28 +69,6 @@ class SDPOConfig(AlgoConfig):
     similarity_floor: float = 0.0
     update_order: str = "shuffled"  # one of UPDATE_ORDERS
     group_size: int = 2  # the pair (a, b) from one x_T
-
-
-def discounted_returns(rewards: torch.Tensor, gamma: float | None) -> torch.Tensor:
-    """Eq. 13 in sampling order: G_i = Σ_{k≥0} γ^k R̂_{i+k}; ``gamma=None`` returns R̂."""
-    if gamma is None:
-        return rewards.clone()
-    out = torch.empty_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])
-    for i in range(rewards.shape[1] - 1, -1, -1):
-        running = rewards[:, i] + gamma * running
-        out[:, i] = running
-    return out
-
-
-def importance_weights(num_steps: int, lam: float, weighting: str = "decay") -> torch.Tensor:
-    """λ^(T−t−1) = λ^i for sampling index i ("decay"), or the reversed λ^(T−1−i)."""
-    i = torch.arange(num_steps, dtype=torch.float32)
-    if weighting == "decay":
-        return lam**i
-    if weighting == "reversed":
-        return lam ** (num_steps - 1 - i)
-    raise ValueError(f"unknown weighting {weighting!r}: choose decay or reversed")
 
 
 @register_algorithm("sdpo", "SDPO: dense reward difference learning with step-shuffled updates (Zhang et al.)")
