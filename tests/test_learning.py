@@ -43,6 +43,7 @@ CASES = [
     ("rlcm-rebel", "tiny-lcm-v2", TP),
     ("sdpo", "tiny-lcm-v2", TP),
     ("reward-backprop", "tiny-sd-v2", TP),
+    ("hybrid", "tiny-sd-v2", TP),
     ("diffusion-nft", "tiny-sd-v2", TP),
     ("dpok", "tiny-sd-v2", TP),
     ("diffusion-dpo", "tiny-sd-v2", TP),
@@ -63,7 +64,7 @@ def _reward(name, differentiable=False):
 
 
 def control_for(algo: str) -> str:
-    """The control reward: `random`, or its differentiable twin for reward-backprop algorithms."""
+    """The control reward: `random`, or its differentiable twin for algorithms that back-propagate it (reward-backprop, hybrid)."""
     return "random_direction" if get_algorithm(algo).needs_reward_grad else "random"
 
 

@@ -299,6 +299,11 @@ class Algorithm:
     update_epoch = None
     """Optionally ``update_epoch(ctx, rollout) -> dict``: replaces the advantages/plan/loss loop of
     the epoch, working through the :class:`~alignzoo.algos.context.TrainerContext` ``ctx`` only."""
+    update_extra = None
+    """Optionally ``update_extra(ctx, traj, items) -> dict``: a differentiable term added to each
+    update's loss (hybrid: reward backprop through the last step). Called by ``Trainer.update``
+    after the per-item losses' backward and before the optimiser step, it back-propagates its term
+    through ``ctx.backward``, counts its calls, and returns update means; its "loss" adds to the update's."""
 
     def state_dict(self) -> dict:
         """Extra state to checkpoint (e.g. a surrogate model and its replay buffer)."""

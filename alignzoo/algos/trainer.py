@@ -302,8 +302,10 @@ class Trainer:
             for name, v in info.items():
                 info_sums[name] = info_sums.get(name, 0.0) + float(v.detach().float().sum())
             self.count(unet=r.shape[0], grad=True)
-        grad_norm = self.optimizer_step()
         out = {"loss": loss_sum / total, "approx_kl": kl_sum / total, **{n: v / total for n, v in info_sums.items()}}
+        for name, v in (self.algo.update_extra(self.context, traj, items) if self.algo.update_extra is not None else {}).items():
+            out[name] = out.get(name, 0.0) + v  # an extra differentiable term (Algorithm.update_extra)
+        grad_norm = self.optimizer_step()
         if grad_norm is not None:
             out["grad_norm"] = grad_norm
         return out
