@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from alignzoo.hub import MissingWeightsError, resolve_snapshot
+from alignzoo.rewards.aesthetic import AestheticMLP
 from alignzoo.rewards.base import Reward, register_reward
 from alignzoo.rewards.preprocess import CLIP_MEAN, CLIP_STD, ImageTransform, check_tokenizer, freeze, load_checkpoint, parse_dtype, skip_init, unwrap_state_dict
 
@@ -172,24 +173,9 @@ def text_config_from_med(med: Mapping, encoder_width: int):
     )
 
 
-class RewardHead(nn.Module):
-    """ImageReward's MLP head (``mlp.layers``): linear layers with dropouts, no nonlinearity."""
-
-    def __init__(self, input_size: int = 768):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x).squeeze(-1)
+class RewardHead(AestheticMLP):
+    """ImageReward's MLP head (``mlp.layers``): the same linear layers with dropouts and no
+    nonlinearity as the LAION aesthetic predictor's MLP, under ImageReward's name."""
 
 
 class ImageRewardModel(nn.Module):
