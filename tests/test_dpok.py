@@ -12,7 +12,7 @@ from alignzoo.algos import get_algorithm
 from alignzoo.algos.base import EpochData, Items
 from alignzoo.algos.dpok import DPOK, DPOKConfig, ValueHead
 from alignzoo.algos.rollouts import Rollout
-from alignzoo.models.sampling import log_probs_and_reference_kl, mean_kl, sample
+from alignzoo.models.sampling import mean_kl, reference_kl, sample, step_moments
 
 
 def _items(m: int) -> Items:
@@ -57,7 +57,13 @@ def test_mean_kl_is_the_gaussian_kl_averaged_over_dimensions():
     mu_p, mu_q = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
     std = torch.tensor([0.3, 1.0, 2.5]).view(3, 1, 1, 1)
     want = torch.distributions.kl_divergence(torch.distributions.Normal(mu_p, std.expand_as(mu_p)), torch.distributions.Normal(mu_q, std.expand_as(mu_q)))
-    assert torch.allclose(mean_kl(mu_p, mu_q, std), want.flatten(1).mean(1), rtol=1e-5)
+    assert torch.allclose(mean_kl(mu_p, mu_q, std.view(3)), want.flatten(1).mean(1), rtol=1e-5)
+
+
+def log_probs_and_reference_kl(model, traj, steps, rows):
+    """What the trainer computes for DPOK: the current log-probs and each transition's reference KL."""
+    logp, mean, std = step_moments(model, traj, steps, rows)
+    return logp, reference_kl(model, traj, steps, rows, mean, std)
 
 
 def _perturb_lora(model, scale=0.05, seed=1):

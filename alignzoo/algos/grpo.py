@@ -61,6 +61,7 @@ import torch
 
 from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, group_rows, register_algorithm
 from alignzoo.algos.cards import AlgoCard
+from alignzoo.models.sampling import mean_kl
 
 ADVANTAGE_STDS = ("group", "global", "none")
 AGGREGATIONS = ("sum", "gdpo")
@@ -144,12 +145,6 @@ def gdpo_advantages(components: torch.Tensor, weights: torch.Tensor, group_size:
 def clipped_surrogate(adv: torch.Tensor, ratio: torch.Tensor, eps: float) -> torch.Tensor:
     """max(−Â·r, −Â·clip(r, 1 − ε, 1 + ε)), elementwise."""
     return torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - eps, 1 + eps))
-
-
-def mean_space_kl(mean: torch.Tensor, other: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """‖μ − μ'‖²/(2σ²) with ‖·‖² the mean over each step's latent dimensions: ``mean``/``other``
-    (..., C, h, w), ``std`` (...)."""
-    return (mean - other).pow(2).flatten(std.ndim).mean(-1) / (2 * std**2)
 
 
 def dppo_mask(divergence: torch.Tensor, adv: torch.Tensor, ratio: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -253,7 +248,7 @@ class GRPO(Algorithm):
         std = data.extra["stds"].to(new_logp.device)[items.steps] if self.needs_means else None
         if c.ratio_guard == "dppo":
             old_means = data.extra["old_means"][items.rows, items.steps]
-            masked = dppo_mask(mean_space_kl(new_means.detach(), old_means, std), adv, ratio.detach(), c.dppo_threshold)
+            masked = dppo_mask(mean_kl(new_means.detach(), old_means, std), adv, ratio.detach(), c.dppo_threshold)
             policy = -adv * ratio * (~masked)
             info["masked"] = masked.float().flatten(1).mean(1)
         else:
@@ -262,7 +257,7 @@ class GRPO(Algorithm):
             policy = policy * data.extra["weights"].to(policy.device)[items.steps]
         per_step = policy
         if c.kl_beta > 0:
-            kl = mean_space_kl(new_means, data.ref_means[items.rows, items.steps], std)
+            kl = mean_kl(new_means, data.ref_means[items.rows, items.steps], std)
             per_step = per_step + c.kl_beta * kl
             info["kl_ref"] = kl.detach().flatten(1).mean(1)
         return per_step.flatten(1).mean(1), info

@@ -308,22 +308,20 @@ def step_moments(model, traj: Trajectory, steps: torch.Tensor, rows: torch.Tenso
     return torch.where(stochastic.view(-1), log_prob, torch.full_like(log_prob, float("nan"))), mean, std.view(-1)
 
 
-def mean_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """KL(N(μ_p, σ²I) ‖ N(μ_q, σ²I)) = ‖μ_p − μ_q‖²/(2σ²) of two Gaussian steps with one variance
-    (both kernels: σ does not depend on the UNet), *averaged* over the latent dimensions like the
-    log-probs (module docstring): (B,) for means (B, C, h, w) and ``std`` broadcastable to them."""
-    kl = (mean_p - mean_q) ** 2 / (2 * std**2)
-    return kl.mean(dim=tuple(range(1, kl.ndim)))
+def mean_kl(mean: torch.Tensor, other: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²I) ‖ N(μ', σ²I)) = ‖μ − μ'‖²/(2σ²) of two Gaussian steps with one variance (both
+    kernels: σ does not depend on the UNet), ‖·‖² *averaged* over each step's latent dimensions like
+    the log-probs (module docstring): ``mean``/``other`` (..., C, h, w), ``std`` (...) → (...)."""
+    return (mean - other).pow(2).flatten(std.ndim).mean(-1) / (2 * std**2)
 
 
-def log_probs_and_reference_kl(model, traj: Trajectory, steps: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p_θ, KL(p_θ ‖ p_ref)) of stored transitions, (K,) each, with gradients: the reference is
-    the pretrained model (``model.reference()``, the LoRA disabled), evaluated without grad. Two
-    UNet calls over the K pairs (the caller counts them)."""
-    log_prob, mean, std = step_moments(model, traj, steps, rows)
+def reference_kl(model, traj: Trajectory, steps: torch.Tensor, rows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(p_θ ‖ p_ref) (K,) of stored transitions whose current means ``mean`` (K, C, h, w, with
+    gradient) and stds ``std`` (K,) :func:`step_moments` gave: the reference is the pretrained model
+    (``model.reference()``, the LoRA disabled), one UNet call without grad (the caller counts it)."""
     with torch.no_grad(), model.reference():
         _, ref_mean, _ = step_moments(model, traj, steps, rows)
-    return log_prob, mean_kl(mean, ref_mean.detach(), std.view(-1, 1, 1, 1))
+    return mean_kl(mean, ref_mean, std)
 
 
 def decode_steps(model, traj: Trajectory, steps: Sequence[int], rows: Sequence[int] | None = None, chunk: int = 64) -> torch.Tensor:
