@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from alignzoo.algos.base import AlgoConfig, Algorithm, Items, group_rows, register_algorithm
 from alignzoo.algos.cards import AlgoCard
+from alignzoo.models.sampling import noised
 
 
 @dataclass
@@ -93,8 +94,7 @@ def noise_errors(model, latents: torch.Tensor, t: torch.Tensor, noise: torch.Ten
     """‖ε − ε_θ(x_t, t)‖² and ‖ε − ε_ref(x_t, t)‖² (per-element means, (N,)) of clean ``latents``
     re-noised to x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε: the policy with gradient, the reference (LoRA
     disabled) without. Conditional predictions only (no guidance batch)."""
-    a = model.alphas_cumprod[t].view(-1, 1, 1, 1)
-    x_t = a.sqrt() * latents + (1 - a).sqrt() * noise
+    x_t = noised(model, latents, t, noise)
     eps = model.predict_noise(x_t, t, embeds, None)[0]
     with torch.no_grad(), model.reference():
         ref = model.predict_noise(x_t, t, embeds, None)[0]

@@ -69,6 +69,7 @@ import torch
 
 from alignzoo.algos.base import AlgoConfig, Algorithm, Items, group_rows, register_algorithm, shuffled_step_columns
 from alignzoo.algos.cards import AlgoCard
+from alignzoo.models.sampling import noised
 
 ADV_STDS = ("global", "group")
 WEIGHTINGS = ("adaptive", "velocity")
@@ -304,7 +305,7 @@ class DiffusionNFT(Algorithm):
         t = traj.timesteps.to(ctx.device)[cols.to(ctx.device)]
         a = model.alphas_cumprod[t]
         eps = torch.as_tensor(self.rng.standard_normal(tuple(x0.shape), dtype=np.float32), device=ctx.device)
-        x_t = a.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a).sqrt().view(-1, 1, 1, 1) * eps
+        x_t = noised(model, x0, t, eps)
         emb = traj.prompt_embeds[rows.to(traj.prompt_embeds.device)].to(ctx.device)
         with torch.no_grad(), ctx.autocast(), self.old_policy(model):
             x0_old = model.predict_noise(x_t, t, emb)[1].float()

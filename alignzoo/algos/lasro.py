@@ -23,7 +23,7 @@ import torch
 from alignzoo.algos.base import AlgoConfig, Algorithm, ComputeException, register_algorithm
 from alignzoo.algos.cards import AlgoCard
 from alignzoo.algos.lasro_preference import ReplayBuffer, ScoreNormalizer, SurrogateFitting
-from alignzoo.models.sampling import Trajectory
+from alignzoo.models.sampling import Trajectory, noised
 from alignzoo.models.surrogate import BACKBONES, build_surrogate
 
 SURROGATE_MODES = ("online", "fixed")
@@ -237,9 +237,8 @@ class LaSRO(SurrogateFitting, Algorithm):
         prompts = self.buffer.prompts_of(idx)
         schedule = model.timesteps(ctx.num_steps)
         tau = schedule[torch.as_tensor(self.rng.integers(0, len(schedule), size=n), device=schedule.device)]
-        a = model.alphas_cumprod[tau].view(-1, 1, 1, 1)
         eps = torch.as_tensor(self.rng.standard_normal(z.shape), dtype=torch.float32, device=z.device)
-        z_tau = a.sqrt() * z + (1 - a).sqrt() * eps
+        z_tau = noised(model, z, tau, eps)
         emb = self.embeds(model, prompts)
         neg = model.negative_embeds(n)
         _, f = model.predict_noise(z_tau, tau, emb, neg)
