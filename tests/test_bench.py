@@ -4,13 +4,17 @@ import json
 import signal
 import subprocess
 import time
+import warnings
 
 import pytest
+import tomllib
 import torch
 
+from alignzoo.algos import get_algorithm
 from alignzoo.benchmarks import evaluation
 from alignzoo.benchmarks.runner import BenchmarkRunner
-from alignzoo.benchmarks.suites import list_suites, load_suite, parse_suite
+from alignzoo.benchmarks.suites import list_suites, load_suite, parse_suite, suite_to_toml
+from alignzoo.rewards import REWARDS
 from alignzoo.runlog import read_lines
 
 from helpers import alignzoo_command, subprocess_env, write_suite
@@ -65,7 +69,7 @@ def test_shipped_suites_parse():
         ("tiny-2step-sd", "tiny-turbo", {"ddpo", "rebel", "d3po", "sdpo"}),
     ):
         two = load_suite(name)
-        assert two.model == model and set(two.algorithms) == others | {"lasro"}
+        assert two.model == model and set(two.algorithms) == others | {"lasro"} | NEWER
         assert {1, 2, 4} <= set(two.eval.steps)
         assert all(two.algo_config(a).num_steps == 2 for a in two.algorithms)
         assert two.algo_config("lasro").learning_rate == 6e-4 and two.algo_config("sdpo").learning_rate == 1e-4
@@ -74,6 +78,37 @@ def test_shipped_suites_parse():
         assert cfg.num_steps == 2 and cfg.lora_rank == 32 and cfg.k_surr == 5
     with pytest.raises(ValueError, match="known suites"):
         load_suite("quik")
+
+
+NEWER = {"grpo", "dpok", "reward-backprop", "hybrid", "diffusion-dpo", "diffusion-nft"}  # issue 15's algorithms
+
+
+def test_the_comparison_suites_run_the_newer_algorithms():
+    """Every tiny suite and paper-sdturbo run all six; paper-lcm leaves out the two that back-propagate
+    the reward (its jpeg_compressibility has no gradient, and a suite runs every algorithm on every reward)."""
+    for name in ("tiny", "tiny-turbo", "tiny-lcm", "tiny-2step", "tiny-2step-sd", "paper-sdturbo"):
+        assert NEWER <= set(load_suite(name).algorithms), name
+    lcm = load_suite("paper-lcm")
+    left_out = NEWER - set(lcm.algorithms)
+    assert left_out == {"reward-backprop", "hybrid"} and all(get_algorithm(a).needs_reward_grad for a in left_out)
+    assert not REWARDS.get("jpeg_compressibility").supports_grad
+    # the papers' own values, not the tiny-world defaults of the modules (spot checks)
+    paper = load_suite("paper-sdturbo")
+    assert paper.algo_config("grpo").clip_range == 1e-4 and paper.algo_config("dpok").reward_weight == 1000
+    assert paper.algo_config("diffusion-dpo").beta == 5000 and paper.algo_config("reward-backprop").mode == "alignprop"
+    assert paper.algo_config("diffusion-nft").eta == 0 and paper.algo_config("hybrid").num_steps == 4
+
+
+@pytest.mark.parametrize("name", list_suites())
+def test_a_written_suite_reloads_with_the_same_cells_and_configs(name):
+    """suite_to_toml (the suite.toml beside a suite's results) round-trips, per-reward sections included."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the paper suites' small unseen set
+        suite = load_suite(name)
+        again = parse_suite(tomllib.loads(suite_to_toml(suite)))
+    assert again.cells() == suite.cells() and again.algo_reward == suite.algo_reward
+    for algo, reward, _seed in suite.cells():
+        assert again.algo_config(algo, reward) == suite.algo_config(algo, reward), (algo, reward)
 
 
 def test_suites_default_to_three_seeds_and_256_evaluation_images():

@@ -245,7 +245,7 @@ def suite_to_toml(suite: Suite) -> str:
     lines += ["", "[eval]"] + [f"{k} = {val(v)}" for k, v in d["eval"].items() if v is not None]
     for a, over in suite.algo.items():
         lines += ["", f"[algo.{a}]"] + [f"{k} = {val(v)}" for k, v in over.items()]
-    for per_reward in suite.algo_reward.values():
+    for a, per_reward in suite.algo_reward.items():
         for r, over in per_reward.items():
             lines += ["", f"[algo_reward.{a}.{r}]"] + [f"{k} = {val(v)}" for k, v in over.items()]
     for r, over in suite.reward_args.items():
