@@ -14,7 +14,10 @@ An algorithm (one module, registered with ``@register_algorithm``) declares:
 * ``plan``              how the (trajectory, step) items of an epoch are grouped into
                         optimiser updates: a list of updates, each an ``Items`` of shape (M, K)
                         (M loss terms, each reading K transitions' log-probs);
-* ``loss``              the per-item loss for a group given the new and old log-probs.
+* ``loss``              the per-item loss for a group given the new and old log-probs;
+* its cost              (:mod:`alignzoo.algos.costs`) the UNet evaluations and reward queries of
+                        an epoch per rollout image, read off the plan unless it drives its own
+                        updates (``update_epoch``): then declared in its module.
 
 It owns no loops, devices, logging or checkpoints: :mod:`alignzoo.algos.trainer` does.
 """
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from alignzoo.algos.config_strings import config_from_strings, parse_assignments  # noqa: F401  (public here)
+from alignzoo.algos.costs import DeclaredCost
 from alignzoo.registry import Registry
 
 ALGORITHMS: Registry = Registry("algorithm")
@@ -182,7 +186,7 @@ class EpochData:
     extra: dict = field(default_factory=dict)
 
 
-class Algorithm:
+class Algorithm(DeclaredCost):
     """Base class: subclasses set ``Config`` (its ``group_size`` default) and implement the hooks below."""
 
     name: ClassVar[str] = "algorithm"

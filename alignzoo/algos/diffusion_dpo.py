@@ -139,6 +139,12 @@ class DiffusionDPO(Algorithm):
         g = self.config.group_size
         return self.updates(order, lambda groups: Items(group_rows(groups, g)[..., None], torch.zeros(len(groups), g, 1, dtype=torch.long)))
 
+    def training_unet_evals(self, num_steps: int, cfg: bool = False) -> float:
+        # pair_step's count: the G images of a group give one pair, each of its two images
+        # re-noised noise_draws times, a forward with gradient and one of the reference per
+        # re-noising; conditional only (no guidance batch), and one pass over the epoch's groups
+        return 4 * self.config.noise_draws / self.config.group_size
+
     def timesteps(self, ctx, n: int) -> torch.Tensor:
         """n training timesteps: U{0, …, 999}, or (``is_turbo``) uniform over the N-step schedule."""
         c, model = self.config, ctx.model

@@ -184,6 +184,12 @@ class DiffusionNFT(Algorithm):
         """K: how many of the sampler's timesteps each image is re-noised to per epoch."""
         return max(1, int(num_steps * self.config.timestep_fraction))
 
+    def training_unet_evals(self, num_steps: int, cfg: bool = False) -> float:
+        # rows_loss's count: each image re-noised to K timesteps per pass, each an old-policy
+        # forward, one with gradient and, with kl_weight, the reference's (CFG-free: setup refuses it)
+        c = self.config
+        return c.num_inner_epochs * self.noise_levels(num_steps) * (3 if c.kl_weight > 0 else 2)
+
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         """Shuffled groups, train_batch_size × gradient_accumulation_steps images per update; item
         (group, g, k) reads row p·G + g at the k-th of its K distinct timestep indices (sampling

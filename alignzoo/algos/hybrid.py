@@ -87,6 +87,14 @@ class Hybrid(GRPO):
         super().__init__(config)
         self.config.validate()
 
+    def training_unet_evals(self, num_steps: int, cfg: bool = False) -> float:
+        # GRPO's loop, plus update_extra's one call with gradient per trajectory of each update
+        return super().training_unet_evals(num_steps, cfg) + self.training_reward_queries(num_steps) * (2 if cfg else 1)
+
+    def training_reward_queries(self, num_steps: int) -> float:
+        # update_extra scores each trajectory of each update once (every pass), unless λ_rb = 0
+        return float(self.config.num_inner_epochs) if self.config.rb_weight else 0.0
+
     def update_extra(self, ctx, traj, items: Items) -> dict:
         """λ_rb · mean(−r(x̂0_θ(x_{T−1}))) over the update's rows, back-propagated in micro-batches
         of train_batch_size images (their gradients add up to the term's); update means returned."""

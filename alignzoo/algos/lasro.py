@@ -137,6 +137,16 @@ class LaSRO(SurrogateFitting, Algorithm):
     def images_before_training(self, world_size=1):  # stage 1: _sample_frozen's pretraining and held-out prompts × N_s
         return sum(math.ceil(n / world_size) * world_size * self.config.group_size for n in (self.config.pretrain_prompts, self.config.heldout_prompts))
 
+    def training_unet_evals(self, num_steps: int, cfg: bool = False) -> float:
+        # gen_steps generator steps, each gen_batch_size prompts per process sampled with gradient
+        # (T calls each) and regulariser()'s calls: the reference at each of their T states
+        # ("trajectory"), or the policy and the reference at reg_batch_size buffer latents per
+        # process ("consistency"; stage 1 fills the buffer before the first). The surrogate's
+        # forwards are not counted as UNet calls; stage 1's samples are sampling.
+        c, world = self.config, self.world_size
+        reg = 0 if c.reg_form == "none" or c.reg_weight == 0 else c.gen_batch_size * num_steps if c.reg_form == "trajectory" else 2 * c.reg_batch_size
+        return c.gen_steps * world * (c.gen_batch_size * num_steps + reg) * (2 if cfg else 1) / c.samples_per_epoch
+
     def query_steps(self, traj, generator):
         """z1 and z2 of every rollout sample (both train the surrogate): (B, 2), or (B, 1) at T = 1."""
         b, t = traj.batch_size, traj.num_steps

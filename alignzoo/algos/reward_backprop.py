@@ -137,6 +137,34 @@ class RewardBackprop(Algorithm):
             return t - int(generator.integers(min(c.alignprop_k_min, t), min(c.alignprop_k_max, t) + 1))
         return int(generator.integers(*refl_window(t, c.refl_window_start, c.refl_window_end)))
 
+    def mean_grad_span(self, num_steps: int) -> tuple[float, float]:
+        """(first, stop) of an update's UNet calls with gradient, sampling order: first_grad_step's
+        draw at its mean (ReFL's window, AlignProp's k), stop as :meth:`rewards` runs them."""
+        c, t = self.config, num_steps
+        if c.mode == "refl":
+            lo, hi = refl_window(t, c.refl_window_start, c.refl_window_end)
+            return (lo + hi - 1) / 2, (lo + hi + 1) / 2
+        if c.mode == "alignprop":
+            return t - (min(c.alignprop_k_min, t) + min(c.alignprop_k_max, t)) / 2, t
+        return t - min(c.draft_k, t), t
+
+    def training_unet_evals(self, num_steps: int, cfg: bool = False) -> float:
+        # rewards()' count per trajectory and pass: the no-grad prefix replayed under θ (none from
+        # the stored state), the calls with gradient and, checkpointed, their recomputation in the
+        # backward; DRaFT-LV: the whole replay without gradient, then lv_n re-noised calls with it.
+        # ReFL's and AlignProp's random first step counts at its mean.
+        c, t, replayed = self.config, num_steps, self.config.prefix == "replay"
+        if c.mode == "draft-lv":
+            per = c.lv_n + (t if replayed else 0)
+        else:
+            first, stop = self.mean_grad_span(t)
+            per = (first if replayed else 0) + (stop - first) * (2 if self.checkpointing else 1)
+        return c.num_inner_epochs * per * (2 if cfg else 1)
+
+    def training_reward_queries(self, num_steps: int) -> float:
+        # every trajectory's x̂0 scored with gradient once per pass (draft-lv: each re-noising's)
+        return self.config.num_inner_epochs * (self.config.lv_n if self.config.mode == "draft-lv" else 1)
+
     def plan(self, batch_size: int, num_steps: int, generator: np.random.Generator) -> list[Items]:
         """Shuffled groups in updates of train_batch_size × gradient_accumulation_steps images; an
         item is one trajectory (M, 1, 1), its step the update's first step with gradient."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import tomllib
 
-from alignzoo.benchmarks.suite_checks import base_model, check_keys, registered, validate
+from alignzoo.benchmarks.suite_checks import base_model, check_keys, validate
 from alignzoo.registry import Registry
 
 SUITE_DIR = Path(__file__).resolve().parent / "suites"
@@ -114,9 +114,17 @@ class Suite:
 
     def num_steps(self, cfg) -> int:
         """The trajectory length T a cell trains on: the config's, else the model's default."""
-        from alignzoo.models import get_model_spec
+        from alignzoo.models import model_spec
 
-        return int(cfg.num_steps or (get_model_spec(self.model).train_steps if registered(self.model) else 50))
+        return int(cfg.num_steps or model_spec(self.model).train_steps)
+
+    def uses_cfg(self) -> bool:
+        """Whether the model samples with classifier-free guidance (DiffusionModel.uses_cfg), which
+        doubles the UNet evaluations the log counts."""
+        from alignzoo.models import model_spec
+
+        spec = model_spec(self.model)
+        return spec.kind == "sd" and spec.guidance_scale > 1.0
 
     def compute_table(self, world_size: int = 1, algorithms=None) -> list[dict]:
         """Per (algorithm, reward): epochs, images, optimiser updates and images per update under
@@ -132,44 +140,55 @@ class Suite:
                 rows.append({"algo": algo, "reward": reward, **run_compute(get_algorithm(algo)(cfg), self.num_steps(cfg), self.samples, world_size)})
         return rows
 
+    def cell_cost(self, algo: str, reward: str) -> dict:
+        """One cell's training, before running it, under the names of its log's counters (the
+        last line's): images (``samples``), optimiser ``updates``, UNet evaluations of sampling
+        (rollouts and LaSRO's stage 1) and of the updates (``unet_evals_training``), and reward
+        queries (the logged 1-step reward's too), from the plan and the algorithm's declared
+        costs (alignzoo.algos.costs). ReFL's and AlignProp's random steps count at their mean."""
+        from alignzoo.algos import get_algorithm
+        from alignzoo.algos.fairness import run_compute
+
+        cfg = self.algo_config(algo, reward)
+        t, method, cfg_doubles = self.num_steps(cfg), get_algorithm(algo)(cfg), self.uses_cfg()
+        run = run_compute(method, t, self.samples)
+        rollouts, first = run["epochs"] * cfg.samples_per_epoch, run["images_before_training"]  # first: LaSRO's stage 1
+        per_rollout = method.rollout_reward_queries(t) + method.training_reward_queries(t)
+        queries = rollouts * per_rollout + first * method.rollout_reward_queries(t, log_first_step=False)  # stage 1 logs no 1-step reward
+        return {
+            "samples": run["images"],
+            "updates": run["updates"],
+            "unet_evals_sampling": (rollouts + first) * t * (2 if cfg_doubles else 1),
+            "unet_evals_training": round(rollouts * method.training_unet_evals(t, cfg_doubles)),
+            "reward_queries": round(queries),
+        }
+
     def estimated_cost(self) -> dict:
-        """Images, optimiser updates, UNet evaluations and reward queries, before running (printed
-        by the runner); images and updates as the trainer counts them (every generated image)."""
+        """Images, optimiser updates, UNet evaluations and reward queries of the whole suite, before
+        running (printed by the runner): every cell's :meth:`cell_cost` times the seeds, and the
+        evaluations'. ``unet_evals_training`` is all of training, its sampling and its updates
+        (``unet_evals_training_sampling``, ``_updates``: the logs' unet_evals_sampling and
+        unet_evals_training)."""
         from alignzoo.prompts import get_prompts
 
-        unet_train = reward_q = images = updates = 0
-        seeds = len(self.seeds)
-        for row in self.compute_table():
-            cfg = self.algo_config(row["algo"], row["reward"])
-            t = self.num_steps(cfg)
-            algo = _algo(row["algo"], cfg)
-            rollouts = row["epochs"] * cfg.samples_per_epoch  # scored by the reward; the rest (LaSRO's own) are not
-            trained = algo.trained_steps(t) if t > 1 or cfg.train_unrendered_step else t  # transitions recomputed per trajectory
-            per_traj = {"sdpo": min(t, 3), "lasro": min(t, 2)}.get(row["algo"], 1 + (t > 1))  # + the logged 1-step reward
-            images += seeds * row["images"]
-            updates += seeds * row["updates"]
-            unet_train += seeds * (row["images"] * t + (0 if algo.update_epoch is not None else rollouts * trained * (2 if algo.needs_reference else 1)))
-            reward_q += seeds * (rollouts + row["images_before_training"]) * per_traj
+        cells = [self.cell_cost(a, r) for a in self.algorithms for r in self.rewards]
+        total = lambda key: len(self.seeds) * sum(c[key] for c in cells)  # noqa: E731
         n_images = sum(min(len(get_prompts(p)), self.eval.prompts_per_set or 10**9) for p in self.eval.prompt_sets) * self.eval.images_per_prompt
         evals_per_cell = len(self.eval_interval_points(self.algo_config(self.algorithms[0]).samples_per_epoch))
         n_eval_models = 1 + len(self.cells()) * evals_per_cell
-        unet_eval = n_eval_models * n_images * sum(self.eval.steps)
-        reward_eval = n_eval_models * n_images * len(self.eval.steps) * len(self.rewards)
+        unet_eval = n_eval_models * n_images * sum(self.eval.steps) * (2 if self.uses_cfg() else 1)
+        reward_eval = n_eval_models * n_images * len(self.eval.steps) * len(dict.fromkeys(self.rewards + self.eval.rewards))  # every cell on every reward
         return {
             "cells": len(self.cells()),
-            "images_training": images,
-            "updates_training": updates,
-            "unet_evals_training": unet_train,
+            "images_training": total("samples"),
+            "updates_training": total("updates"),
+            "unet_evals_training": total("unet_evals_sampling") + total("unet_evals_training"),
+            "unet_evals_training_sampling": total("unet_evals_sampling"),
+            "unet_evals_training_updates": total("unet_evals_training"),
             "unet_evals_evaluation": unet_eval,
-            "reward_queries_training": reward_q,
+            "reward_queries_training": total("reward_queries"),
             "reward_queries_evaluation": reward_eval,
         }
-
-
-def _algo(name: str, cfg):
-    from alignzoo.algos import get_algorithm
-
-    return get_algorithm(name)(cfg)
 
 
 def parse_suite(data: dict, source: str | None = None) -> Suite:

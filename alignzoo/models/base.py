@@ -118,8 +118,19 @@ def load_model(
     its scheduler is an LCMScheduler or ``kind="lcm"`` is given. ``NAME@rlcm`` (or
     ``lcm_schedule="rlcm"``) selects RLCM's LCM timestep schedule (alignzoo/models/lcm.py).
     """
-    from alignzoo.models.lcm import LatentConsistencyModel, split_schedule, with_schedule
+    from alignzoo.models.lcm import LatentConsistencyModel
     from alignzoo.models.stable_diffusion import StableDiffusionModel
+
+    spec = model_spec(name_or_path, kind, **overrides)
+    folder = spec.resolve(model_path)
+    cls = LatentConsistencyModel if spec.kind == "lcm" else StableDiffusionModel
+    return cls.from_folder(folder, spec=spec, device=device, dtype=dtype)
+
+
+def model_spec(name_or_path: str, kind: str | None = None, **overrides) -> ModelSpec:
+    """The spec :func:`load_model` loads, without loading it: a registered model's, or a diffusers
+    folder's (its kind from its scheduler unless given, its ``alignzoo.json`` defaults)."""
+    from alignzoo.models.lcm import split_schedule, with_schedule
 
     _import_builtin_models()
     name_or_path, schedule = split_schedule(name_or_path)
@@ -136,10 +147,7 @@ def load_model(
         raise AssertionError  # unreachable
     if overrides:
         spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
-    spec = with_schedule(spec, schedule)
-    folder = spec.resolve(model_path)
-    cls = LatentConsistencyModel if spec.kind == "lcm" else StableDiffusionModel
-    return cls.from_folder(folder, spec=spec, device=device, dtype=dtype)
+    return with_schedule(spec, schedule)
 
 
 def _with_folder_defaults(spec: ModelSpec, folder: Path) -> ModelSpec:
