@@ -29,7 +29,7 @@ SECTIONS = {  # [algo.NAME] of each algorithm's cell; one not named here runs on
     "hybrid": {"group_size": 4, "num_inner_epochs": 2},
     "dpok": {"value_steps": 1, "num_inner_epochs": 2},
     "reward-backprop": {"mode": "draft-lv", "lv_n": 2, "num_inner_epochs": 2},
-    "diffusion-dpo": {"noise_draws": 2},
+    "diffusion-dpo": {"noise_draws": 2, "num_inner_epochs": 2},
     "diffusion-nft": {"group_size": 4, "kl_weight": 1e-4, "num_inner_epochs": 2},
     "lasro": {
         "group_size": 4,

@@ -142,8 +142,9 @@ class DiffusionDPO(Algorithm):
     def training_unet_evals(self, num_steps: int, cfg: bool = False) -> float:
         # pair_step's count: the G images of a group give one pair, each of its two images
         # re-noised noise_draws times, a forward with gradient and one of the reference per
-        # re-noising; conditional only (no guidance batch), and one pass over the epoch's groups
-        return 4 * self.config.noise_draws / self.config.group_size
+        # re-noising; conditional only (no guidance batch), num_inner_epochs passes over the groups
+        c = self.config
+        return c.num_inner_epochs * 4 * c.noise_draws / c.group_size
 
     def timesteps(self, ctx, n: int) -> torch.Tensor:
         """n training timesteps: U{0, …, 999}, or (``is_turbo``) uniform over the N-step schedule."""
@@ -159,10 +160,11 @@ class DiffusionDPO(Algorithm):
         g, traj = self.config.group_size, rollout.traj
         winner, loser, tie = best_and_worst(rollout.final_rewards.view(-1, g))
         stats: dict[str, list[float]] = {"tie": tie.float().tolist()}
-        for items in self.plan(traj.batch_size, traj.num_steps, self.rng):
-            groups = items.rows[:, 0, 0] // g
-            for k, v in self.pair_step(ctx, traj, groups * g + winner[groups], groups * g + loser[groups], tie[groups]).items():
-                stats.setdefault(k, []).append(v)
+        for _ in range(self.config.num_inner_epochs):  # passes over the epoch's pairs, as the trainer's loop
+            for items in self.plan(traj.batch_size, traj.num_steps, self.rng):
+                groups = items.rows[:, 0, 0] // g
+                for k, v in self.pair_step(ctx, traj, groups * g + winner[groups], groups * g + loser[groups], tie[groups]).items():
+                    stats.setdefault(k, []).append(v)
         return {k: float(np.mean(v)) for k, v in stats.items()}
 
     def pair_step(self, ctx, traj, rows_w: torch.Tensor, rows_l: torch.Tensor, tie: torch.Tensor) -> dict:
