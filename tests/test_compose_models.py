@@ -161,3 +161,33 @@ def test_compositional_models_train_on_their_own_prompts_and_the_judge_names_the
     assert cli_main(["list", "prompts"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in ("geneval_train", "geneval_seen_small", "geneval_unseen", "simple_animals"))
+
+
+@pytest.mark.parametrize(
+    "stage,expected",
+    [
+        ("all", ["geneval", "preference", "vae2", "sd2", "turbo", "lcm2"]),
+        ("compose-models", ["vae2", "sd2", "turbo", "lcm2"]),
+        ("turbo", ["turbo"]),
+    ],
+)
+def test_train_stage_all_runs_the_compositional_world_in_order(monkeypatch, tmp_path, stage, expected):
+    """`--stage all` reproduces the whole compositional world: rewards (renders only) before the
+    models, and the models in their dependency order (vae2 -> sd2 -> turbo, lcm2)."""
+    from alignzoo.cli import main
+    from alignzoo.tinyworld.training.compose import stages
+
+    ran = []
+    monkeypatch.setattr(stages, "run_stage", lambda stage, **kw: ran.append((stage, kw["seed"], kw["scale"])) or {})
+    assert main(["tinyworld", "train", "--stage", stage, "--out", str(tmp_path), "--seed", "3", "--scale", "0.5"]) == 0
+    assert ran == [(s, 3, 0.5) for s in expected]
+
+
+def test_train_first_world_runs_its_four_stages(monkeypatch, tmp_path):
+    from alignzoo.cli import main
+    from alignzoo.tinyworld import training
+
+    called = {}
+    monkeypatch.setattr(training, "train", lambda **kw: called.update(kw) or {})
+    assert main(["tinyworld", "train", "--stage", "first-world", "--out", str(tmp_path)]) == 0
+    assert called["stage"] == "all" and training.STAGES == ("rewards", "vae", "sd", "lcm")

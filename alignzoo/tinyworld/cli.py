@@ -1,6 +1,6 @@
 """``alignzoo tinyworld``: train the tiny world's models, render a prompt, or run the quality check.
 
-alignzoo tinyworld train [--stage rewards|vae|sd|lcm|all|geneval|preference|compose-models|vae2|sd2|turbo|lcm2]
+alignzoo tinyworld train [--stage all|geneval|preference|compose-models|vae2|sd2|turbo|lcm2|first-world|rewards|vae|sd|lcm]
                          [--out DIR] [--seed N] [--threads N]
 alignzoo tinyworld render --prompt "two red circles on the left" --out x.png [--seed N] [--zoom 8]
 alignzoo tinyworld eval [--weights DIR] [--models tiny-sd-v2,tiny-turbo,tiny-lcm-v2] [--steps 1,2,4,8,16]
@@ -18,14 +18,15 @@ import os
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="tinyworld_command", metavar="ACTION")
-    t = sub.add_parser("train", help="train the tiny reward models, VAE, tiny-sd and tiny-lcm")
-    from alignzoo.tinyworld.training.compose.stages import COMPOSE_STAGES
+    t = sub.add_parser("train", help="train the tiny world's rewards and models (default: the whole compositional world)")
+    from alignzoo.tinyworld.training.compose.stages import ALL_STAGES, COMPOSE_STAGES
 
     t.add_argument(
         "--stage",
         default="all",
-        choices=["rewards", "vae", "sd", "lcm", "all", "compose-models", *COMPOSE_STAGES],
-        help=f"which stage to train (default all, in the order rewards, vae, sd, lcm; the compositional world's {', '.join(COMPOSE_STAGES)} run only by name)",
+        choices=["all", "compose-models", *COMPOSE_STAGES, "first-world", "rewards", "vae", "sd", "lcm"],
+        help=f"which stage to train (default all: the compositional world's {', '.join(ALL_STAGES)} in that order; "
+        "compose-models: its models only; first-world: the first world's rewards, vae, sd, lcm)",
     )
     t.add_argument("--out", default=None, help="output folder (default: the package's alignzoo/tinyworld/weights/)")
     t.add_argument("--seed", type=int, default=0)
@@ -64,17 +65,18 @@ def _compose_stages() -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    if args.stage in _compose_stages() or args.stage == "compose-models":
-        from alignzoo.tinyworld.training.compose.stages import MODEL_STAGES, run_stage
+    from alignzoo.tinyworld.training.compose.stages import ALL_STAGES, MODEL_STAGES, run_stage
 
-        stages = MODEL_STAGES if args.stage == "compose-models" else (args.stage,)
-        for stage in stages:
+    groups = {"all": ALL_STAGES, "compose-models": MODEL_STAGES}
+    if args.stage in _compose_stages() or args.stage in groups:
+        for stage in groups.get(args.stage, (args.stage,)):
             res = run_stage(stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
             print(json.dumps({stage: res}, indent=2, default=str), flush=True)
         return 0
     from alignzoo.tinyworld.training import train
 
-    results = train(stage=args.stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
+    stage = "all" if args.stage == "first-world" else args.stage  # the first world's train() runs its four stages as "all"
+    results = train(stage=stage, out=args.out, seed=args.seed, threads=args.threads, scale=args.scale)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk in ("wall_seconds", "seconds")} for k, v in results.items()}, indent=2))
     return 0
 

@@ -1,6 +1,7 @@
 """Training the first tiny world's models: reward CNNs, VAE, text-to-image model and its LCM.
 
-Stages (run in this order by ``--stage all``; each reads what the earlier ones wrote), one module each:
+Stages (run in this order by ``alignzoo tinyworld train --stage first-world``; each reads what the
+earlier ones wrote), one module each:
 
 rewards  ``tiny_alignment`` (four softmax heads) and ``tiny_aesthetic`` (1 - severity of a
          degradation) on fresh renders.                       -> weights/rewards/

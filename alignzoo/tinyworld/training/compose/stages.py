@@ -21,6 +21,9 @@ COMPOSE_STAGES: dict[str, str] = {
 }
 # ``--stage compose-models`` runs these in order (each reads what the one before wrote)
 MODEL_STAGES = ("vae2", "sd2", "turbo", "lcm2")
+# ``--stage all``: the whole compositional world, the judges and the preference reward first (they
+# read renders only), then the models; the first world's stages are ``--stage first-world``
+ALL_STAGES = ("geneval", "preference", *MODEL_STAGES)
 
 
 def run_stage(stage: str, out: str | Path | None = None, seed: int = 0, threads: int = 1, scale: float = 1.0) -> dict:
