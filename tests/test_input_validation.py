@@ -130,3 +130,32 @@ def test_a_bad_device_is_one_line(tiny_random_folders, tmp_path, capsys):
     rc = cli_main(["eval", str(tmp_path), "--model", str(tiny_random_folders["sd"]), "--reward", "jpeg_compressibility", "--device", "cpux"])
     err = capsys.readouterr().err
     assert rc == 2 and err.strip() == "alignzoo eval: error: --device 'cpux' is not a torch device; use cpu, cuda or cuda:N"
+
+
+@pytest.mark.parametrize(
+    "algo,key,text,expected",
+    [
+        ("reward-backprop", "checkpointing", "false", False),  # bool | None, unset: "false" is not the truthy string
+        ("reward-backprop", "checkpointing", "true", True),
+        ("reward-backprop", "checkpointing", "none", None),
+        ("reward-backprop", "reward_margin", "1", 1.0),  # float | None
+        ("diffusion-dpo", "turbo_steps", "4", 4),  # int | None
+        ("ddpo", "lora_alpha", "8", 8.0),
+    ],
+)
+def test_set_reads_an_unset_optional_field_as_its_declared_type(algo, key, text, expected):
+    from alignzoo.algos import get_algorithm
+    from alignzoo.algos.config_strings import config_from_strings
+
+    cls = get_algorithm(algo)
+    value = getattr(config_from_strings(cls.Config, cls.Config(), {key: text}), key)
+    assert value == expected and type(value) is type(expected)
+
+
+def test_set_rejects_a_non_bool_for_an_optional_bool():
+    from alignzoo.algos import get_algorithm
+    from alignzoo.algos.config_strings import config_from_strings
+
+    cls = get_algorithm("reward-backprop")
+    with pytest.raises(ValueError, match="checkpointing.*'maybe'"):
+        config_from_strings(cls.Config, cls.Config(), {"checkpointing": "maybe"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 
@@ -25,8 +26,25 @@ def config_from_strings(config_cls, base, assignments: dict[str, str]):
         if key not in fields:
             raise ValueError(f"unknown config key {key!r} for {config_cls.__name__}; known keys: {', '.join(sorted(fields))}")
         current = getattr(base, key)
+        if current is None:  # an optional field left unset: convert to the type it declares
+            current = _declared_example(config_cls, key)
         kw[key] = _convert(text, current, key)
     return dataclasses.replace(base, **kw)
+
+
+def _declared_example(config_cls, key: str):
+    """A value of the type an ``X | None`` field declares (``False`` for ``bool | None``, …), so
+    ``--set checkpointing=false`` reads a bool rather than the truthy string "false"; None where
+    the declared type is not one of bool, int, float, str."""
+    try:
+        hint = typing.get_type_hints(config_cls).get(key)
+    except (NameError, TypeError):  # an annotation this module cannot resolve: keep the old guess
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    for kind in (bool, int, float, str):
+        if kind in args:
+            return kind()
+    return None
 
 
 def _convert(text: Any, current: Any, key: str):
