@@ -165,11 +165,7 @@ def test_compositional_models_train_on_their_own_prompts_and_the_judge_names_the
 
 @pytest.mark.parametrize(
     "stage,expected",
-    [
-        ("all", ["geneval", "preference", "vae2", "sd2", "turbo", "lcm2"]),
-        ("compose-models", ["vae2", "sd2", "turbo", "lcm2"]),
-        ("turbo", ["turbo"]),
-    ],
+    [("all", ["geneval", "preference", "vae2", "sd2", "turbo", "lcm2"]), ("compose-models", ["vae2", "sd2", "turbo", "lcm2"]), ("turbo", ["turbo"])],
 )
 def test_train_stage_all_runs_the_compositional_world_in_order(monkeypatch, tmp_path, stage, expected):
     """`--stage all` reproduces the whole compositional world: rewards (renders only) before the
