@@ -119,12 +119,13 @@ class Suite:
         return int(cfg.num_steps or model_spec(self.model).train_steps)
 
     def uses_cfg(self) -> bool:
-        """Whether the model samples with classifier-free guidance (DiffusionModel.uses_cfg), which
-        doubles the UNet evaluations the log counts."""
+        """Whether the model samples with classifier-free guidance, which doubles the UNet
+        evaluations the log counts (the model's own rule, DiffusionModel.uses_cfg)."""
         from alignzoo.models import model_spec
+        from alignzoo.models.base import doubles_batch_for_guidance
 
         spec = model_spec(self.model)
-        return spec.kind == "sd" and spec.guidance_scale > 1.0
+        return doubles_batch_for_guidance(spec.kind, spec.guidance_scale)
 
     def compute_table(self, world_size: int = 1, algorithms=None) -> list[dict]:
         """Per (algorithm, reward): epochs, images, optimiser updates and images per update under

@@ -49,6 +49,12 @@ PIPELINE_PATTERNS = ("*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+def doubles_batch_for_guidance(kind: str, guidance_scale: float) -> bool:
+    """Classifier-free guidance doubles the UNet batch (and the UNet evaluations the log counts);
+    LCM's guidance is a w-embedding instead."""
+    return kind == "sd" and guidance_scale > 1.0
+
+
 @dataclass
 class ModelSpec:
     """A registered model: where its weights are and how it samples by default."""
@@ -269,8 +275,7 @@ class DiffusionModel:
 
     @property
     def uses_cfg(self) -> bool:
-        """Classifier-free guidance doubles the batch; LCM's guidance is a w-embedding instead."""
-        return self.kind == "sd" and self.guidance_scale > 1.0
+        return doubles_batch_for_guidance(self.kind, self.guidance_scale)
 
     def negative_embeds(self, batch: int) -> torch.Tensor | None:
         if not self.uses_cfg:
