@@ -20,6 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
+CONTROL = "random"  # the reward name of random-reward control cells (<algo>__random__<seed>), whatever twin they train on
 CELL_RE = re.compile(r"^(?P<algo>.+?)__(?P<reward>.+)__seed(?P<seed>-?\d+)$")
 
 

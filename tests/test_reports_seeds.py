@@ -308,6 +308,28 @@ def test_flags(rep):
     assert "## Health" in rep["md"]
 
 
+def test_gain_over_the_random_reward_control(rep):
+    """control.csv: ddpo's gain minus its random-reward control's, SEs across seeds in quadrature;
+    only ddpo has control runs, so only ddpo has rows."""
+    data, ctl = rep["data"], pd.read_csv(rep["out"] / "control.csv")
+    assert set(ctl["algo"]) == {"ddpo"} and len(ctl) == len(REWARDS) * len(STEPS)
+    for reward in REWARDS:
+        for n in STEPS:
+            pre = float(np.mean(data["pre"][(reward, n)]))
+            g, se_g = _pm([m - pre for m in _means(data, "ddpo", reward, reward, n)])
+            c, se_c = _pm([m - pre for m in _means(data, "ddpo", "random", reward, n)])
+            row = ctl[(ctl["reward"] == reward) & (ctl["steps"] == n)].iloc[0]
+            assert (row.gain, row.control, row.margin) == pytest.approx((g, c, g - c), abs=1e-12)
+            assert row.z == pytest.approx((g - c) / math.hypot(se_g, se_c), rel=1e-9) and row.seeds == "3/3"
+    ra, rb = (ctl[(ctl["reward"] == r) & (ctl["steps"] == 4)].iloc[0] for r in ("ra", "rb"))
+    assert ra.z > 2 > rb.z  # ddpo gains +0.05 on ra, its control none; on rb both gain +0.02 (flagged)
+    md = (rep["out"] / "control.md").read_text()
+    assert "### Trained on ra, seen prompts" in md and f"({ra.z:+.1f})" in md
+    table = "".join(line for line in md.splitlines() if line.startswith("|"))
+    assert table.count("✓") == int((ctl["z"] > 3).sum())  # ✓ marks z > 3 only
+    assert "## Gain over the random-reward control" in rep["md"]
+
+
 def test_mixed_settings_are_refused(rep, tmp_path, capsys):
     root = tmp_path / "mixed"
     shutil.copytree(rep["root"], root)
@@ -346,3 +368,12 @@ def test_images_note_names_algorithms_with_other_budgets():
     note = images_note(frame)
     assert "most generated 512, while lasro (2,880)" in note and "rebel" not in note
     assert images_note(frame[frame["method"] != "lasro"]) is None
+
+
+def test_control_table_marks_only_margins_above_3_se():
+    from alignzoo.reports.control import COLUMNS, control_markdown
+
+    rows = [["a", "r", "seen", 4, "3/3", 0.2, 0.02, 0.05, 0.03, 0.15, 0.04, 3.75], ["b", "r", "seen", 4, "3/3", 0.1, 0.02, 0.06, 0.03, 0.04, 0.04, 1.0]]
+    lines = [x for x in control_markdown(pd.DataFrame(rows, columns=COLUMNS)).splitlines() if x.startswith(("| a ", "| b "))]
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == ["a", "3/3", "+0.150 ± 0.040 (+3.8) ✓"]
+    assert [c.strip() for c in lines[1].strip("|").split("|")] == ["b", "3/3", "+0.040 ± 0.040 (+1.0)"]

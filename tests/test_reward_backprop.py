@@ -299,6 +299,23 @@ def test_a_suite_pairing_reward_backprop_with_a_reward_without_gradients_fails_a
     parse_suite({**base, "rewards": ["tiny_alignment"]})
 
 
+def test_a_suites_random_control_trains_reward_backprop_on_random_direction(tmp_path):
+    """`random` in a suite is the control: reward-backprop cells train on its differentiable twin,
+    log-prob algorithms on `random` itself; the cell keeps the name `<algo>__random__<seed>`."""
+    from alignzoo.benchmarks.runner import BenchmarkRunner
+    from alignzoo.benchmarks.suites import parse_suite
+
+    suite = parse_suite({"name": "t", "model": "tiny-sd", "algorithms": ["ddpo", "reward-backprop"], "rewards": ["tiny_alignment", "random"]})
+    runner = BenchmarkRunner(suite, tmp_path, device="cpu", progress=False, log=lambda *_: None)
+    trained = {(a, r): runner.train_config(a, r, 0, tmp_path / a).reward for a, r, _ in suite.cells()}
+    assert trained == {
+        ("ddpo", "tiny_alignment"): "tiny_alignment",
+        ("ddpo", "random"): "random",
+        ("reward-backprop", "tiny_alignment"): "tiny_alignment",
+        ("reward-backprop", "random"): "random_direction",
+    }
+
+
 def test_config_errors_name_the_setting():
     for kw, name in [({"mode": "draft-k"}, "mode"), ({"draft_k": 0}, "draft_k"), ({"refl_window_start": 0.9, "refl_window_end": 0.5}, "refl_window_start")]:
         with pytest.raises(ValueError, match=f"reward-backprop: {name} must be"):

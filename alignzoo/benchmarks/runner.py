@@ -223,14 +223,14 @@ class BenchmarkRunner:
         suite = self.suite
         return TrainConfig(
             algo=algo,
-            reward=reward,
+            reward=suite.trained_reward(algo, reward),  # the control `random` may become random_direction
             model=suite.model,
             model_path=suite.model_path,
             out=str(out),
             samples=suite.samples,
             seed=seed,
             prompts=suite.train_prompts,
-            reward_kwargs=component_kwargs(reward, suite.reward_args),
+            reward_kwargs=component_kwargs(suite.trained_reward(algo, reward), suite.reward_args),
             progress=self.progress,
             cpu=self.device == "cpu",
         )

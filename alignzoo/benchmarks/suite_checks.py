@@ -130,7 +130,7 @@ def validate(suite) -> None:
     for a, r, _seed in suite.cells():  # validates every override and pairing now, not hours into the run
         suite.algo_config(a, r)
         try:
-            check_reward_gradients(get_algorithm(a), r)  # reward backprop needs a differentiable reward
+            check_reward_gradients(get_algorithm(a), suite.trained_reward(a, r))  # reward backprop needs a differentiable reward
         except ValueError as err:
             raise ValueError(f"suite {name!r}: {err}") from None
     _warn_small_eval(suite)

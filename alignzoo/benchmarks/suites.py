@@ -16,6 +16,10 @@ user's own file works too. Schema (every key optional except model, algorithms, 
                    images_per_prompt = 2, prompts_per_set = 16, eta = 0.0 (or "train"),
                    seed = 1234, grid_images = 4, batch_size = 64
     [reward_args.<reward>]  keyword arguments of a reward
+
+The reward ``random`` in ``rewards`` adds the random-reward control: every algorithm also trains
+on a reward with nothing to learn (reward-backprop algorithms on ``random_direction``,
+:meth:`Suite.trained_reward`), and the report puts each gain beside its control's.
 """
 
 from __future__ import annotations
@@ -71,6 +75,15 @@ class Suite:
 
     def cells(self) -> list[tuple[str, str, int]]:
         return [(a, r, s) for a in self.algorithms for r in self.rewards for s in self.seeds]
+
+    @staticmethod
+    def trained_reward(algo: str, reward: str) -> str:
+        """The reward a cell trains on: ``reward``, except the control ``random``, which becomes the
+        algorithm's own control (``random_direction`` where it back-propagates the reward)."""
+        from alignzoo.algos import get_algorithm
+        from alignzoo.rewards.control import CONTROL, control_reward
+
+        return control_reward(get_algorithm(algo).needs_reward_grad) if reward == CONTROL else reward
 
     def algo_config(self, algo: str, reward: str | None = None):
         """The algorithm's Config with the suite's [train], [algo.<name>] and

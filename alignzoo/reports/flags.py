@@ -5,28 +5,24 @@ Report-level flags:
 
 ``gain_not_above_control``
     a run trained on R whose paired gain on R over the pretrained model is no larger than that of
-    the random-reward control (a run of the same algorithm trained on reward ``random``, evaluated
-    on R): the difference of the two gains (means over seeds) is below :data:`Z_CONTROL` standard
-    errors, SE = sqrt(SE_run² + SE_control²), each the standard error across seeds (one seed: the
-    evaluation's paired ``diff_se``). A gain the control matches is drift, not learning. Checked
-    at the training trajectory length (``[train] num_steps``) when it was evaluated, else at
-    every step count.
+    the random-reward control (control.py: the same algorithm trained on ``random``, evaluated on
+    R): the difference of the two gains is below :data:`Z_CONTROL` standard errors. A gain the
+    control matches is drift, not learning. Checked at the training trajectory length
+    (``[train] num_steps``) when it was evaluated, else at every step count.
 ``heldout_fell``
     see :func:`alignzoo.reports.heldout.hacking_flags`.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
 from alignzoo.health import run_flags
-from alignzoo.reports.results import PRETRAINED, Results
+from alignzoo.reports.control import control_frame
+from alignzoo.reports.results import Results
 
-CONTROL = "random"
 Z_CONTROL = 2.0
 
 
@@ -64,45 +60,27 @@ def cell_flags(results: Results) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cell", "algo", "train_reward", "seed", "flag", "message", "source"])
 
 
-def _gain(lines: pd.DataFrame, pre_mean: float) -> tuple[float, float]:
-    diffs = lines["mean"].to_numpy(float) - pre_mean
-    if len(diffs) > 1:
-        return float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(len(diffs)))
-    return (float(diffs[0]), float(lines["diff_se"].iloc[0])) if len(diffs) else (np.nan, np.nan)
-
-
 def control_flags(results: Results, algos: list[str], rewards: list[str]) -> list[dict]:
     """``gain_not_above_control`` flags (see the module docstring); [] without control runs."""
-    fin = results.final()
-    if not (fin["train_reward"] == CONTROL).any():
-        return []
+    frame = control_frame(results, algos, rewards)
     t = (results.suite.get("train") or {}).get("num_steps")
+    if t is not None and int(t) in set(frame["steps"]):
+        frame = frame[frame["steps"] == int(t)]
     flags = []
-    for algo in algos:
-        for reward in [r for r in rewards if r != CONTROL]:
-            found = []
-            for (ps, n), col in fin[fin["eval_reward"] == reward].groupby(["prompt_set", "steps"], sort=False):
-                if t is not None and int(t) in set(fin["steps"]) and int(n) != int(t):
-                    continue
-                pre = col[col["algo"] == PRETRAINED]
-                run = col[(col["algo"] == algo) & (col["train_reward"] == reward)].drop_duplicates("cell")
-                ctl = col[(col["algo"] == algo) & (col["train_reward"] == CONTROL)].drop_duplicates("cell")
-                if pre.empty or run.empty or ctl.empty:
-                    continue
-                (g, se_g), (c, se_c) = _gain(run, float(pre["mean"].iloc[-1])), _gain(ctl, float(pre["mean"].iloc[-1]))
-                se = math.sqrt(se_g**2 + se_c**2) if np.isfinite(se_g) and np.isfinite(se_c) else np.nan
-                if not (np.isfinite(se) and g - c > Z_CONTROL * se):
-                    found.append(
-                        f"{ps} prompts, {int(n)} step{'s' if int(n) != 1 else ''}: gain {g:+.3g} vs the control's {c:+.3g} (difference {g - c:+.3g} ± {se:.2g})"
-                    )
-            if found:
-                flags.append(
-                    {
-                        "scope": f"{algo} on {reward}",
-                        "flag": "gain_not_above_control",
-                        "message": f"gain no larger than the random-reward control's (within {Z_CONTROL:g} SE): " + "; ".join(found),
-                    }
-                )
+    for (algo, reward), sub in frame.groupby(["algo", "reward"], sort=False):
+        found = [
+            f"{r.prompt_set} prompts, {r.steps} step{'s' if r.steps != 1 else ''}: gain {r.gain:+.3g} vs the control's {r.control:+.3g} (difference {r.margin:+.3g} ± {r.se:.2g})"
+            for r in sub.itertuples()
+            if not (np.isfinite(r.se) and r.margin > Z_CONTROL * r.se)
+        ]
+        if found:
+            flags.append(
+                {
+                    "scope": f"{algo} on {reward}",
+                    "flag": "gain_not_above_control",
+                    "message": f"gain no larger than the random-reward control's (within {Z_CONTROL:g} SE): " + "; ".join(found),
+                }
+            )
     return flags
 
 

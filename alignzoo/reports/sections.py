@@ -7,6 +7,7 @@ Each function writes its files into ``out`` and returns the Markdown lines for `
 ``heldout_<set>_<reward>.md / .csv``   runs trained on a reward, on every reward + diversity
 ``compute.md / .csv``                  images, reward queries, UNet fwd/bwd, VAE, updates, time
 ``provenance.md / .csv``               the evaluation settings (setting_hash) of every column
+``control.md / .csv``                  each gain beside the random-reward control's (control.py)
 ``flags.md / .csv``                    health flags per run and report-level flags
 =====================================  =====================================================
 """
@@ -17,14 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from alignzoo.reports import compute, flags, heldout, pairwise, provenance
+from alignzoo.reports import compute, control, flags, heldout, pairwise, provenance
 from alignzoo.reports.results import Results, slug
+from alignzoo.runlog import CONTROL
 
 
 def pairwise_sections(results: Results, out: Path, algos: list[str], rewards: list[str]) -> tuple[dict, list[str]]:
     """({prompt set: pairwise frame}, Markdown) for every prompt set."""
     frames, md = {}, []
-    rewards = [r for r in rewards if r != flags.CONTROL]  # ranking algorithms on the random control reward means nothing
+    rewards = [r for r in rewards if r != CONTROL]  # ranking algorithms on the random control reward means nothing
     for ps in results.prompt_sets:
         frame = pairwise.pairwise_frame(results, ps, algos, rewards)
         if frame.empty:
@@ -62,6 +64,17 @@ def heldout_sections(results: Results, out: Path, algos: list[str], rewards: lis
             "",
         ] + md
     return found, md
+
+
+def control_section(results: Results, out: Path, algos: list[str], rewards: list[str]) -> list[str]:
+    """Each algorithm's gain minus its random-reward control's; [] when the suite has no control."""
+    frame = control.control_frame(results, algos, rewards)
+    if frame.empty:
+        return []
+    text = control.control_markdown(frame)
+    (out / "control.md").write_text(text + "\n\n" + control.CONTROL_NOTE + "\n")
+    frame.to_csv(out / "control.csv", index=False)
+    return ["## Gain over the random-reward control", "", control.CONTROL_NOTE, "", text, ""]
 
 
 def compute_section(results: Results, out: Path, algos: list[str], rewards: list[str]) -> list[str]:

@@ -24,6 +24,13 @@ import torch
 
 from alignzoo.images import to_uint8
 from alignzoo.rewards.base import Reward, register_reward
+from alignzoo.runlog import CONTROL
+
+
+def control_reward(needs_reward_grad: bool) -> str:
+    """The reward a control cell trains on: ``random``, or its differentiable twin
+    ``random_direction`` for algorithms that back-propagate the reward (reward-backprop, hybrid)."""
+    return "random_direction" if needs_reward_grad else CONTROL
 
 
 def hash_score(image_u8: bytes, shape: tuple[int, ...], prompt: str, seed: int = 0) -> float:
