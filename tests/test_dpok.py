@@ -12,11 +12,25 @@ from alignzoo.algos import get_algorithm
 from alignzoo.algos.base import EpochData, Items
 from alignzoo.algos.dpok import DPOK, DPOKConfig, ValueHead
 from alignzoo.algos.rollouts import Rollout
-from alignzoo.models.sampling import mean_kl, reference_kl, sample, step_moments
+from alignzoo.models.sampling import mean_kl, sample, step_moments
 
 
 def _items(m: int) -> Items:
     return Items(torch.arange(m).view(m, 1, 1), torch.zeros(m, 1, 1, dtype=torch.long))
+
+
+STD = 0.5  # σ of the one step in the hand-made epochs below
+
+
+def _epoch(adv) -> EpochData:
+    """m trajectories of one step, one latent dimension: pretrained means 0, σ = STD."""
+    m = len(adv)
+    return EpochData(advantages=torch.tensor(adv, dtype=torch.float32)[:, None], ref_means=torch.zeros(m, 1, 1, 1, 1), extra={"stds": torch.tensor([STD])})
+
+
+def _means_for(kls) -> torch.Tensor:
+    """Current means (M, 1, 1, 1, 1, 1) whose KL to the zero pretrained means is ``kls``: μ = σ·√(2·KL)."""
+    return torch.tensor([STD * math.sqrt(2 * k) for k in kls]).view(-1, 1, 1, 1, 1, 1)
 
 
 def test_clamped_ratio_loss_and_kl_by_hand():
@@ -25,7 +39,7 @@ def test_clamped_ratio_loss_and_kl_by_hand():
     adv = [2.0, 2.0, -1.0, 0.5]
     kls = [0.1, 0.0, 0.3, 0.02]
     new = torch.tensor([math.log(r) for r in ratios]).view(4, 1, 1)
-    loss, info = algo.loss(_items(4), new, torch.zeros(4, 1, 1), EpochData(advantages=torch.tensor(adv)[:, None]), kl=torch.tensor(kls).view(4, 1, 1))
+    loss, info = algo.loss(_items(4), new, torch.zeros(4, 1, 1), _epoch(adv), new_means=_means_for(kls))
     # −α·A·clamp(r, 0.8, 1.2) + β·KL: the ratio itself is clamped (1.5 → 1.2, 0.5 → 0.8), on both sides
     want = [-10 * a * min(max(r, 0.8), 1.2) + 0.5 * k for r, a, k in zip(ratios, adv, kls)]
     assert loss.tolist() == pytest.approx(want, rel=1e-6)
@@ -39,17 +53,19 @@ def test_the_clamp_stops_the_policy_gradient_outside_the_range_only():
     algo = DPOK(DPOKConfig(reward_weight=3.0, kl_weight=0.0, ratio_clip=0.2))
     ratios, adv = [1.5, 0.5, 1.1], [-1.0, 1.0, 2.0]
     new = torch.tensor([math.log(r) for r in ratios]).view(3, 1, 1).requires_grad_(True)
-    loss, _ = algo.loss(_items(3), new, torch.zeros(3, 1, 1), EpochData(advantages=torch.tensor(adv)[:, None]), kl=torch.zeros(3, 1, 1))
+    loss, _ = algo.loss(_items(3), new, torch.zeros(3, 1, 1), _epoch(adv), new_means=_means_for([0, 0, 0]))
     loss.sum().backward()
     assert new.grad.flatten().tolist() == pytest.approx([0.0, 0.0, -3.0 * 2.0 * 1.1], abs=1e-6)
 
 
 def test_kl_gradient_is_beta_times_the_kl_gradient():
+    """∂(β·KL)/∂μ_θ = β·(μ_θ − μ_pre)/σ², with the pretrained means of the epoch."""
     algo = DPOK(DPOKConfig(kl_weight=0.25))
-    kl = torch.tensor([0.4, 0.1]).view(2, 1, 1).requires_grad_(True)
-    loss, _ = algo.loss(_items(2), torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), EpochData(advantages=torch.zeros(2, 1)), kl=kl)
+    means = _means_for([0.4, 0.1]).requires_grad_(True)
+    loss, info = algo.loss(_items(2), torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), _epoch([0.0, 0.0]), new_means=means)
     loss.sum().backward()
-    assert kl.grad.flatten().tolist() == pytest.approx([0.25, 0.25])
+    assert info["kl"].tolist() == pytest.approx([0.4, 0.1])
+    assert means.grad.flatten().tolist() == pytest.approx([0.25 * STD * math.sqrt(2 * k) / STD**2 for k in (0.4, 0.1)])
 
 
 def test_mean_kl_is_the_gaussian_kl_averaged_over_dimensions():
@@ -61,9 +77,12 @@ def test_mean_kl_is_the_gaussian_kl_averaged_over_dimensions():
 
 
 def log_probs_and_reference_kl(model, traj, steps, rows):
-    """What the trainer computes for DPOK: the current log-probs and each transition's reference KL."""
+    """What the trainer computes for DPOK: the current log-probs and means, the pretrained model's
+    means (the LoRA disabled: EpochData.ref_means), and their KL (DPOK.loss)."""
     logp, mean, std = step_moments(model, traj, steps, rows)
-    return logp, reference_kl(model, traj, steps, rows, mean, std)
+    with model.reference():
+        _, ref_mean, _ = step_moments(model, traj, steps, rows)
+    return logp, mean_kl(mean, ref_mean, std)
 
 
 def _perturb_lora(model, scale=0.05, seed=1):
@@ -126,7 +145,12 @@ def _rollout(rewards, prompts, t=3, shape=(2, 2, 2), seed=0):
     g = torch.Generator().manual_seed(seed)
     b = len(rewards)
     traj = SimpleNamespace(
-        batch_size=b, num_steps=t, prompts=prompts, latents=torch.randn(b, t + 1, *shape, generator=g), prompt_embeds=torch.randn(b, 5, 6, generator=g)
+        batch_size=b,
+        num_steps=t,
+        prompts=prompts,
+        latents=torch.randn(b, t + 1, *shape, generator=g),
+        prompt_embeds=torch.randn(b, 5, 6, generator=g),
+        stds=torch.linspace(0.9, 0.3, t),
     )
     identity = lambda values, prompts: values.float()  # noqa: E731  (the trainer's normaliser, here the identity)
     return Rollout(traj, torch.full((b, 1), t - 1), torch.tensor(rewards)[:, None], 1, identity)
@@ -194,8 +218,8 @@ def test_bad_settings_are_one_line_errors(bad, match):
         validate_algo_config(DPOKConfig(**bad))
 
 
-def test_loss_without_the_kl_is_a_clear_error():
-    with pytest.raises(ValueError, match="needs_reference_kl"):
+def test_loss_without_the_means_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs_means, needs_reference"):
         DPOK().loss(_items(1), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), EpochData(advantages=torch.zeros(1, 1)))
 
 
@@ -214,7 +238,7 @@ def test_a_run_counts_the_reference_forwards(kind, tiny_run, tmp_path):
     cfg = DPOKConfig(num_steps=3, samples_per_epoch=4, train_batch_size=2, learning_rate=1e-2, value_steps=2)
     tr = Trainer(tiny_run("dpok", kind, tmp_path, 4), cfg)
     rec = tr.train()[-1]
-    # sampling 4 × 3; the two updates' 4 images × 2 rendered steps: the policy with grad, the reference without
+    # sampling 4 × 3; the reference at the epoch's 4 images × 2 rendered steps; the two updates' 2 images × 2 steps with grad
     assert (rec["unet_forward"], rec["unet_backward"], rec["updates"]) == (4 * 3 + 2 * 4 * 2, 4 * 2, 2)
     assert rec["kl"] > 0 and math.isfinite(rec["value_loss"]) and rec["first_log_ratio_abs"] < 1e-4
     assert len(tr.algo.replicated_parameters()) == 8  # 2 layers, 2 gates, the output layer: the checked extra state

@@ -199,7 +199,6 @@ class Algorithm(DeclaredCost):
     # grad); the rollout keeps the sampling policy's (Trajectory.means), and with needs_reference
     # the trainer adds the pretrained model's (EpochData.ref_means)
     needs_means: ClassVar[bool] = False
-    needs_reference_kl: ClassVar[bool] = False  # loss(..., kl=) gets each transition's KL(π_θ ‖ π_ref), (M, G, K), with grad
     model_kinds: ClassVar[tuple[str, ...]] = ("sd", "lcm")
 
     world_size: int = 1  # processes that share each update (set by split_over)
@@ -292,7 +291,7 @@ class Algorithm(DeclaredCost):
         raise NotImplementedError
 
     def loss(self, items: Items, new_logp: torch.Tensor, old_logp: torch.Tensor, data: EpochData) -> tuple[torch.Tensor, dict]:
-        """Per-item loss (M,) and per-item diagnostics (each (M,)) for one group of items (``needs_reference_kl``: and ``kl=``)."""
+        """Per-item loss (M,) and per-item diagnostics (each (M,)) for one group of items (``needs_means``: and ``new_means=``)."""
         raise NotImplementedError
 
     # -- optional hooks (algorithms that are not per-step policy gradients, e.g. LaSRO) ------

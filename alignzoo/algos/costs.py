@@ -44,10 +44,9 @@ class DeclaredCost:
     def training_unet_evals(self, num_steps: int, cfg: bool = False) -> float:
         """UNet evaluations of one epoch's update phase per rollout image, as the log's
         ``unet_evals_training`` counts them. The trainer's loop (``Trainer.train_epoch``): every
-        planned transition (``plan``) one forward with gradient, ``num_inner_epochs`` times over,
-        and one of the reference at each with ``needs_reference_kl`` (DPOK); with
+        planned transition (``plan``) one forward with gradient, ``num_inner_epochs`` times over; with
         ``needs_reference`` the reference's log-probs of every action step, once per epoch (its
-        means too, with ``needs_means``: GRPO's KL reads them from the same forward). ``cfg``:
+        means too, with ``needs_means``: the KL of GRPO and DPOK reads them from the same forward). ``cfg``:
         the model's classifier-free guidance, which the log counts twice. An algorithm with its
         own ``update_epoch`` overrides this with what that counts."""
         if self.update_epoch is not None:
@@ -58,7 +57,7 @@ class DeclaredCost:
         local = c.samples_per_epoch // self.world_size
         planned = sum(items.rows.numel() for items in self.plan(local, num_steps, np.random.default_rng(0))) / local
         reference = self.action_steps(num_steps) if self.needs_reference else 0
-        return (c.num_inner_epochs * planned * (2 if self.needs_reference_kl else 1) + reference) * (2 if cfg else 1)
+        return (c.num_inner_epochs * planned + reference) * (2 if cfg else 1)
 
     def training_reward_queries(self, num_steps: int) -> float:
         """Reward queries of one epoch's update phase per rollout image (reward backprop's); none

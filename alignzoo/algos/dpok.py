@@ -17,8 +17,10 @@ Per trained transition (step j of trajectory i, r = p_θ/p_θold of the stored t
 
 KL_ij is the closed form for two Gaussian steps with one variance σ_j² (DDIM-η and the LCM kernel
 both fix σ_j independently of the UNet), averaged over latent dimensions like the log-probs
-(alignzoo/models/sampling.py); p_pre is the same UNet with its LoRA disabled, evaluated at each
-update's transitions (the trainer's ``needs_reference_kl``). DPOK's code regularises
+(alignzoo/models/sampling.py); p_pre is the same UNet with its LoRA disabled, whose step means the
+trainer computes once per epoch at every trained transition (``needs_reference`` and
+``needs_means``: EpochData.ref_means, the route GRPO's KL takes; the reference is frozen, so this
+equals evaluating it at each update, at 1/E of the cost with E inner epochs). DPOK's code regularises
 mean((ε_θ − ε_pre)²) instead, which differs from the paper's KL by a per-step constant.
 
 Rewards r̃: the zoo's per-prompt normalised, clipped final rewards (every final-reward method here
@@ -52,6 +54,7 @@ import torch
 
 from alignzoo.algos.base import AlgoConfig, Algorithm, EpochData, Items, register_algorithm
 from alignzoo.algos.cards import AlgoCard
+from alignzoo.models.sampling import mean_kl
 
 
 @dataclass
@@ -118,7 +121,8 @@ class DPOK(Algorithm):
         code="google-research/google-research (dpok)",
         defaults=("reward_weight", "kl_weight", "ratio_clip", "value_baseline"),
     )
-    needs_reference_kl = True
+    needs_reference = True  # the pretrained model's step means, once per epoch (EpochData.ref_means)
+    needs_means = True  # loss() gets the current policy's step means μ_θ
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -169,14 +173,15 @@ class DPOK(Algorithm):
         rewards = self.clip_advantages(rollout.normalize(rollout.final_rewards))
         b, t = rollout.traj.batch_size, rollout.traj.num_steps
         target = rewards[:, None].expand(b, t).to(rollout.traj.latents.device)
+        stds = {"stds": rollout.traj.stds}  # σ_j of each step, for the KL
         if self.value is None:
-            return EpochData(advantages=target.contiguous())
+            return EpochData(advantages=target.contiguous(), extra=stds)
         inputs = self.value_inputs(rollout.traj)
         with torch.no_grad():
             baseline = self.value(*inputs).view(b, t)
         info = self.fit_value(inputs, target.reshape(-1))
         info["value_explained_var"] = float(1 - (target - baseline).var() / target.var().clamp(min=1e-8))
-        return EpochData(advantages=(target - baseline).contiguous(), extra={"log": info})
+        return EpochData(advantages=(target - baseline).contiguous(), extra={"log": info, **stds})
 
     def fit_value(self, inputs, target: torch.Tensor) -> dict:
         """``value_steps`` full-batch AdamW steps of MSE(V_ψ, r̃), gradients averaged over processes."""
@@ -195,11 +200,13 @@ class DPOK(Algorithm):
         """DDPO's: all trained steps of train_batch_size × gradient_accumulation_steps images per update."""
         return self.all_steps_plan(batch_size, num_steps, generator)
 
-    def loss(self, items: Items, new_logp, old_logp, data: EpochData, kl: torch.Tensor | None = None):
+    def loss(self, items: Items, new_logp, old_logp, data: EpochData, new_means: torch.Tensor | None = None):
         # items (M, G, 1): one step of each of a group's trajectories (G = 1 by default)
-        if kl is None:
-            raise ValueError("dpok: the trainer must pass each transition's KL to the pretrained model (needs_reference_kl)")
+        if new_means is None or data.ref_means is None:
+            raise ValueError("dpok: the trainer must pass the current and the pretrained step means (needs_means, needs_reference)")
         c = self.config
+        std = data.extra["stds"].to(new_logp.device)[items.steps]
+        kl = mean_kl(new_means, data.ref_means[items.rows, items.steps].to(new_means.device), std)  # KL_ij, with grad
         adv = data.advantages[items.rows, items.steps]
         log_ratio = new_logp - old_logp
         per = dpok_loss(adv, log_ratio, kl, c.reward_weight, c.kl_weight, c.ratio_clip)

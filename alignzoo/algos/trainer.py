@@ -45,7 +45,7 @@ from alignzoo.algos.context import TrainerContext
 from alignzoo.algos.optim import make_optimizer
 from alignzoo.algos.stat_tracking import StatTracker
 from alignzoo.algos.timer import NullTimer
-from alignzoo.models.sampling import Trajectory, reference_kl, step_moments
+from alignzoo.models.sampling import Trajectory, step_moments
 from alignzoo.prompts import get_prompts
 from alignzoo.runlog import FRESH_TOTALS, add_counts, append_record, read_log, report_health  # noqa: F401  (read_log: public here)
 
@@ -281,9 +281,6 @@ class Trainer:
             extra = {}
             with self.accelerator.autocast():
                 new, mean, std = step_moments(self.model, traj, s, r)
-                if self.algo.needs_reference_kl:  # and each transition's KL to the pretrained model (DPOK)
-                    extra["kl"] = reference_kl(self.model, traj, s, r, mean, std).float().view(len(chunk), *shape)
-                    self.count(unet=r.shape[0])  # the reference's forward, no grad
             if not bool((std > 0).all()):
                 raise ValueError(f"{self.config.algo}: its plan trains a deterministic step (eta = 0 there), which has no log-probability")
             new = new.float().view(len(chunk), *shape)

@@ -315,15 +315,6 @@ def mean_kl(mean: torch.Tensor, other: torch.Tensor, std: torch.Tensor) -> torch
     return (mean - other).pow(2).flatten(std.ndim).mean(-1) / (2 * std**2)
 
 
-def reference_kl(model, traj: Trajectory, steps: torch.Tensor, rows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """KL(p_θ ‖ p_ref) (K,) of stored transitions whose current means ``mean`` (K, C, h, w, with
-    gradient) and stds ``std`` (K,) :func:`step_moments` gave: the reference is the pretrained model
-    (``model.reference()``, the LoRA disabled), one UNet call without grad (the caller counts it)."""
-    with torch.no_grad(), model.reference():
-        _, ref_mean, _ = step_moments(model, traj, steps, rows)
-    return mean_kl(mean, ref_mean, std)
-
-
 def decode_steps(model, traj: Trajectory, steps: Sequence[int], rows: Sequence[int] | None = None, chunk: int = 64) -> torch.Tensor:
     """Decodes the clean predictions x̂0 of the requested steps only, batched.
 
