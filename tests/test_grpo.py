@@ -177,6 +177,39 @@ def test_dppo_mask_truth_table_and_its_loss():
     assert float(new.grad[0, 0, 0]) == 0.0 and float(new.grad[0, 1, 0]) == pytest.approx(-math.exp(0.2) / 2, rel=1e-6)
 
 
+def test_grpo_guard_recentres_and_scales_the_ratio_and_reweights_each_step():
+    """GRPO-Guard on hand-made Gaussian steps: (log r + b_t)·σ_t equals ⟨z, μ_θ − μ_old⟩ averaged
+    over dimensions, for x = μ_old + σ·z (RatioNorm, computed from the densities here); the clipped
+    term is divided by |∂μ/∂ε̂| of its step."""
+    from alignzoo.models.sampling import gaussian_log_prob
+
+    g = torch.Generator().manual_seed(0)
+    stds = torch.tensor([0.8, 0.3])
+    coefs = torch.tensor([-2.5, -0.5])  # ∂μ/∂ε̂ of the two steps
+    old_means = torch.randn(2, 2, 1, 2, 2, generator=g)  # (B, T, C, h, w)
+    z = torch.randn(2, 2, 1, 2, 2, generator=g)
+    x = old_means + stds.view(1, 2, 1, 1, 1) * z
+    shift = 0.05 * torch.randn(2, 2, 1, 2, 2, generator=g)
+    new_means = (old_means + shift).requires_grad_(True)
+    new_logp = gaussian_log_prob(x.flatten(0, 1), new_means.flatten(0, 1), stds.repeat(2).view(-1, 1, 1, 1)).view(2, 2)
+    old_logp = gaussian_log_prob(x.flatten(0, 1), old_means.flatten(0, 1), stds.repeat(2).view(-1, 1, 1, 1)).view(2, 2)
+    algo = grpo(ratio_guard="guard", clip_range=1e-3)
+    items = Items(torch.tensor([[[0, 1], [1, 0]]]), torch.tensor([[[0, 1], [1, 0]]]))  # (1, G=2, K=2): rows × steps
+    data = EpochData(advantages=torch.tensor([[1.0, 1.0], [-2.0, -2.0]]), extra={"stds": stds, "old_means": old_means, "guard_weights": 1 / coefs.abs()})
+    r, st = items.rows, items.steps
+    loss, info = algo.loss(items, new_logp[r, st], old_logp[r, st], data, new_means=new_means[r, st])
+    normed = (z * shift).flatten(2).mean(-1)  # (B, T): ⟨z, Δμ⟩ averaged over dimensions
+    ratio = normed[r, st].exp()
+    adv = data.advantages[r, st]
+    want = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - 1e-3, 1 + 1e-3)) / coefs.abs()[st]
+    assert torch.allclose(loss, want.flatten(1).mean(1), rtol=1e-4, atol=1e-7)
+    bias = (shift**2).flatten(2).mean(-1) / (2 * stds**2)
+    assert float(info["ratio_bias"]) == pytest.approx(float(bias[r, st].mean()), rel=1e-4)
+    plain, _ = grpo(clip_range=1e-3).loss(items, new_logp[r, st], old_logp[r, st], data, new_means=new_means[r, st])
+    assert not torch.allclose(plain, loss)  # the plain ratio exp(log r) differs (left-shifted by −b_t, unscaled)
+    assert grpo(ratio_guard="guard").needs_means and not grpo(ratio_guard="guard").needs_reference
+
+
 # ---------------------------------------------------------------------------------- MixGRPO's window
 def test_window_moves_every_tau_epochs_and_stops_at_the_end():
     # A = 3 trainable steps, w = 1, s = 1, τ = 2: l = 0, 0, 1, 1, 2, 2, 2, ...
@@ -206,7 +239,7 @@ def test_config_values_are_checked():
     for key, value, message in [
         ("advantage_std", "batch", "advantage_std must be one of group, global, none"),
         ("reward_aggregation", "max", "reward_aggregation must be one of sum, gdpo"),
-        ("ratio_guard", "guard", "ratio_guard must be one of none, dppo"),
+        ("ratio_guard", "mask", "ratio_guard must be one of none, dppo, guard"),
         ("kl_beta", -0.1, "kl_beta must be a number >= 0"),
         ("sde_window_every", 0, "sde_window_every must be an integer >= 1"),
         ("noise_weight_scale", 0.0, "noise_weight_scale must be a number > 0, or none"),
@@ -239,8 +272,8 @@ def test_per_step_eta_makes_the_other_steps_deterministic(tiny_random_sd):
     assert sample(m, ["a cat"], 2, generator=torch.Generator().manual_seed(0)).means is None  # kept only when asked
 
 
-@pytest.mark.parametrize("kind", ["sd", "lcm"])
-def test_grpo_trains_with_every_option_on(kind, tiny_random_folders, prompt_file, tmp_path):
+@pytest.mark.parametrize("kind, guard", [("sd", "dppo"), ("lcm", "dppo"), ("sd", "guard"), ("lcm", "guard")])
+def test_grpo_trains_with_every_option_on(kind, guard, tiny_random_folders, prompt_file, tmp_path):
     from alignzoo.algos.trainer import TrainConfig, Trainer
 
     cfg = GRPO.Config(
@@ -250,7 +283,7 @@ def test_grpo_trains_with_every_option_on(kind, tiny_random_folders, prompt_file
         train_batch_size=4,
         learning_rate=0.01,
         kl_beta=0.1,
-        ratio_guard="dppo",
+        ratio_guard=guard,
         noise_weighting=True,
         sde_window=1,
         sde_window_every=1,
@@ -268,7 +301,8 @@ def test_grpo_trains_with_every_option_on(kind, tiny_random_folders, prompt_file
     records = Trainer(tc, cfg).train()
     first, second = records
     for rec in records:
-        assert math.isfinite(rec["loss"]) and rec["kl_ref"] >= 0 and 0 <= rec["masked"] <= 1
+        assert math.isfinite(rec["loss"]) and rec["kl_ref"] >= 0
+        assert 0 <= rec["masked"] <= 1 if guard == "dppo" else rec["ratio_bias"] >= 0
         assert rec["reward_mean"] == pytest.approx(rec["reward_mean[jpeg_compressibility]"] + 0.5 * rec["reward_mean[random]"], abs=1e-4)
     assert first["first_log_ratio_abs"] < 1e-4 and second["kl_ref"] > 0  # the LoRA moved away from the reference
     # per epoch: sampling 8 × 3, the reference pass over the 2 trainable steps 8 × 2, training the window alone 8 × 1

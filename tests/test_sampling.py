@@ -182,3 +182,32 @@ def test_ddim_kernel_matches_diffusers_ddim_step(tiny_random_sd, n):
         assert float(std.min()) > 0  # eta > 0: the log-prob is defined at every step, the last too
         lp = gaussian_log_prob(want, mean, std)
         assert torch.allclose(lp, _independent_logprob(want, want_mean, want_std.view(2, 1, 1, 1)), atol=1e-3), i
+
+
+@pytest.mark.parametrize("kind", ["sd", "lcm"])
+def test_eps_coefficient_is_how_far_the_mean_moves_per_unit_of_the_unets_output(kind, tiny_random_sd, tiny_random_lcm):
+    """Shift the UNet's output by δ·u through the real predict path: every step's mean moves by
+    c_t·δ·u, c_t = eps_coefficient (the GRPO-Guard reweighting and the DPOK/GRPO KL's scale)."""
+    from alignzoo.models.sampling import denoising_step, eps_coefficient
+
+    m = tiny_random_sd if kind == "sd" else tiny_random_lcm
+    traj = sample(m, ["a red cat"], 4, eta=0.8, generator=torch.Generator().manual_seed(0))
+    u = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    forward = m.unet.forward
+
+    def shifted(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        return type(out)(sample=out.sample + 1e-2 * u)
+
+    coefs = eps_coefficient(m, traj.timesteps, traj.prev_timesteps, traj.stds)
+    assert torch.allclose(traj.eps_coefs, coefs) and bool((coefs.abs() > 0.05).all())
+    for i in range(4):
+        x, t, tp, z = traj.latents[:, i], traj.timesteps[i : i + 1], traj.prev_timesteps[i : i + 1], torch.zeros_like(u)
+        with torch.no_grad():
+            _, _, mean, _ = denoising_step(m, x, t, tp, traj.prompt_embeds, traj.neg_embeds, 0.8, z)
+            m.unet.forward = shifted
+            try:
+                _, _, moved, _ = denoising_step(m, x, t, tp, traj.prompt_embeds, traj.neg_embeds, 0.8, z)
+            finally:
+                m.unet.forward = forward
+        assert torch.allclose((moved - mean) / 1e-2, coefs[i] * u, rtol=1e-3, atol=1e-3), i

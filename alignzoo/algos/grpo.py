@@ -36,6 +36,15 @@ default unless said:
   divergence mask. With D_t = ‖μ_θ − μ_old‖²/(2σ_t²), the exact KL of the old and new step, a
   step is masked (no gradient) when D_t > ε_D and its ratio still moves away (Â > 0 and r > 1, or
   Â < 0 and r < 1); the term is −Â·r·(1 − m). ε_D = ``dppo_threshold``, 1e-5 (verl-omni).
+* ``ratio_guard`` = "guard" (GRPO-Guard, arXiv 2510.22319; Flow-GRPO's released loss). RatioNorm:
+  the log-ratio of a Gaussian step has mean −b_t under the old policy, b_t = ‖μ_θ − μ_old‖²/(2σ_t²)
+  (the same D_t, with grad), and a spread that grows as σ_t shrinks; the guard clips
+  r̃ = exp((log r + b_t)·σ_t) instead, ≈ exp(⟨z, μ_θ − μ_old⟩) with z the step's noise. Gradient
+  reweighting: the flow code divides the step's term by −dt = ∂μ/∂v; the DDIM/LCM counterpart
+  here divides by |c_t|, c_t = ∂μ/∂ε̂ (Trajectory.eps_coefs, models.sampling.eps_coefficient), so
+  every step's gradient is ⟨z, ∂ε̂/∂θ⟩ in ε-space. r̃ − 1 is far smaller than r − 1: set
+  ``clip_range`` for it (Flow-GRPO's guard configs use ~2e-6 on SD3; the tiny suites' 0.1 leaves
+  it unclipped, which the run's clipfrac and health flags show).
 * ``reward_aggregation`` for a weighted sum of rewards (``--reward a --reward b
   --reward-weights``): "sum" normalises Σ_k w_k·R_k as above; "gdpo" (GDPO, arXiv 2601.05242)
   normalises each reward within its group first, A^i = Σ_k w_k·(R^i_k − mean_g R_k)/max(std_g R_k,
@@ -65,7 +74,7 @@ from alignzoo.models.sampling import mean_kl
 
 ADVANTAGE_STDS = ("group", "global", "none")
 AGGREGATIONS = ("sum", "gdpo")
-RATIO_GUARDS = ("none", "dppo")
+RATIO_GUARDS = ("none", "dppo", "guard")
 
 
 @dataclass
@@ -87,7 +96,7 @@ class GRPOConfig(AlgoConfig):
     sde_window_every: int = 25  # τ, epochs per window position (MixGRPO's iters_per_group)
     noise_weighting: bool = False  # TempFlow-GRPO: the policy term of step t times c·σ_t
     noise_weight_scale: float | None = None  # c (None: 1/mean σ over the trainable steps; TempFlow's code: 2.25)
-    ratio_guard: str = "none"  # one of RATIO_GUARDS ("dppo": Flow-DPPO's divergence mask instead of the clip)
+    ratio_guard: str = "none"  # one of RATIO_GUARDS ("dppo": Flow-DPPO's divergence mask instead of the clip; "guard": GRPO-Guard)
     dppo_threshold: float = 1e-5  # ε_D of the divergence mask (verl-omni)
     reward_aggregation: str = "sum"  # one of AGGREGATIONS, for several rewards
 
@@ -172,7 +181,7 @@ def window_start(epoch: int, trainable: int, size: int, stride: int | None, ever
 class GRPO(Algorithm):
     Config = GRPOConfig
     card = AlgoCard(
-        objective="PPO clip on per-step ratios, group-normalised final reward; optional mean-space KL, SDE window, noise weights, DPPO mask",
+        objective="PPO clip on per-step ratios, group-normalised final reward; optional mean-space KL, SDE window, noise weights, DPPO mask or GRPO-Guard",
         reward="scalar, or several (weighted sum, or GDPO)",
         needs="log-probs (+ reference if kl_beta > 0)",
         paper="Liu et al. 2025, arXiv 2505.05470 (Flow-GRPO); Xue et al. 2025, arXiv 2505.07818 (DanceGRPO)",
@@ -193,7 +202,7 @@ class GRPO(Algorithm):
 
     @property
     def needs_means(self) -> bool:
-        return self.config.kl_beta > 0 or self.config.ratio_guard == "dppo"
+        return self.config.kl_beta > 0 or self.config.ratio_guard != "none"
 
     def setup(self, ctx) -> None:
         self._ctx = ctx  # the window moves with ctx.epoch
@@ -220,6 +229,8 @@ class GRPO(Algorithm):
         else:
             adv = group_advantages(rollout.final_rewards, c.group_size, c.advantage_std, rollout.gather)
         extra = {"stds": traj.stds, "old_means": traj.means}
+        if c.ratio_guard == "guard":
+            extra["guard_weights"] = 1.0 / traj.eps_coefs.abs()  # GRPO-Guard's per-step reweighting, 1/|∂μ/∂ε̂|
         if c.noise_weighting:
             extra["weights"] = noise_weights(traj.stds, self.action_steps(traj.num_steps), c.noise_weight_scale)
         adv = self.clip_advantages(adv)
@@ -243,16 +254,23 @@ class GRPO(Algorithm):
     def loss(self, items: Items, new_logp, old_logp, data: EpochData, new_means=None):
         c = self.config
         adv = data.advantages[items.rows, items.steps]  # (M, G, K)
-        ratio = torch.exp(new_logp - old_logp)
-        info = {"clipfrac": ((ratio - 1).abs() > c.clip_range).float().flatten(1).mean(1)}
         std = data.extra["stds"].to(new_logp.device)[items.steps] if self.needs_means else None
+        old_means = data.extra["old_means"][items.rows, items.steps].to(new_logp.device) if c.ratio_guard != "none" else None
+        log_ratio, info = new_logp - old_logp, {}
+        if c.ratio_guard == "guard":  # RatioNorm: re-centred by b_t, scaled by σ_t
+            bias = mean_kl(new_means, old_means, std)
+            log_ratio = (log_ratio + bias) * std
+            info["ratio_bias"] = bias.detach().flatten(1).mean(1)
+        ratio = torch.exp(log_ratio)
+        info["clipfrac"] = ((ratio - 1).abs() > c.clip_range).float().flatten(1).mean(1)
         if c.ratio_guard == "dppo":
-            old_means = data.extra["old_means"][items.rows, items.steps]
             masked = dppo_mask(mean_kl(new_means.detach(), old_means, std), adv, ratio.detach(), c.dppo_threshold)
             policy = -adv * ratio * (~masked)
             info["masked"] = masked.float().flatten(1).mean(1)
         else:
             policy = clipped_surrogate(adv, ratio, c.clip_range)
+        if c.ratio_guard == "guard":
+            policy = policy * data.extra["guard_weights"].to(policy.device)[items.steps]
         if c.noise_weighting:
             policy = policy * data.extra["weights"].to(policy.device)[items.steps]
         per_step = policy

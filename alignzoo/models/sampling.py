@@ -55,6 +55,7 @@ class Trajectory:
     step_etas: torch.Tensor | None = None  # (T,) each step's η when they differ (None: eta at every step)
     stds: torch.Tensor | None = None  # (T,) each step's Gaussian std (η·σ_t for DDIM), the same for every row
     means: torch.Tensor | None = None  # (B, T, C, h, w) each transition's mean μ, kept when asked (keep_means)
+    eps_coefs: torch.Tensor | None = None  # (T,) ∂μ/∂ε̂ of each step at fixed x_t (eps_coefficient), the same for every row
 
     def etas(self) -> torch.Tensor:
         """(T,) the η of every step."""
@@ -95,6 +96,7 @@ class Trajectory:
             step_etas=first.step_etas,
             stds=first.stds,
             means=cat("means"),
+            eps_coefs=first.eps_coefs,
         )
 
 
@@ -122,6 +124,20 @@ def step_distribution(model, x: torch.Tensor, t: torch.Tensor, prev_t: torch.Ten
     std = eta * variance.clamp(min=0).sqrt()
     mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps
     return mean, std
+
+
+def eps_coefficient(model, t: torch.Tensor, prev_t: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """∂μ/∂ε̂ at fixed x_t: how far a step's mean moves per unit of the UNet's noise prediction,
+    (B,) for timesteps t, t' and step stds ``std``. DDIM, with x̂0 = (x − √(1−ᾱ_t)·ε̂)/√ᾱ_t:
+    √(1−ᾱ_t'−std²) − √ᾱ_t'·√(1−ᾱ_t)/√ᾱ_t. LCM, μ = √ᾱ_t'·(c_skip·x + c_out·x̂0):
+    −√ᾱ_t'·c_out·√(1−ᾱ_t)/√ᾱ_t. (μ_θ − μ_ref = this × (ε_θ − ε_ref), the DPOK/GRPO KL's scale.)"""
+    a_t, a_prev = model.alphas_cumprod[t].float(), model.alphas_cumprod[prev_t].float()
+    to_x0 = (1 - a_t).sqrt() / a_t.sqrt()
+    if model.kind == "lcm":
+        _, c_out = model.boundary_coefficients(t)
+        return -a_prev.sqrt() * c_out.view(-1).float() * to_x0
+    std = torch.as_tensor(std, dtype=torch.float32, device=a_t.device).reshape(-1)
+    return (1 - a_prev - std**2).clamp(min=0).sqrt() - a_prev.sqrt() * to_x0
 
 
 def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -202,6 +218,7 @@ def sample(
         step_etas=step_etas,
         stds=torch.tensor(stds, dtype=torch.float32),
         means=torch.stack(means, 1) if keep_means else None,
+        eps_coefs=eps_coefficient(model, timesteps, prev, torch.tensor(stds)).cpu(),
     )
 
 
