@@ -1,5 +1,6 @@
 """GRPO on the denoising steps: group-relative advantages, PPO-clipped per-step ratios, and the
-options of its diffusion variants (Flow-GRPO, DanceGRPO, MixGRPO, TempFlow-GRPO, Flow-DPPO, GDPO).
+options of its diffusion variants (Flow-GRPO, DanceGRPO, MixGRPO, TempFlow-GRPO, Flow-DPPO,
+GRPO-Guard, GDPO).
 
 Notation of Flow-GRPO (Liu et al., arXiv 2505.05470). A prompt c gets a group of G images
 x^i_0 (i = 1..G) with rewards R^i. Step t of trajectory i has the ratio
