@@ -328,6 +328,10 @@ def test_gain_over_the_random_reward_control(rep):
     table = "".join(line for line in md.splitlines() if line.startswith("|"))
     assert table.count("✓") == int((ctl["z"] > 3).sum())  # ✓ marks z > 3 only
     assert "## Gain over the random-reward control" in rep["md"]
+    # the observation, at the training length (4 steps): neither ddpo cell is 3 SE above its control
+    line = next(x for x in rep["md"].splitlines() if x.startswith("- Gain over the random-reward control"))
+    assert "(seen prompts, 4 steps): above by more than 3 SE for 0 of 2" in line
+    assert f"ddpo on ra at 4 ({ra.margin:+.3f}, z {ra.z:+.1f})" in line and "ddpo on rb at 4" in line
 
 
 def test_mixed_settings_are_refused(rep, tmp_path, capsys):

@@ -74,6 +74,28 @@ def control_markdown(frame: pd.DataFrame) -> str:
     return "\n\n".join(parts)
 
 
+def control_lines(frame: pd.DataFrame, train_steps: int | None, z_mark: float = 3.0) -> list[str]:
+    """Observations: per prompt set, which (algorithm, reward) gains exceed the control's by more
+    than ``z_mark`` SE at the training trajectory length (every step count when not evaluated)."""
+    if frame.empty:
+        return []
+    if train_steps is not None and int(train_steps) in set(frame["steps"]):
+        frame = frame[frame["steps"] == int(train_steps)]
+    lines = []
+    for ps, sub in frame.groupby("prompt_set", sort=False):
+        above = sub[sub["z"] > z_mark]
+        below = sub[~(sub["z"] > z_mark)]
+        at = f"{int(train_steps)} steps" if train_steps is not None and int(train_steps) in set(sub["steps"]) else "each step count"
+        text = (
+            f"Gain over the random-reward control ({ps} prompts, {at}): above by more than {z_mark:g} SE for "
+            f"{len(above)} of {len(sub)} (algorithm, reward, step count) cells"
+        )
+        if not below.empty:
+            text += "; not: " + ", ".join(f"{r.algo} on {r.reward} at {r.steps} ({r.margin:+.3f}, z {r.z:+.1f})" for r in below.itertuples())
+        lines.append(text + ".")
+    return lines
+
+
 CONTROL_NOTE = (
     "Each cell: the gain over the pretrained model of the runs trained on the reward minus that of the same algorithm's "
     "runs trained on `random` (reward-backprop algorithms: `random_direction`), both evaluated on the trained reward; "

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alignzoo.reports import categories, compute, pairwise, plots, sections, tables
+from alignzoo.reports import categories, compute, control, pairwise, plots, sections, tables
 from alignzoo.reports import cost as cost_table
 from alignzoo.reports.results import PRETRAINED, Results, load_results, slug
 
@@ -76,7 +76,10 @@ def observations(
     # rankings: only where the pairwise interval excludes zero
     for frame in (pairwise_frames or {}).values():
         lines += pairwise.ranking_lines(frame)
-    lines += _gain_lines(results, gain_frames) + _training_cost_lines(results, cost)
+    lines += _gain_lines(results, gain_frames)
+    t_train = (results.suite.get("train") or {}).get("num_steps")
+    lines += control.control_lines(control.control_frame(results, results.algorithms, results.rewards), t_train)
+    lines += _training_cost_lines(results, cost)
     return [f"- {line}" for line in lines]
 
 
