@@ -72,6 +72,10 @@ class TinyModel:
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         return eps, (x - (1 - a).sqrt() * eps) / a.sqrt()
 
+    def boundary_coefficients(self, t):
+        """(c_skip, c_out) = (0, 1): the LCM kernel's x̂0 here is the plain one (predict_noise)."""
+        return torch.zeros(len(t), 1, 1, 1), torch.ones(len(t), 1, 1, 1)
+
     def decode(self, latents):
         return torch.sigmoid(latents[:, :3])
 
