@@ -221,16 +221,17 @@ class BenchmarkRunner:
         from alignzoo.rewards.combined import component_kwargs
 
         suite = self.suite
+        trained = suite.trained_reward(algo, reward)  # the control `random` may become random_direction
         return TrainConfig(
             algo=algo,
-            reward=suite.trained_reward(algo, reward),  # the control `random` may become random_direction
+            reward=trained,
             model=suite.model,
             model_path=suite.model_path,
             out=str(out),
             samples=suite.samples,
             seed=seed,
             prompts=suite.train_prompts,
-            reward_kwargs=component_kwargs(suite.trained_reward(algo, reward), suite.reward_args),
+            reward_kwargs=component_kwargs(trained, suite.reward_args),
             progress=self.progress,
             cpu=self.device == "cpu",
         )

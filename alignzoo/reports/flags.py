@@ -20,7 +20,6 @@ import pandas as pd
 from tabulate import tabulate
 
 from alignzoo.health import run_flags
-from alignzoo.reports.control import control_frame
 from alignzoo.reports.results import Results
 
 Z_CONTROL = 2.0
@@ -60,9 +59,9 @@ def cell_flags(results: Results) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cell", "algo", "train_reward", "seed", "flag", "message", "source"])
 
 
-def control_flags(results: Results, algos: list[str], rewards: list[str]) -> list[dict]:
-    """``gain_not_above_control`` flags (see the module docstring); [] without control runs."""
-    frame = control_frame(results, algos, rewards)
+def control_flags(results: Results, frame: pd.DataFrame) -> list[dict]:
+    """``gain_not_above_control`` flags (see the module docstring) from ``control.control_frame``;
+    [] without control runs."""
     t = (results.suite.get("train") or {}).get("num_steps")
     if t is not None and int(t) in set(frame["steps"]):
         frame = frame[frame["steps"] == int(t)]

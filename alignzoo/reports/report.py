@@ -60,6 +60,7 @@ def observations(
     gain_frames: dict[str, pd.DataFrame],
     cost: pd.DataFrame,
     pairwise_frames: dict[str, pd.DataFrame] | None = None,
+    control_frame: pd.DataFrame | None = None,
 ) -> list[str]:
     """Short statements computed from the tables (nothing hard-coded): rankings where a pairwise
     interval excludes zero ("not separated" elsewhere), significant gains and losses, where gains
@@ -78,7 +79,9 @@ def observations(
         lines += pairwise.ranking_lines(frame)
     lines += _gain_lines(results, gain_frames)
     t_train = (results.suite.get("train") or {}).get("num_steps")
-    lines += control.control_lines(control.control_frame(results, results.algorithms, results.rewards), t_train)
+    if control_frame is None:
+        control_frame = control.control_frame(results, results.algorithms, results.rewards)
+    lines += control.control_lines(control_frame, t_train)
     lines += _training_cost_lines(results, cost)
     return [f"- {line}" for line in lines]
 
@@ -305,11 +308,12 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, grid_im
     (out / "cost.md").write_text(cost_md + "\n\n" + cost_table.COST_NOTE + "\n")
     cost.to_csv(out / "cost.csv", index=False)
 
+    control_frame = control.control_frame(results, algos, rewards)  # one frame: observations, its section, flags
     heldout_flags, heldout_md = sections.heldout_sections(results, out, algos, rewards)
-    _cell_flags, flags_md = sections.flags_section(results, out, algos, rewards, heldout_flags)
+    _cell_flags, flags_md = sections.flags_section(results, out, control_frame, heldout_flags)
     md += ["## Observations", "", "Computed from the tables and logs below.", ""]
-    md += observations(results, table_frames, gain_frames, cost, pairwise_frames) + [""]
-    md += body + categories.category_sections(results, out) + sections.control_section(results, out, algos, rewards) + pairwise_md + heldout_md + flags_md
+    md += observations(results, table_frames, gain_frames, cost, pairwise_frames, control_frame) + [""]
+    md += body + categories.category_sections(results, out) + sections.control_section(control_frame, out) + pairwise_md + heldout_md + flags_md
     md += _figure_sections(results, out, x) + _grid_section(results, out, grid_images)
     md += sections.compute_section(results, out, algos, rewards)
     md += ["## Cost", "", cost_md, "", cost_table.COST_NOTE, ""] + prov_md

@@ -66,9 +66,9 @@ def heldout_sections(results: Results, out: Path, algos: list[str], rewards: lis
     return found, md
 
 
-def control_section(results: Results, out: Path, algos: list[str], rewards: list[str]) -> list[str]:
-    """Each algorithm's gain minus its random-reward control's; [] when the suite has no control."""
-    frame = control.control_frame(results, algos, rewards)
+def control_section(frame: pd.DataFrame, out: Path) -> list[str]:
+    """Each algorithm's gain minus its random-reward control's (``control.control_frame``); [] when
+    the suite has no control."""
     if frame.empty:
         return []
     text = control.control_markdown(frame)
@@ -98,9 +98,9 @@ def provenance_section(results: Results, out: Path) -> list[str]:
     return ["## Evaluation provenance", "", body, ""]
 
 
-def flags_section(results: Results, out: Path, algos: list[str], rewards: list[str], report_flags: list[dict]) -> tuple[pd.DataFrame, list[str]]:
+def flags_section(results: Results, out: Path, control_frame: pd.DataFrame, report_flags: list[dict]) -> tuple[pd.DataFrame, list[str]]:
     cells = flags.cell_flags(results)
-    report_flags = flags.control_flags(results, algos, rewards) + list(report_flags)
+    report_flags = flags.control_flags(results, control_frame) + list(report_flags)
     checked = len(set(results.health) | set(results.log_records))
     text = flags.flags_markdown(cells, report_flags, checked)
     (out / "flags.md").write_text(text + "\n\n" + flags.FLAGS_NOTE + "\n")
