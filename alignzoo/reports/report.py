@@ -59,8 +59,8 @@ def observations(
     table_frames: dict[str, pd.DataFrame],
     gain_frames: dict[str, pd.DataFrame],
     cost: pd.DataFrame,
-    pairwise_frames: dict[str, pd.DataFrame] | None = None,
-    control_frame: pd.DataFrame | None = None,
+    pairwise_frames: dict[str, pd.DataFrame],
+    control_frame: pd.DataFrame,
 ) -> list[str]:
     """Short statements computed from the tables (nothing hard-coded): rankings where a pairwise
     interval excludes zero ("not separated" elsewhere), significant gains and losses, where gains
@@ -75,12 +75,10 @@ def observations(
             + (f"; still running or interrupted (their latest evaluation is used): {', '.join(unfinished)}." if unfinished else ".")
         )
     # rankings: only where the pairwise interval excludes zero
-    for frame in (pairwise_frames or {}).values():
+    for frame in pairwise_frames.values():
         lines += pairwise.ranking_lines(frame)
     lines += _gain_lines(results, gain_frames)
     t_train = (results.suite.get("train") or {}).get("num_steps")
-    if control_frame is None:
-        control_frame = control.control_frame(results, results.algorithms, results.rewards)
     lines += control.control_lines(control_frame, t_train)
     lines += _training_cost_lines(results, cost)
     return [f"- {line}" for line in lines]
