@@ -266,3 +266,15 @@ def test_evaluation_due_counts_crossings_and_the_end():
     ends = list(range(64, 1025, 64))
     due = [b for a, b in zip([0] + ends, ends) if suite.evaluation_due(a, b)[1]]
     assert due == suite.eval_interval_points(64)
+
+
+def test_the_five_seed_control_suite_is_the_tiny_suites_setting():
+    """tiny-controls-5seeds reuses the tiny suite's cells for seeds 0-2 (runs are deterministic per
+    seed), which is only sound if every one of its cells has the tiny suite's setting."""
+    five, tiny = load_suite("tiny-controls-5seeds"), load_suite("tiny")
+    assert five.seeds == [0, 1, 2, 3, 4] and set(tiny.seeds) < set(five.seeds)
+    assert {(a, r, s) for a, r, s in five.cells() if s in tiny.seeds} <= set(tiny.cells())
+    for algo, reward, _seed in five.cells():
+        assert five.algo_config(algo, reward) == tiny.algo_config(algo, reward), (algo, reward)
+    same = ("model", "samples", "eval_interval", "train_prompts", "eval", "reward_args", "model_path")
+    assert all(getattr(five, k) == getattr(tiny, k) for k in same)
