@@ -346,3 +346,27 @@ def test_a_resumed_run_continues_the_window_where_it_was(tiny_random_folders, pr
     first.train()
     resumed = trainer(16)  # picks up the checkpoint of epoch 1
     assert resumed.resumed_from is not None and resumed.algo.window(3) == [1] and resumed.algo.sampling_eta(3) == [0.0, 1.0, 0.0]
+
+
+def test_tempflow_branching_is_a_shared_x_T_with_a_one_step_window(tiny_random_folders, prompt_file, tmp_path):
+    """TempFlow-GRPO's trajectory branching (arXiv 2508.04324): a group follows one deterministic
+    prefix, branches with noise at one step k, and runs deterministically after it, so the group's
+    reward differences belong to step k. Here: shared_noise with sde_window = 1, k moving each epoch."""
+    from alignzoo.algos.trainer import TrainConfig, Trainer
+
+    tc = TrainConfig(
+        algo="grpo", reward="jpeg_compressibility", model=str(tiny_random_folders["sd"]), prompts=str(prompt_file), out=str(tmp_path), samples=8, progress=False
+    )
+    cfg = GRPO.Config(num_steps=4, samples_per_epoch=8, group_size=4, train_batch_size=4, shared_noise=True, sde_window=1, sde_window_every=1, eta=1.0)
+    tr = Trainer(tc, cfg)
+    groups = torch.arange(8) // 4
+    same_group = groups[:, None] == groups[None]
+    for k in (0, 1, 2):
+        tr.epoch = k
+        assert tr.algo.window(4) == [k]
+        latents = tr.rollout().latents  # (B, T + 1, ...): x_T, then the state after each step
+        for j in range(latents.shape[1]):
+            x = latents[:, j].flatten(1)
+            same = torch.cdist(x, x) < 1e-6
+            # before and at the branching step's input a group is one trajectory; after it, G
+            assert torch.equal(same, same_group if j <= k else torch.eye(8, dtype=torch.bool)), (k, j)

@@ -33,6 +33,8 @@ default unless said:
 * ``noise_weighting`` (TempFlow-GRPO, arXiv 2508.04324): the policy term of step t times c·σ_t.
   c = ``noise_weight_scale``, or by default c = 1/mean σ over the trainable steps, so the weights
   average 1 and the loss keeps GRPO's scale. The released code's c = 2.25 is for flow-SDE σ.
+  TempFlow's other half, trajectory branching (one deterministic prefix per group, noise at one
+  step k, deterministic after it), is ``shared_noise`` with ``sde_window = 1``: k moves as above.
 * ``ratio_guard`` = "dppo" (Flow-DPPO, arXiv 2606.11025): the ratio clip is replaced by a
   divergence mask. With D_t = ‖μ_θ − μ_old‖²/(2σ_t²), the exact KL of the old and new step, a
   step is masked (no gradient) when D_t > ε_D and its ratio still moves away (Â > 0 and r > 1, or
