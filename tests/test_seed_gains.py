@@ -14,7 +14,17 @@ def _cell(root: Path, seed: int, gains_by_samples: dict[int, float], done: bool 
     cell = root / f"ddpo__tiny_geneval__seed{seed}"
     cell.mkdir(parents=True)
     rows = [
-        {"algo": "ddpo", "train_reward": "tiny_geneval", "seed": seed, "samples": n, "eval_reward": "strict", "prompt_set": "seen", "steps": 4, "diff_mean": g}
+        {
+            "algo": "ddpo",
+            "train_reward": "tiny_geneval",
+            "seed": seed,
+            "samples": n,
+            "eval_reward": "strict",
+            "prompt_set": "seen",
+            "steps": 4,
+            "mean": 0.5,
+            "diff_mean": g,
+        }
         for n, g in gains_by_samples.items()
     ]
     (cell / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -13,41 +13,44 @@ prints the share of images on which the two 0/1 judges decide alike (score > 0.5
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
+from alignzoo.reports.results import Results, load_results, score_key
 
-def last_evaluation(cell: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (cell / "eval.jsonl").read_text().splitlines() if line.strip()]
-    if not rows:
-        return []
-    last = max(r["samples"] for r in rows)
-    return [r for r in rows if r["samples"] == last]
+
+def _finished(results: Results) -> list[str]:
+    return list(results.cells.loc[results.cells["done"], "cell"])
 
 
 def gains(run_dir: Path, reward: str | None, steps: int | None) -> dict[tuple, dict[int, float]]:
-    """(algo, train_reward, eval_reward, prompt_set, steps) -> {seed: paired gain}."""
+    """(algo, train_reward, eval_reward, prompt_set, steps) -> {seed: paired gain} of each finished
+    cell's last evaluation."""
+    results = load_results(run_dir)
+    final = results.final()
+    final = final[final["cell"].isin(_finished(results))]
+    if reward is not None:
+        final = final[final["eval_reward"] == reward]
+    if steps is not None:
+        final = final[final["steps"] == steps]
     out: dict[tuple, dict[int, float]] = {}
-    for cell in sorted(p for p in run_dir.glob("*__seed*") if (p / "DONE").exists()):
-        for r in last_evaluation(cell):
-            if (reward is None or r["eval_reward"] == reward) and (steps is None or r["steps"] == steps):
-                key = (r["algo"], r["train_reward"], r["eval_reward"], r["prompt_set"], r["steps"])
-                out.setdefault(key, {})[r["seed"]] = r["diff_mean"]
+    for r in final.itertuples():
+        out.setdefault((r.algo, r.train_reward, r.eval_reward, r.prompt_set, r.steps), {})[int(r.seed)] = r.diff_mean
     return out
 
 
 def agreement(run_dir: Path, a: str, b: str, steps: int | None) -> list[str]:
+    results = load_results(run_dir)
     lines = []
-    for cell in sorted(p for p in run_dir.glob("*__seed*") if (p / "DONE").exists()):
-        scores = json.loads((cell / "scores.json").read_text())
+    for cell in _finished(results):
+        scores = results.scores.get(cell, {})
         for key, left in scores.items():
             prompt_set, reward, n = key.split("|")
-            if reward != a or (steps is not None and int(n) != steps) or f"{prompt_set}|{b}|{n}" not in scores:
+            right = scores.get(score_key(prompt_set, b, int(n)))
+            if reward != a or (steps is not None and int(n) != steps) or right is None:
                 continue
-            right = scores[f"{prompt_set}|{b}|{n}"]
-            same = sum((x > 0.5) == (y > 0.5) for x, y in zip(left, right)) / len(left)
-            lines.append(f"{cell.name}, {prompt_set}, {n} steps: {a} and {b} agree on {same:.1%} of {len(left)} images")
+            same = float(((left > 0.5) == (right > 0.5)).mean())
+            lines.append(f"{cell}, {prompt_set}, {n} steps: {a} and {b} agree on {same:.1%} of {len(left)} images")
     return lines
 
 
